@@ -1,0 +1,230 @@
+"""Log mode (-l): link counter deltas per interval, as CSV (netio-logger compatible) or JSON lines.
+
+Standard output (or the file) carries only data lines; everything said to the operator goes to
+stderr. Each line is written whole with one write(2), so SIGTERM never leaves half a line, and
+SIGHUP reopens the file for log rotation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .collectors.link import COUNTERS, DeviceFilter
+from .netlink.rtnl import IFF_LOOPBACK, STATS64_FIELDS, LinkReader
+
+CSV_HEADER = "elapsedRx,elapsedTx\n"
+_RX_BYTES = STATS64_FIELDS.index("rx_bytes")
+_TX_BYTES = STATS64_FIELDS.index("tx_bytes")
+_JSON_KEYS = [COUNTERS[field][0] for field in STATS64_FIELDS]
+_NETWORK_STATS = re.compile(r"networkStats/\((?P<name>[^()/]*)\)")
+FIRST_NON_LOOPBACK = "*"
+
+
+class ConfigError(ValueError):
+    """A malformed setting; the message names it and says what it accepts."""
+
+
+def interface_from_metrics_request(value: str | None) -> str:
+    """The interface netio-logger's METRICS_REQUEST names: the last ``networkStats/(NAME)`` wins.
+
+    Items of other kinds are netio-logger metrics this tool does not log; they are ignored.
+    """
+    interface = "lo"
+    for item in (value or "").split(","):
+        item = item.strip()
+        if not item.startswith("networkStats"):
+            continue
+        match = _NETWORK_STATS.fullmatch(item)
+        if match is None or not match["name"] or len(match["name"]) > 15:
+            raise ConfigError(f"METRICS_REQUEST: expected items like networkStats/(eth0) or networkStats/(*), "
+                              f"got {item!r}")
+        interface = match["name"]
+    return interface
+
+
+def parse_seconds(text: str, name: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not (0 < seconds < 10**7):
+        raise ConfigError(f"{name}: expected a number of seconds greater than 0, got {text!r}")
+    return seconds
+
+
+class SinkError(Exception):
+    """The log destination cannot be opened or written; the message says which and why."""
+
+
+class _Sink:
+    """An append-only destination: standard output for '-', else a file that SIGHUP reopens."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = -1
+        self.is_new = False
+        self.open()
+
+    def open(self) -> None:
+        try:
+            self._open()
+        except OSError as error:
+            raise SinkError(f"cannot open {self.path}: {error.strerror or error}") from None
+
+    def _open(self) -> None:
+        if self.path == "-":
+            self.fd, self.is_new = sys.stdout.fileno(), self.fd == -1
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if self.fd != -1:
+            os.close(self.fd)
+        self.fd, self.is_new = fd, os.fstat(fd).st_size == 0
+
+    def write(self, line: str) -> None:
+        data = line.encode()
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError as error:
+            where = "standard output" if self.path == "-" else self.path
+            raise SinkError(f"cannot write to {where}: {error.strerror or error}") from None
+
+    def close(self) -> None:
+        if self.path != "-" and self.fd != -1:
+            os.close(self.fd)
+
+
+@dataclass
+class _Interface:
+    """What the logger knows of one interface between intervals."""
+    baseline: tuple[int, ...] | None = None
+    missing_said: bool = False
+
+
+class DeltaTracker:
+    """Per-interface counter deltas that never go negative.
+
+    An interface seen for the first time, or again after it vanished, only sets its baseline.
+    A counter that went backwards (reset) counts from its new value: its delta is 0 for that
+    interval and the new value is the baseline.
+    """
+
+    def __init__(self, say: Callable[[str], None]):
+        self._say = say
+        self._interfaces: dict[str, _Interface] = {}
+
+    def update(self, wanted: list[str], readings: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        deltas = {}
+        for name in wanted:
+            state = self._interfaces.setdefault(name, _Interface())
+            counters = readings.get(name)
+            if counters is None:
+                if not state.missing_said:
+                    self._say(f"interface {name} {'vanished' if state.baseline else 'not found'}; "
+                              "nothing is logged for it until it returns")
+                    state.missing_said = True
+                state.baseline = None
+                continue
+            if state.missing_said:
+                self._say(f"interface {name} is back; counting from now")
+                state.missing_said = False
+            previous, state.baseline = state.baseline, counters
+            if previous is None:
+                continue
+            delta = tuple(new - old if new >= old else 0 for new, old in zip(counters, previous))
+            reset = [STATS64_FIELDS[i] for i, (new, old) in enumerate(zip(counters, previous)) if new < old]
+            if reset:
+                self._say(f"interface {name}: {', '.join(reset)} went backwards (counter reset); "
+                          "counting from the new value")
+            deltas[name] = delta
+        return deltas
+
+
+def _say(message: str) -> None:
+    print(f"netio-exporter: {message}", file=sys.stderr, flush=True)
+
+
+def _timestamp(now: float) -> str:
+    return datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class LogMode:
+    """The interval loop. ``csv_interface`` selects CSV for one interface; otherwise JSON lines
+    for every interface ``device_filter`` selects."""
+
+    def __init__(self, path: str, interval: float, csv_interface: str | None = None,
+                 device_filter: DeviceFilter | None = None):
+        self.interval = interval
+        self.csv_interface = csv_interface
+        self.device_filter = device_filter or DeviceFilter()
+        self.reader = LinkReader()
+        self.sink = _Sink(path)
+        self.tracker = DeltaTracker(_say)
+        self.stop = threading.Event()
+        self.reopen = threading.Event()
+
+    def _wanted(self, links) -> list[str]:
+        if self.csv_interface is None:
+            return [link.name for link in links if self.device_filter(link.name)]
+        if self.csv_interface == FIRST_NON_LOOPBACK:
+            first = next((link.name for link in links if not link.flags & IFF_LOOPBACK), None)
+            if first is None:
+                return []
+            self.csv_interface = first
+            _say(f"METRICS_REQUEST networkStats/(*): logging {first}")
+        return [self.csv_interface]
+
+    def _line(self, deltas: dict[str, tuple[int, ...]], now: float, elapsed: float) -> str | None:
+        if self.csv_interface is not None:
+            delta = deltas.get(self.csv_interface)
+            return None if delta is None else f"{delta[_RX_BYTES]},{delta[_TX_BYTES]}\n"
+        record = {"time": _timestamp(now), "interval_seconds": round(elapsed, 3),
+                  "interfaces": {name: dict(zip(_JSON_KEYS, delta)) for name, delta in deltas.items()}}
+        return json.dumps(record, separators=(",", ":")) + "\n"
+
+    def _write(self, line: str | None) -> None:
+        """Write the CSV header if the destination is new, then the line (if any)."""
+        if self.reopen.is_set():
+            self.reopen.clear()
+            self.sink.open()
+        if self.csv_interface is not None and self.sink.is_new:
+            self.sink.write(CSV_HEADER)
+        self.sink.is_new = False
+        if line is not None:
+            self.sink.write(line)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reopen.set())
+        start = last = time.monotonic()
+        ticks = 0
+        try:
+            self._write(None)
+            while True:
+                now_mono = time.monotonic()
+                readings = self.reader.read()
+                wanted = self._wanted([reading.link for reading in readings])
+                deltas = self.tracker.update(wanted, {reading.link.name: reading.counters for reading in readings})
+                if ticks:
+                    self._write(self._line(deltas, time.time(), now_mono - last))
+                last = now_mono
+                # the next reading on the start + k * interval grid, skipping slots already missed
+                ticks = max(ticks + 1, int((time.monotonic() - start) / self.interval) + 1)
+                if self.stop.wait(max(0.0, start + ticks * self.interval - time.monotonic())):
+                    return 0
+        except SinkError as error:
+            _say(str(error))
+            return 1
+        finally:
+            self.sink.close()
+            self.reader.close()

@@ -1,0 +1,1 @@
+"""Standard-library netlink: sockets, attribute walking and the parsers built on them."""
