@@ -1,0 +1,89 @@
+"""A real Prometheus (Debian's package) scrapes the exporter with the repository's prometheus.yml."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, in_netns, require, veth_pair
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def prometheus(tmp_path):
+    """Factory: ``prometheus(ns, targets)`` runs Prometheus in ``ns`` on prometheus.yml, retargeted."""
+    binary = shutil.which("prometheus")
+    require(binary is not None, "prometheus not installed (apt-get install prometheus)")
+    started = []
+
+    def start(ns: str, target: str):
+        config = (ROOT / "prometheus.yml").read_text()
+        assert '"localhost:7070"' in config and "scrape_interval: 15s" in config
+        config = config.replace('"localhost:7070"', f'"{target}"').replace("scrape_interval: 15s", "scrape_interval: 1s")
+        (tmp_path / "prometheus.yml").write_text(config)
+        port = free_port(ns)
+        process = subprocess.Popen(["ip", "netns", "exec", ns, binary, f"--config.file={tmp_path}/prometheus.yml",
+                                    f"--storage.tsdb.path={tmp_path}/data", f"--web.listen-address=127.0.0.1:{port}"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        started.append(process)
+        return process, port
+
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _query(ns: str, port: int, expression: str) -> list:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
+    with in_netns(ns):
+        with urllib.request.urlopen(url, timeout=10) as response:
+            answer = json.load(response)
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def test_prometheus_scrapes_rate_with_host_label(netns, exporter, prometheus):
+    pair = veth_pair(netns(), netns())
+    ns_a, _, _, _ = pair["a"]
+    ns_b, dev_b, ip_b, _ = pair["b"]
+    running = exporter(ns_b)
+    _, port = prometheus(ns_b, f"127.0.0.1:{running.port}")
+    expression = f'rate(netio_network_receive_bytes_total{{device="{dev_b}"}}[5s])'
+    deadline = time.monotonic() + 60
+    result = []
+    with in_netns(ns_a):
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    while time.monotonic() < deadline:
+        for _ in range(50):
+            sender.sendto(b"z" * 500, (ip_b, 9))
+        try:
+            result = _query(ns_b, port, expression)
+        except OSError:  # Prometheus still starting
+            result = []
+        if result and float(result[0]["value"][1]) > 0:
+            break
+        time.sleep(0.5)
+    sender.close()
+    assert result, "no rate() result within 60 s"
+    labels = result[0]["metric"]
+    assert labels["host"] == "127.0.0.1" and labels["device"] == dev_b and labels["job"] == "netio"
+    assert float(result[0]["value"][1]) > 0
+    up = _query(ns_b, port, 'netio_scrape_collector_success{collector="link"}')
+    assert up and up[0]["value"][1] == "1"
+
+
+def test_prometheus_yml_is_valid():
+    promtool = shutil.which("promtool")
+    require(promtool is not None, "promtool not installed (apt-get install prometheus)")
+    result = subprocess.run([promtool, "check", "config", str(ROOT / "prometheus.yml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
