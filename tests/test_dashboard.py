@@ -1,0 +1,512 @@
+"""The Grafana dashboard: its structure, and every panel query against a real Prometheus scraping two hosts.
+
+Grafana cannot run here, so the live test does what Grafana would: it substitutes the dashboard's variables
+and macros the way Grafana's Prometheus data source does, and asks a real Prometheus (Debian's package),
+which scrapes two exporters in two network namespaces with traffic between them, for every panel query.
+A panel may come back empty only if its collector is not exported by that exporter (absent from
+``netio_scrape_collector_success``, or reporting 0 there): as the collectors land, their panels must show data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, in_netns, require, veth_pair
+from exporter.cli import build_parser
+
+try:
+    import yaml
+except ImportError:  # only the tests use PyYAML (the test extra)
+    yaml = None
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD_PATH = ROOT / "grafana" / "netio-exporter.json"
+MULTI_HOST_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus-multi-host.yml"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+
+
+def _expand(*patterns: str) -> set[str]:
+    """``"a_{b,c}_d"`` -> ``{"a_b_d", "a_c_d"}`` (brace expansion, as DESIGN.md writes the names)."""
+    names = set()
+    for pattern in patterns:
+        parts = re.split(r"\{([^}]*)\}", pattern)
+        choices = [[part] if i % 2 == 0 else part.split(",") for i, part in enumerate(parts)]
+        names.update("".join(combination) for combination in itertools.product(*choices))
+    return names
+
+
+# The metric contract of DESIGN.md: the names and labels a dashboard or alert may use, by collector
+# (None: the exporter's own metrics, always exported).
+CONTRACT: dict[str | None, set[str]] = {
+    "link": _expand(
+        "netio_network_{receive,transmit}_{bytes,packets,errors,dropped}_total",
+        "netio_network_receive_multicast_total", "netio_network_transmit_collisions_total",
+        "netio_network_receive_{length,over,crc,frame,fifo,missed}_errors_total",
+        "netio_network_transmit_{aborted,carrier,fifo,heartbeat,window}_errors_total",
+        "netio_network_{receive,transmit}_compressed_total", "netio_network_receive_nohandler_total",
+        "netio_network_receive_otherhost_dropped_total", "netio_network_up", "netio_network_mtu_bytes",
+        "netio_network_carrier_changes_total", "netio_network_info"),
+    "tcp": _expand(
+        "netio_tcp_connections", "netio_tcp_{sent,acked,received,retransmitted}_bytes_total",
+        "netio_tcp_{sent,received,retransmitted}_segments_total",
+        "netio_tcp_{busy,rwnd_limited,sndbuf_limited}_seconds_total", "netio_tcp_connections_closed_total",
+        "netio_tcp_rtt_seconds_{bucket,gcount,gsum}"),
+    "netstack": _expand("netio_netstack_{cpu_seconds,invocations,rx_samples}_total"),
+    "mac": _expand("netio_mac_{download,upload}_{bytes,packets}_total", "netio_mac_info",
+                   "netio_mac_untracked_{bytes,packets}_total"),
+    None: _expand("netio_exporter_build_info", "netio_scrape_collector_{success,duration_seconds}",
+                  "process_{cpu_seconds_total,resident_memory_bytes,virtual_memory_bytes,open_fds,max_fds}",
+                  "process_start_time_seconds", "up"),
+}
+CONTRACT_LABELS = {
+    "device", "address", "operstate", "ifalias", "kind",  # link
+    "state", "local_port", "le",  # tcp
+    "cpu", "entry", "category",  # netstack
+    "mac", "ipv4", "ipv6",  # mac
+    "version", "collector",  # self
+    "host", "instance", "job",  # Prometheus: the target's labels (host by relabelling)
+}
+COLLECTOR_OF = {name: collector for collector, names in CONTRACT.items() for name in names}
+GRAFANA_MACROS = {"__rate_interval", "__interval", "__interval_ms", "__range", "__range_s", "__range_ms",
+                  "__all", "__name", "__org", "__user", "__dashboard", "__from", "__to", "__timeFilter"}
+EXCLUDE_DEFAULT_HIDES = ("lo", "veth0", "veth1a2b3c")
+EXCLUDE_DEFAULT_SHOWS = ("eth0", "eth1", "enp3s0", "wlan0", "br0", "bond0")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def load_dashboard() -> dict:
+    return json.loads(DASHBOARD_PATH.read_text())
+
+
+def all_panels(dashboard: dict) -> list[dict]:
+    """Every panel, rows and the panels of collapsed rows included."""
+    found = []
+    for panel in dashboard["panels"]:
+        found.append(panel)
+        found.extend(panel.get("panels", []))
+    return found
+
+
+def query_panels(dashboard: dict) -> list[dict]:
+    return [panel for panel in all_panels(dashboard) if panel["type"] != "row"]
+
+
+def metric_names(expr: str) -> set[str]:
+    names = set(re.findall(r"\b((?:netio|process)_[a-z0-9_]+)\b", expr))
+    if re.search(r"(?<![\w.])up\s*[{\[]", expr):
+        names.add("up")
+    return names
+
+
+def label_names(expr: str) -> set[str]:
+    labels = set()
+    for matchers in re.findall(r"\{([^{}]*)\}", re.sub(r"\{\{.*?\}\}", "", expr)):
+        labels.update(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
+    for grouping in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr):
+        labels.update(label.strip() for label in grouping.split(",") if label.strip())
+    labels.update(re.findall(r"label_values\(.*,\s*(\w+)\s*\)", expr))
+    return labels
+
+
+def collectors_of(expr: str) -> set[str | None]:
+    return {COLLECTOR_OF.get(name) for name in metric_names(expr)}
+
+
+_VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)(?::[\w]+)?\}|\[\[(\w+)\]\]")
+
+
+def variables_used(text: str) -> set[str]:
+    return {a or b or c for a, b, c in _VARIABLE.findall(text)}
+
+
+def _strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
+def _regex_escape(value: str) -> str:
+    # Grafana's prometheusSpecialRegexEscape (multi-value or "All" variables inside a regex matcher)
+    value = value.replace("\\", "\\\\\\\\")
+    return re.sub(r"[$^*{}\[\]'+?.()|]", lambda m: "\\\\" + m.group(0), value)
+
+
+def _plain_escape(value: str) -> str:
+    # Grafana's prometheusRegularEscape (single-value variables)
+    return value.replace("\\", "\\\\").replace("'", "\\\\'")
+
+
+def interpolate(expr: str, dashboard: dict, values: dict[str, list[str] | str], macros: dict[str, str]) -> str:
+    """Substitute variables as Grafana's Prometheus data source does; ``values[name]`` is the selection,
+    ``"$__all"`` for "All"."""
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+
+    def value_of(name: str) -> str:
+        if name in macros:
+            return macros[name]
+        variable = variables[name]
+        selected = values[name]
+        if variable.get("multi") or variable.get("includeAll"):
+            if selected == "$__all":
+                if variable.get("allValue"):
+                    return variable["allValue"]
+                raise AssertionError(f"${name}: All without allValue needs the variable's options")
+            selected = [selected] if isinstance(selected, str) else selected
+            escaped = [_regex_escape(one) for one in selected]
+            return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+        return _plain_escape(selected)
+
+    return _VARIABLE.sub(lambda m: value_of(m.group(1) or m.group(2) or m.group(3)), expr)
+
+
+# ------------------------------------------------------------------------------------------ structure
+
+def test_dashboard_is_valid_json_for_grafana_10_or_newer():
+    dashboard = load_dashboard()
+    assert dashboard["schemaVersion"] >= 38  # Grafana 10.0 writes 38
+    assert dashboard["title"] and dashboard["uid"]
+    assert "__inputs" not in dashboard  # importable as is: the data source comes from a variable
+
+
+def test_panel_ids_are_unique_and_every_target_has_an_expression():
+    dashboard = load_dashboard()
+    ids = [panel["id"] for panel in all_panels(dashboard)]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    for panel in query_panels(dashboard):
+        assert panel.get("targets"), panel["title"]
+        refs = [target["refId"] for target in panel["targets"]]
+        assert len(refs) == len(set(refs)), panel["title"]
+        for target in panel["targets"]:
+            assert target.get("expr", "").strip(), f"{panel['title']} {target['refId']}: no expression"
+
+
+def test_every_variable_used_is_defined():
+    dashboard = load_dashboard()
+    defined = {variable["name"] for variable in dashboard["templating"]["list"]}
+    used = set().union(*(variables_used(text) for text in _strings(dashboard["panels"])),
+                       *(variables_used(text) for text in _strings(dashboard["templating"])))
+    assert used - defined - GRAFANA_MACROS == set()
+    assert {"datasource", "host", "device", "device_exclude"} <= used
+
+
+def test_no_fixed_datasource_uid():
+    dashboard = load_dashboard()
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "datasource":
+                    assert isinstance(value, dict), f"{where}: datasource by name {value!r}"
+                    assert value.get("uid") in ("${datasource}", "$datasource"), f"{where}: fixed uid {value!r}"
+                    assert value.get("type") == "prometheus", where
+                else:
+                    walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{where}[{index}]")
+
+    walk({key: value for key, value in dashboard.items() if key != "templating"}, "")
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    for variable in variables.values():
+        if variable["type"] == "query":
+            walk({"datasource": variable["datasource"]}, variable["name"])
+
+
+def test_variables_key_on_host_and_exclude_loopback_and_veth_by_default():
+    variables = {variable["name"]: variable for variable in load_dashboard()["templating"]["list"]}
+    host = variables["host"]
+    assert host["query"]["query"] == host["definition"] == "label_values(netio_exporter_build_info, host)"
+    assert host["multi"] and host["includeAll"]
+    exclude = variables["device_exclude"]
+    assert exclude["type"] == "textbox" and exclude["current"]["value"] == exclude["query"]
+    for name in EXCLUDE_DEFAULT_HIDES:
+        assert re.fullmatch(exclude["query"], name), name
+    for name in EXCLUDE_DEFAULT_SHOWS:
+        assert not re.fullmatch(exclude["query"], name), name
+
+
+def test_every_panel_is_described_keyed_on_host_and_within_the_metric_contract():
+    dashboard = load_dashboard()
+    for panel in all_panels(dashboard):
+        if panel["type"] == "row":
+            assert panel.get("repeat") == "host" or not panel.get("collapsed"), panel["title"]
+            continue
+        exprs = [target["expr"] for target in panel["targets"]]
+        for expr in exprs:
+            names = metric_names(expr)
+            assert names and names <= set(COLLECTOR_OF), f"{panel['title']}: {names - set(COLLECTOR_OF)}"
+            assert label_names(expr) <= CONTRACT_LABELS, f"{panel['title']}: {label_names(expr) - CONTRACT_LABELS}"
+            # every selector is restricted to the selected hosts
+            for selector in re.findall(r"\b(?:netio|process)_[a-z0-9_]+(\{[^}]*\})?", expr):
+                assert 'host=~"$host"' in selector, f"{panel['title']}: {expr}"
+            if any(COLLECTOR_OF[name] == "link" and name != "netio_network_info" for name in names):
+                assert 'device=~"$device", device!~"$device_exclude"' in expr, f"{panel['title']}: {expr}"
+        for target in panel["targets"]:
+            legend_labels = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")))
+            assert legend_labels <= CONTRACT_LABELS, f"{panel['title']}: {legend_labels - CONTRACT_LABELS}"
+        description = panel.get("description", "")
+        assert len(description) > 40, f"{panel['title']}: describe what it shows"
+        for name in set().union(*(metric_names(expr) for expr in exprs)):
+            assert name in description, f"{panel['title']}: description does not name {name}"
+
+
+def test_rows_repeat_per_host_and_cover_every_collector():
+    dashboard = load_dashboard()
+    repeated = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row" and panel.get("repeat")]
+    assert all("$host" in title for title in repeated) and len(repeated) == 5, repeated
+    covered = set()
+    for panel in query_panels(dashboard):
+        for target in panel["targets"]:
+            covered |= collectors_of(target["expr"])
+    assert covered == {"link", "tcp", "netstack", "mac", None}
+
+
+def test_every_expression_is_valid_promql(tmp_path):
+    """promtool parses each substituted expression as a recording rule (no Prometheus needed)."""
+    promtool = shutil.which("promtool")
+    require(promtool is not None, "promtool not installed (apt-get install prometheus)")
+    dashboard = load_dashboard()
+    macros = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h", "__range_s": "3600"}
+    values = {"host": ["a.example", "10.0.0.1"], "device": "$__all", "device_exclude": "lo|veth.*"}
+    rules = [{"record": f"dashboard:panel_{panel['id']}_{target['refId']}",
+              "expr": interpolate(target["expr"], dashboard, values, macros)}
+             for panel in query_panels(dashboard) for target in panel["targets"]]
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))  # JSON is YAML
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_interpolation_follows_grafana():
+    dashboard = {"templating": {"list": [
+        {"name": "host", "multi": True, "includeAll": True},
+        {"name": "device", "multi": True, "includeAll": True, "allValue": ".*"},
+        {"name": "device_exclude", "type": "textbox"}]}}
+    expr = 'x{host=~"$host", device=~"${device}", device!~"$device_exclude"}[$__rate_interval]'
+    assert interpolate(expr, dashboard, {"host": ["10.0.0.1"], "device": "$__all", "device_exclude": "lo|veth.*"},
+                       {"__rate_interval": "5s"}) == \
+        'x{host=~"10\\\\.0\\\\.0\\\\.1", device=~".*", device!~"lo|veth.*"}[5s]'
+    assert interpolate("$host", dashboard, {"host": ["a", "b"]}, {}) == "(a|b)"
+
+
+# ------------------------------------------------------------------------------------------ live
+
+class _Traffic:
+    """UDP datagrams and a TCP stream from namespace A to B over the veth pair until stopped."""
+
+    def __init__(self, ns_a: str, ns_b: str, ip_b: str):
+        with in_netns(ns_b):
+            self._listener = socket.create_server((ip_b, 0))
+            port = self._listener.getsockname()[1]
+        with in_netns(ns_a):
+            self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._client = socket.create_connection((ip_b, port), timeout=5)
+        self._server, _ = self._listener.accept()
+        self._server.settimeout(0.05)
+        self._ip_b = ip_b
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        chunk = b"n" * 65536
+        while not self._stop.is_set():
+            for _ in range(20):
+                self._udp.sendto(b"u" * 500, (self._ip_b, 9))
+            self._client.sendall(chunk)
+            received = 0
+            while received < len(chunk):
+                try:
+                    data = self._server.recv(len(chunk) - received)
+                except socket.timeout:
+                    break
+                if not data:
+                    return
+                received += len(data)
+            self._server.sendall(b"ack" * 100)
+            self._stop.wait(0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for sock in (self._udp, self._client, self._server, self._listener):
+            sock.close()
+
+
+@pytest.fixture
+def prometheus_process(tmp_path):
+    """Factory: ``start(ns, config)`` runs Prometheus in ``ns`` on ``config`` (a dict); ended at teardown."""
+    binary = shutil.which("prometheus")
+    require(binary is not None, "prometheus not installed (apt-get install prometheus)")
+    started = []
+
+    def start(ns: str, config: dict) -> int:
+        (tmp_path / "prometheus.yml").write_text(json.dumps(config, indent=1))  # JSON is YAML
+        port = free_port(ns)
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", ns, binary, f"--config.file={tmp_path}/prometheus.yml",
+             f"--storage.tsdb.path={tmp_path}/data", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        started.append(process)
+        return port
+
+    yield start
+    for process in started:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _api(ns: str, port: int, path: str, **params) -> dict:
+    url = f"http://127.0.0.1:{port}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+    with in_netns(ns):
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as error:  # 400/422: the expression was refused; say why
+            try:
+                return json.load(error)
+            except ValueError:  # 503 "Service Unavailable" while Prometheus starts
+                raise error from None
+
+
+def _query(ns: str, port: int, expr: str) -> list:
+    answer = _api(ns, port, "query", query=expr)
+    assert answer["status"] == "success", f"{expr}: {answer.get('error')}"
+    return answer["data"]["result"]
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = condition()
+        except OSError:  # Prometheus still starting
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def test_every_panel_returns_data_for_two_hosts(netns, exporter, prometheus_process, tmp_path):
+    """Two exporters, one Prometheus (in B) reaching A over the veth: hosts "netio-a" (file_sd label) and
+    "127.0.0.1" (from the address), as prometheus-multi-host.yml derives them. Every panel query of the
+    dashboard, for each host, is accepted and returns data unless its collector is not exported there."""
+    require(yaml is not None, "PyYAML not installed (it is in the test extra: pip install -e '.[test]')")
+    pair = veth_pair(netns(), netns())
+    ns_a, dev_a, ip_a, _ = pair["a"]
+    ns_b, dev_b, ip_b, _ = pair["b"]
+    assert dev_a == dev_b
+    options = {option for action in build_parser()._actions for option in action.option_strings}
+    extra = ["--collector.mac.device", dev_a] if "--collector.mac.device" in options else []
+    exporter_a = exporter(ns_a, *extra, address=ip_a)
+    exporter_b = exporter(ns_b, *extra)
+    hosts = {"netio-a": ns_a, "127.0.0.1": ns_b}
+
+    targets_file = tmp_path / "netio-targets.json"
+    targets_file.write_text(json.dumps([{"targets": [f"{ip_a}:{exporter_a.port}"], "labels": {"host": "netio-a"}}]))
+    config = yaml.safe_load(MULTI_HOST_CONFIG.read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["rule_files"] = [str(ALERTS)]
+    (job,) = config["scrape_configs"]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{exporter_b.port}"]}]
+    job["file_sd_configs"] = [{"files": [str(targets_file)]}]
+    traffic = _Traffic(ns_a, ns_b, ip_b)
+    try:
+        port = prometheus_process(ns_b, config)
+        rate = f'rate(netio_network_receive_bytes_total{{device="{dev_a}"}}[5s]) > 0'
+        _wait_for(lambda: {r["metric"]["host"] for r in _query(ns_b, port, rate)} == set(hosts), 40,
+                  "non-zero receive rate from both hosts")
+        time.sleep(2)  # a few more scrapes for every rate() window
+        report = _run_every_panel(load_dashboard(), ns_b, port, hosts, dev_a)
+        rules = _api(ns_b, port, "rules")["data"]["groups"]
+    finally:
+        traffic.close()
+
+    print("\n" + "\n".join(f"{status:<15} {host:<10} {title} [{ref}]{': ' + reason if reason else ''}"
+                           for title, ref, host, status, reason in report))
+    failures = [line for line in report if line[3] in ("EMPTY", "REFUSED")]
+    assert not failures, "\n".join(map(str, failures))
+    alert_rules = [rule for group in rules for rule in group["rules"]]
+    assert len(alert_rules) == 7 and all(rule["health"] in ("ok", "unknown") for rule in alert_rules), alert_rules
+
+
+def _run_every_panel(dashboard: dict, ns: str, port: int, hosts: dict, device: str) -> list[tuple]:
+    """(panel title, refId, host, status, reason) for every panel target and host."""
+    macros = {"__rate_interval": "5s", "__interval": "1s", "__interval_ms": "1000", "__range": "1m",
+              "__range_s": "60", "__range_ms": "60000"}
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    assert set(hosts) <= {r["metric"]["host"] for r in _query(ns, port, _label_values(variables["host"]))}
+    report = []
+    for host in hosts:
+        values = {"host": [host], "device": "$__all", "device_exclude": variables["device_exclude"]["query"]}
+        device_query = interpolate(_label_values(variables["device"]), dashboard, values, macros)
+        assert device in {r["metric"]["device"] for r in _query(ns, port, device_query)}
+        success = {r["metric"]["collector"]: r["value"][1]
+                   for r in _query(ns, port, f'netio_scrape_collector_success{{host="{host}"}}')}
+        for panel in query_panels(dashboard):
+            for target in panel["targets"]:
+                missing = sorted(c for c in collectors_of(target["expr"]) if c is not None and success.get(c) != "1")
+                reason = "; ".join(
+                    f"collector {c} " + ("not in this build (no netio_scrape_collector_success series)"
+                                         if c not in success else "reports netio_scrape_collector_success 0")
+                    for c in missing)
+                answer = _api(ns, port, "query", query=interpolate(target["expr"], dashboard, values, macros))
+                if answer["status"] != "success":
+                    status, reason = "REFUSED", answer.get("error", "")
+                elif answer["data"]["result"]:
+                    status = f"{len(answer['data']['result'])} series"
+                    if target["expr"].startswith("rate(netio_network_receive_bytes_total"):
+                        assert any(float(r["value"][1]) > 0 for r in answer["data"]["result"]
+                                   if r["metric"].get("device") == device), answer
+                else:
+                    status = "expected-empty" if missing else "EMPTY"
+                report.append((panel["title"], target["refId"], host, status, reason))
+    # The overview row (before the per-host rows) with "All" hosts selected: one answer naming both hosts.
+    values = {"host": list(hosts), "device": "$__all", "device_exclude": variables["device_exclude"]["query"]}
+    for panel in _overview_panels(dashboard):
+        for target in panel["targets"]:
+            answer = _api(ns, port, "query", query=interpolate(target["expr"], dashboard, values, macros))
+            if answer["status"] != "success":
+                status, reason = "REFUSED", answer.get("error", "")
+            else:
+                found = {r["metric"].get("host") for r in answer["data"]["result"]}
+                status, reason = ("both hosts", "") if found == set(hosts) else ("EMPTY", f"hosts {sorted(found)}")
+            report.append((panel["title"], target["refId"], "All", status, reason))
+    return report
+
+
+def _overview_panels(dashboard: dict) -> list[dict]:
+    first_repeated = next(index for index, panel in enumerate(dashboard["panels"]) if panel.get("repeat"))
+    return [panel for panel in dashboard["panels"][:first_repeated] if panel["type"] != "row"]
+
+
+def _label_values(variable: dict) -> str:
+    """``label_values(selector, label)`` as an instant query returning one series per value."""
+    match = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", variable["query"]["query"])
+    return f"group by ({match.group(2)}) ({match.group(1)})"

@@ -1,0 +1,303 @@
+"""Deployment files: Prometheus configs and alert rules (promtool), and the compose, Kubernetes, systemd and
+Grafana provisioning files, which must parse and agree with the CLI (every flag exists, port 7070)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from conftest import require
+from exporter.cli import build_parser
+from test_dashboard import COLLECTOR_OF, CONTRACT_LABELS, label_names, metric_names
+
+try:
+    import yaml
+except ImportError:  # only the tests use PyYAML (the test extra)
+    yaml = None
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+ALERTS = PROMETHEUS_DIR / "alerts.yml"
+KUBERNETES = ROOT / "deploy" / "kubernetes" / "daemonset.yaml"
+SYSTEMD = ROOT / "deploy" / "systemd" / "netio-exporter.service"
+COMPOSE = ROOT / "docker-compose.yml"
+PROVISIONING = ROOT / "grafana" / "provisioning"
+PORT = 7070
+# Flags of DESIGN.md's CLI contract that are not implemented yet: deploy files may name them in comments only.
+PLANNED_FLAGS = {"-f", "--frequency", "--collector.tcp.local-ports", "--collector.mac.device",
+                 "--collector.mac.max-entries", "--collector.mac.idle-timeout", "--collector.mac.attach",
+                 "--collector.tcp", "--no-collector.tcp", "--collector.netstack", "--no-collector.netstack",
+                 "--collector.mac", "--no-collector.mac", "--web.config.file", "--user-period"}
+# What the collectors may need: netstack CAP_BPF + CAP_PERFMON, mac CAP_BPF + CAP_NET_ADMIN; link and tcp none.
+CAPABILITIES = {"BPF", "PERFMON", "NET_ADMIN"}
+
+
+def _options() -> set[str]:
+    return {option for action in build_parser()._actions for option in action.option_strings}
+
+
+def _yaml(path: Path, all_documents: bool = False):
+    require(yaml is not None, "PyYAML not installed (it is in the test extra: pip install -e '.[test]')")
+    with path.open() as stream:
+        return list(yaml.safe_load_all(stream)) if all_documents else yaml.safe_load(stream)
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess:
+    promtool = shutil.which("promtool")
+    require(promtool is not None, "promtool not installed (apt-get install prometheus)")
+    return subprocess.run([promtool, *args], capture_output=True, text=True, cwd=PROMETHEUS_DIR)
+
+
+def assert_runs_the_exporter_on_7070(args: list[str], where: str) -> None:
+    """Every flag exists in the CLI, and the arguments parse to the Prometheus mode on port 7070."""
+    options = _options()
+    for arg in args:
+        if arg.startswith("-"):
+            assert arg.split("=")[0] in options, f"{where}: {arg} is not a flag of netio-exporter"
+    parsed = build_parser().parse_args(args)
+    assert parsed.prometheus and parsed.port == PORT and parsed.log_file is None, f"{where}: {args}"
+
+
+def _flags_mentioned(text: str) -> set[str]:
+    return {flag.rstrip(".-") for flag in re.findall(r"(?<![\w/.-])(--?[a-zA-Z][\w.-]*)", text)}
+
+
+# ------------------------------------------------------------------------------------------ Prometheus
+
+def test_multi_host_config_and_its_rules_pass_promtool():
+    result = _promtool("check", "config", "prometheus-multi-host.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "7 rules found" in result.stdout
+
+
+def test_alert_rules_pass_promtool_check():
+    result = _promtool("check", "rules", "alerts.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_pass_their_unit_tests():
+    result = _promtool("test", "rules", "alerts_test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_every_alert_is_tested_firing_and_quiet():
+    rules = [rule for group in _yaml(ALERTS)["groups"] for rule in group["rules"]]
+    tests = _yaml(PROMETHEUS_DIR / "alerts_test.yml")
+    assert tests["rule_files"] == ["alerts.yml"]
+    cases = [case for test in tests["tests"] for case in test["alert_rule_test"]]
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("critical", "warning", "info")
+        assert {"summary", "description"} <= set(rule["annotations"])
+        mine = [case for case in cases if case["alertname"] == rule["alert"]]
+        assert any(case["exp_alerts"] for case in mine), f"{rule['alert']}: no test where it fires"
+        assert any(not case["exp_alerts"] for case in mine), f"{rule['alert']}: no test where it stays quiet"
+        assert all(alert["exp_labels"].get("host") for case in mine for alert in case["exp_alerts"])
+
+
+def test_alert_rules_use_the_metric_contract():
+    rules = [rule for group in _yaml(ALERTS)["groups"] for rule in group["rules"]]
+    alerts = {rule["alert"] for rule in rules}
+    assert {"NetioExporterDown", "NetioCollectorFailing", "NetioInterfaceErrors", "NetioInterfaceDrops",
+            "NetioTCPRetransmissionRatioHigh", "NetioNetstackCPUHigh"} <= alerts
+    for rule in rules:
+        names = metric_names(rule["expr"])
+        assert names and names <= set(COLLECTOR_OF), f"{rule['alert']}: {names - set(COLLECTOR_OF)}"
+        assert label_names(rule["expr"]) <= CONTRACT_LABELS, rule["alert"]
+        text = " ".join(rule["annotations"].values())
+        assert set(re.findall(r"\$labels\.(\w+)", text)) <= CONTRACT_LABELS, rule["alert"]
+        for flag in _flags_mentioned(text):
+            assert flag in _options() | PLANNED_FLAGS or flag == "--no-collector", flag  # --no-collector.{{ ... }}
+
+
+def test_multi_host_config_derives_host_like_prometheus_yml():
+    multi = _yaml(PROMETHEUS_DIR / "prometheus-multi-host.yml")["scrape_configs"]
+    single = _yaml(ROOT / "prometheus.yml")["scrape_configs"]
+    assert [job["job_name"] for job in multi] == ["netio"] and "netio" in [job["job_name"] for job in single]
+    (relabel,) = multi[0]["relabel_configs"]
+    assert relabel["target_label"] == "host" and relabel["source_labels"] == ["host", "__address__"]
+    pattern = re.compile(relabel["regex"])
+    # No host label yet: the address without the port (as prometheus.yml does); a host label: kept.
+    assert pattern.fullmatch(";web-1.example.net:7070").expand(relabel["replacement"].replace("$1", r"\1")) \
+        == "web-1.example.net"
+    assert not pattern.fullmatch("gateway;192.0.2.1:7070")
+    for group in _yaml(PROMETHEUS_DIR / multi[0]["file_sd_configs"][0]["files"][0]):
+        assert all(target.endswith(f":{PORT}") for target in group["targets"])
+    for static in multi[0]["static_configs"]:
+        assert all(target.endswith(f":{PORT}") for target in static["targets"])
+
+
+# ------------------------------------------------------------------------------------------ docker compose
+
+def test_compose_runs_the_exporter_privileged_on_the_host_network():
+    services = _yaml(COMPOSE)["services"]
+    exporter = services["netio-exporter"]
+    assert exporter["network_mode"] == "host" and exporter["privileged"] is True and exporter["build"] == "."
+    assert_runs_the_exporter_on_7070(exporter["command"], "docker-compose.yml")
+    for name in ("prometheus", "grafana"):
+        assert services[name]["network_mode"] == "host", name
+
+
+def test_compose_mounts_the_files_of_this_repository():
+    services = _yaml(COMPOSE)["services"]
+    mounts = {}
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name}: {source} does not exist"
+                mounts[(name, target)] = (ROOT / source).resolve()
+    prometheus = services["prometheus"]
+    config_target = next(arg.split("=", 1)[1] for arg in prometheus["command"] if arg.startswith("--config.file="))
+    assert mounts[("prometheus", config_target)] == (ROOT / "prometheus.yml").resolve()
+    # The rule files prometheus.yml names (relative to itself) are mounted where it looks for them.
+    for rule_file in _yaml(ROOT / "prometheus.yml").get("rule_files") or []:
+        target = str(PurePosixPath(config_target).parent / rule_file)
+        assert mounts.get(("prometheus", target)) == (ROOT / rule_file).resolve(), rule_file
+    assert mounts[("prometheus", "/etc/prometheus/deploy/prometheus/alerts.yml")] == ALERTS.resolve()
+    # Grafana: provisioning, and the dashboard inside the provider's path.
+    assert mounts[("grafana", "/etc/grafana/provisioning/datasources")] == (PROVISIONING / "datasources").resolve()
+    assert mounts[("grafana", "/etc/grafana/provisioning/dashboards")] == (PROVISIONING / "dashboards").resolve()
+    (provider,) = _yaml(PROVISIONING / "dashboards" / "netio.yml")["providers"]
+    dashboard_target = next(target for (name, target), source in mounts.items()
+                            if source == (ROOT / "grafana" / "netio-exporter.json").resolve())
+    assert PurePosixPath(dashboard_target).parent == PurePosixPath(provider["options"]["path"])
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == dashboard_target
+
+
+def test_grafana_datasource_reaches_the_compose_prometheus():
+    (datasource,) = _yaml(PROVISIONING / "datasources" / "prometheus.yml")["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["access"] == "proxy"
+    assert datasource["url"] == "http://localhost:9090"  # Prometheus's default listen port, host network
+    scrape_interval = _yaml(ROOT / "prometheus.yml")["global"]["scrape_interval"]
+    assert datasource["jsonData"]["timeInterval"] == scrape_interval
+
+
+# ------------------------------------------------------------------------------------------ Kubernetes
+
+def _kubernetes() -> dict:
+    documents = [doc for doc in _yaml(KUBERNETES, all_documents=True) if doc]
+    by_kind = {doc["kind"]: doc for doc in documents}
+    assert sorted(by_kind) == ["DaemonSet", "PodMonitor", "Service"] and len(documents) == 3
+    return by_kind
+
+
+def test_daemonset_runs_the_exporter_on_the_host_network_with_few_capabilities():
+    daemonset = _kubernetes()["DaemonSet"]
+    assert daemonset["apiVersion"] == "apps/v1"
+    pod = daemonset["spec"]["template"]
+    assert daemonset["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    spec = pod["spec"]
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    (container,) = spec["containers"]
+    assert "command" not in container  # the image's ENTRYPOINT is netio-exporter
+    assert_runs_the_exporter_on_7070(container["args"], "daemonset.yaml")
+    (port,) = container["ports"]
+    assert port["containerPort"] == PORT and port["name"] == "metrics"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == "metrics"
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"]
+    security = container["securityContext"]
+    assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert set(security["capabilities"]["add"]) <= CAPABILITIES
+
+
+def test_service_and_podmonitor_select_the_pods_and_label_the_host():
+    by_kind = _kubernetes()
+    labels = by_kind["DaemonSet"]["spec"]["template"]["metadata"]["labels"]
+    service = by_kind["Service"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == PORT and port["targetPort"] == "metrics"
+    monitor = by_kind["PodMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    relabelings = endpoint["relabelings"]
+    assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "host"} in relabelings
+    assert {"targetLabel": "job", "replacement": "netio"} in relabelings  # the alert rules' job
+
+
+# ------------------------------------------------------------------------------------------ systemd
+
+def _unit() -> dict[str, list[str]]:
+    """``Key`` -> values, over all sections (systemd keys may repeat)."""
+    entries: dict[str, list[str]] = {}
+    section = None
+    for line in SYSTEMD.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        assert section, line
+        entries.setdefault(key.strip(), []).append(value.strip())
+    return entries
+
+
+def test_systemd_unit_runs_the_exporter_with_only_the_needed_capabilities():
+    unit = _unit()
+    (exec_start,) = unit["ExecStart"]
+    binary, *args = shlex.split(exec_start)
+    assert binary.endswith("/netio-exporter")
+    assert_runs_the_exporter_on_7070(args, "netio-exporter.service")
+    ambient = set(unit["AmbientCapabilities"][0].split())
+    assert ambient == set(unit["CapabilityBoundingSet"][0].split())
+    assert {name.removeprefix("CAP_") for name in ambient} <= CAPABILITIES
+    assert unit["DynamicUser"] == ["yes"] and unit["NoNewPrivileges"] == ["yes"]
+    assert "PrivateNetwork" not in unit  # it must see the host's network namespace
+    assert "AF_NETLINK" in unit["RestrictAddressFamilies"][0]
+
+
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    require(analyze is not None, "systemd-analyze not installed (apt-get install systemd)")
+    installed = Path(sys.executable).parent / "netio-exporter"
+    require(installed.exists(), f"{installed} not installed (pip install -e .)")
+    # verify checks that ExecStart exists: point it at this checkout's installed script
+    text = re.sub(r"^ExecStart=\S+", f"ExecStart={installed}", SYSTEMD.read_text(), flags=re.M)
+    unit = tmp_path / SYSTEMD.name
+    unit.write_text(text)
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Unknown" not in result.stderr and "ignoring" not in result.stderr, result.stderr
+
+
+# ------------------------------------------------------------------------------------------ all of them
+
+@pytest.mark.parametrize("path", [COMPOSE, KUBERNETES, SYSTEMD, ROOT / "Dockerfile"], ids=lambda p: p.name)
+def test_every_collector_flag_mentioned_exists_or_is_planned(path):
+    """Collector flags in the files exist now; a planned one (DESIGN.md's CLI contract) only in a comment."""
+    options = _options()
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        code, _, comment = line.partition("#")
+        for flag in _flags_mentioned(code.replace('"', " ").replace("'", " ")):
+            if flag.startswith(("--collector", "--no-collector")) or flag in options | PLANNED_FLAGS - {"-f"}:
+                assert flag in options, f"{path.name}:{number}: {flag} is not a flag of netio-exporter (yet)"
+        for flag in _flags_mentioned(comment.replace('"', " ")):
+            if flag.startswith(("--collector", "--no-collector")):
+                assert flag in options | PLANNED_FLAGS, f"{path.name}:{number}: {flag} is in no CLI contract"
+
+
+def test_dockerfile_default_command_agrees():
+    cmd = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))
+    assert_runs_the_exporter_on_7070(json.loads(cmd[4:]), "Dockerfile")
+
+
+def test_every_deploy_file_uses_port_7070():
+    for path in (COMPOSE, KUBERNETES, SYSTEMD, ROOT / "Dockerfile"):
+        ports = set(re.findall(r"(?:--port[\s\"',]+|-p\s+|containerPort: |port: |EXPOSE )(\d+)", path.read_text()))
+        assert ports <= {str(PORT)}, f"{path.name}: {ports}"
