@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -141,3 +144,108 @@ def test_a_failing_collector_does_not_end_the_scrape(caplog):
     failures = [record for record in caplog.records if "broken" in record.getMessage()]
     assert len(failures) == 1  # one line per new failure, not one per scrape
     assert "permission denied" in failures[0].getMessage()
+
+
+def test_process_metrics_match_prometheus_clients_process_collector():
+    """/metrics renders process_* itself: the same families as ProcessCollector, with the same values."""
+    from prometheus_client import ProcessCollector
+
+    from exporter.exposition import to_metric
+    from exporter.server import ProcessMetrics
+
+    ours = [to_metric(family) for family in ProcessMetrics().families()]
+    theirs = ProcessCollector(registry=None).collect()
+    assert [(m.name, m.type, m.documentation, [s.name for s in m.samples]) for m in ours] == \
+           [(m.name, m.type, m.documentation, [s.name for s in m.samples]) for m in theirs]
+    ours = {m.name: m.samples[0].value for m in ours}
+    theirs = {m.name: m.samples[0].value for m in theirs}
+    assert ours["process_start_time_seconds"] == theirs["process_start_time_seconds"]
+    assert ours["process_max_fds"] == theirs["process_max_fds"]
+    assert abs(ours["process_open_fds"] - theirs["process_open_fds"]) <= 2
+    assert 0 <= theirs["process_cpu_seconds"] - ours["process_cpu_seconds"] < 1
+    for name in ("process_resident_memory_bytes", "process_virtual_memory_bytes"):
+        assert ours[name] > 0 and abs(ours[name] - theirs[name]) < 4 << 20, name
+
+
+def test_the_registry_serves_the_same_families(running):
+    """MetricsApp.registry (prometheus_client, for embedding) exposes the families /metrics serves."""
+    from prometheus_client import generate_latest
+
+    from exporter.collectors import Scrape
+    from exporter.collectors.link import LinkCollector
+    from exporter.server import MetricsApp
+
+    with in_netns(running.ns):
+        app = MetricsApp(Scrape([LinkCollector()]))
+        try:
+            served = {name for name, _ in samples(app.metrics().decode())}
+            registry = {name for name, _ in samples(generate_latest(app.registry).decode())}
+        finally:
+            app.scrape.close()
+    assert served == registry and "process_cpu_seconds_total" in served
+
+
+def test_serving_imports_neither_http_server_nor_prometheus_client():
+    """Both cost resident memory (about 10 MB together); only MetricsApp.registry and to_metric need the latter."""
+    code = ("import sys, exporter.cli, exporter.server, exporter.collectors.link; "
+            "print(sorted({'http.server', 'http.client', 'ssl', 'prometheus_client'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def _exchange(running, request: bytes, timeout: float = 5) -> bytes:
+    """Send raw bytes, return everything the server sends until it closes the connection."""
+    with in_netns(running.ns):
+        sock = socket.create_connection((running.address, running.port), timeout=timeout)
+    with sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_http_1_0_closes_and_head_sends_no_body(running):
+    response = _exchange(running, b"GET / HTTP/1.0\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in response
+    assert response.endswith(b"</html>\n")
+    response = _exchange(running, b"HEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and body == b""
+    assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) > 1000
+
+
+def test_pipelined_requests_are_answered_in_order(running):
+    response = _exchange(running, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"
+                                  b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert re.findall(rb"HTTP/1\.1 (\d+) ", response) == [b"404", b"200", b"200"]
+    assert response.endswith(b"\n") and b"netio_network_up" in response
+
+
+def test_bad_requests_get_an_error_and_a_closed_connection(running):
+    assert _exchange(running, b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert _exchange(running, b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi").startswith(b"HTTP/1.1 501 ")
+    assert _exchange(running, b"GET / HTTP/2.0\r\n\r\n").startswith(b"HTTP/1.1 505 ")
+    assert _exchange(running, b"GET / HTTP/1.1\r\nX: " + b"x" * 70000).startswith(b"HTTP/1.1 431 ")
+
+
+def test_idle_keep_alive_connections_do_not_starve_new_ones(running):
+    """More idle kept-alive connections than waiting workers: a new connection is still answered at once."""
+    idle = []
+    try:
+        for _ in range(12):
+            with in_netns(running.ns):
+                connection = http.client.HTTPConnection(running.address, running.port, timeout=10)
+                connection.connect()
+            connection.request("GET", "/")
+            assert connection.getresponse().read().endswith(b"</html>\n")
+            idle.append(connection)
+        start = time.monotonic()
+        assert running.get("/")[0] == 200
+        assert time.monotonic() - start < 2
+        for connection in idle:  # and the idle ones are still served
+            connection.request("GET", "/metrics")
+            assert connection.getresponse().status == 200
+    finally:
+        for connection in idle:
+            connection.close()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from itertools import compress
+from typing import NamedTuple
 
-from ..exposition import Family
-from ..netlink.rtnl import STATS64_FIELDS, LinkReader
+from ..exposition import Family, Rows
+from ..netlink.rtnl import STATS64_FIELDS, Link, LinkReader
 from . import Collector
 
 # rtnl_link_stats64 field -> (metric name without netio_network_ and _total, help)
@@ -71,12 +73,43 @@ def _families() -> tuple[list[Family], dict[str, Family]]:
     return counters, attributes
 
 
+class _Layout(NamedTuple):
+    """What a scrape derives from the interfaces' attributes alone; kept while they are unchanged."""
+    links: tuple[Link, ...]  # every interface, selected or not
+    selected: tuple[bool, ...]
+    rows: Rows  # ((("device", name),), ...) of the selected interfaces
+    up: tuple[int, ...]
+    mtu: tuple[int, ...]
+    carrier_rows: Rows
+    carrier: tuple[int, ...]
+    info_rows: Rows
+
+
+def _layout(links: tuple[Link, ...], select: DeviceFilter) -> _Layout:
+    selected = tuple(select(link.name) for link in links)
+    chosen = list(compress(links, selected))
+    rows = tuple((("device", link.name),) for link in chosen)
+    with_carrier = [link.carrier_changes is not None for link in chosen]
+    return _Layout(
+        links, selected, rows,
+        up=tuple(1 if link.operstate == "up" else 0 for link in chosen),
+        mtu=tuple(link.mtu for link in chosen),
+        carrier_rows=tuple(compress(rows, with_carrier)),
+        carrier=tuple(link.carrier_changes for link in compress(chosen, with_carrier)),
+        info_rows=tuple((("device", link.name), ("address", link.address), ("operstate", link.operstate),
+                         ("ifalias", link.ifalias), ("kind", link.kind)) for link in chosen))
+
+
 class LinkCollector(Collector):
+    """Families in columns: one label-rows tuple per layout, shared by every column and by every
+    scrape until an interface's attributes change."""
+
     name = "link"
 
     def __init__(self, device_filter: DeviceFilter | None = None):
         self._select = device_filter or DeviceFilter()
         self._reader = LinkReader()
+        self._layout = _layout((), self._select)
 
     def close(self) -> None:
         self._reader.close()
@@ -86,20 +119,24 @@ class LinkCollector(Collector):
         return counters + list(attributes.values())
 
     def read(self) -> list[Family]:
-        counters, attributes = _families()
-        up, mtu, carrier, info = (attributes[key].samples for key in ("up", "mtu", "carrier", "info"))
-        columns = [family.samples for family in counters]
-        select = self._select
-        for link, values in self._reader.read():
-            if not select(link.name):
-                continue
-            labels = (("device", link.name),)
-            for column, value in zip(columns, values):
-                column.append(("_total", labels, value))
-            up.append(("", labels, 1 if link.operstate == "up" else 0))
-            mtu.append(("", labels, link.mtu))
-            if link.carrier_changes is not None:
-                carrier.append(("_total", labels, link.carrier_changes))
-            info.append(("", (("device", link.name), ("address", link.address), ("operstate", link.operstate),
-                              ("ifalias", link.ifalias), ("kind", link.kind)), 1))
-        return counters + list(attributes.values())
+        readings = self._reader.read()
+        links = tuple(reading.link for reading in readings)
+        layout = self._layout
+        if links != layout.links:  # the reader keeps Link objects while unchanged: compared by identity
+            layout = self._layout = _layout(links, self._select)
+        counters = [reading.counters for reading in compress(readings, layout.selected)]
+        rows = layout.rows
+        families, attributes = _families()
+        if len(set(map(len, counters))) == 1:  # every interface sent the same fields: one column each
+            for family, values in zip(families, zip(*counters)):
+                family.columns.append(("_total", rows, values))
+        else:  # fields a kernel did not send for an interface are absent, not zero
+            for index, family in enumerate(families):
+                has = [len(values) > index for values in counters]
+                family.columns.append(("_total", tuple(compress(rows, has)),
+                                       [values[index] for values in compress(counters, has)]))
+        attributes["up"].columns.append(("", rows, layout.up))
+        attributes["mtu"].columns.append(("", rows, layout.mtu))
+        attributes["carrier"].columns.append(("_total", layout.carrier_rows, layout.carrier))
+        attributes["info"].columns.append(("", layout.info_rows, (1,) * len(rows)))
+        return families + list(attributes.values())

@@ -137,6 +137,15 @@ _GETLINK_REQUEST = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + struct.pack(
     "=HHI", 8, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
 
 
+def dump_links() -> list[Link]:
+    """Every interface's attributes, from one RTM_GETLINK dump (for the control plane, not per scrape)."""
+    sock = NetlinkSocket(NETLINK_ROUTE)
+    try:
+        return sock.dump(RTM_GETLINK, _GETLINK_REQUEST, parse_link)
+    finally:
+        sock.close()
+
+
 class LinkReader:
     """Reads every interface of the current network namespace: attributes and counters.
 

@@ -1,0 +1,225 @@
+"""mac: per-client (per-MAC) download and upload on gateway interfaces, counted by eBPF at tc.
+
+What speedy did with libpcap in user space, counted in the kernel instead (exporter/bpf/mac.bpf.c):
+ingress frames are the upload of their source MAC, egress frames the download of their destination
+MAC; bytes are the L2 frame length as tc sees it (Ethernet header included, FCS not). Each interface
+gets its own copy of the programs and its own table of ``max_entries`` clients; frames of clients that
+find it full are counted as untracked. Clients idle longer than ``idle_timeout`` are deleted here, and
+their series vanish. An interface that disappears is re-attached when a scrape finds it back; the
+table survives, so its clients' counters continue.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import struct
+import threading
+import time
+
+from ..exposition import Family
+from . import Collector, CollectorUnavailable
+
+log = logging.getLogger("netio_exporter")
+
+ATTACH_MODES = ("auto", "tcx", "clsact")
+_KEY = struct.Struct("=6s2x")
+_CLIENT = struct.Struct("=5QI16sB3x")  # struct client in mac.bpf.c
+_UNTRACKED = struct.Struct("=QQ")
+_ZERO_KEY = struct.pack("=I", 0)
+
+
+def _mac_text(raw: bytes) -> str:
+    return ":".join(f"{byte:02x}" for byte in raw)
+
+
+def _ipv6_text(raw: bytes) -> str:
+    if raw == bytes(16):
+        return ""
+    address = ipaddress.IPv6Address(raw)
+    if address.ipv4_mapped is not None:  # RFC 5952 section 5
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)
+
+
+def _ipv4_text(raw: int) -> str:
+    return socket.inet_ntoa(struct.pack("=I", raw)) if raw else ""
+
+
+def _families() -> dict[str, Family]:
+    return {
+        "download_bytes": Family("netio_mac_download_bytes", "counter",
+                                 "L2 bytes of frames sent to the client (tc egress, by destination MAC)."),
+        "download_packets": Family("netio_mac_download_packets", "counter",
+                                   "Frames sent to the client (tc egress, by destination MAC)."),
+        "upload_bytes": Family("netio_mac_upload_bytes", "counter",
+                               "L2 bytes of frames received from the client (tc ingress, by source MAC)."),
+        "upload_packets": Family("netio_mac_upload_packets", "counter",
+                                 "Frames received from the client (tc ingress, by source MAC)."),
+        "info": Family("netio_mac_info", "gauge",
+                       "The client's last seen IPv4 and IPv6 source addresses (IPv6 link-local only when no "
+                       "other was seen); the value is 1."),
+        "untracked_bytes": Family("netio_mac_untracked_bytes", "counter",
+                                  "L2 bytes of frames of clients the table had no room for."),
+        "untracked_packets": Family("netio_mac_untracked_packets", "counter",
+                                    "Frames of clients the table had no room for."),
+    }
+
+
+class _Device:
+    """The programs, table and attachment of one interface."""
+
+    def __init__(self, name: str, max_entries: int, attach_mode: str):
+        from ..bpf.build import object_path
+        from ..bpf.libbpf import BpfObject
+        self.name = name
+        self.attach_mode = attach_mode
+        self.object = BpfObject(str(object_path("mac")), max_entries={"clients": max_entries})
+        self.clients = self.object.map("clients")
+        self.untracked = self.object.map("untracked")
+        self.self_map = self.object.map("self")
+        self.ifindex: int | None = None
+        self.method = ""
+        self._links: list[int] = []
+        self._clsact = None
+        self._missing_said = False
+
+    def ensure_attached(self) -> bool:
+        """Attach to the interface called ``name`` now (again if it was re-created); False if it is absent."""
+        from ..netlink.rtnl import dump_links
+        try:
+            ifindex = socket.if_nametoindex(self.name)
+        except OSError:
+            ifindex = None
+        if ifindex is not None and ifindex == self.ifindex:
+            return True
+        self.detach()
+        if ifindex is None:
+            if not self._missing_said:
+                log.warning("mac: interface %s is not present; counting resumes when it returns", self.name)
+                self._missing_said = True
+            return False
+        link = next((link for link in dump_links() if link.index == ifindex), None)
+        own = bytes.fromhex(link.address.replace(":", "")) if link and len(link.address) == 17 else bytes(6)
+        self.self_map.update(_ZERO_KEY, _KEY.pack(own))
+        self._attach(ifindex)
+        self.ifindex = ifindex
+        if self._missing_said:
+            log.info("mac: interface %s is back; attached again (%s)", self.name, self.method)
+            self._missing_said = False
+        return True
+
+    def _attach(self, ifindex: int) -> None:
+        from ..bpf import tc
+        programs = {"ingress": self.object.program_fd("mac_ingress"), "egress": self.object.program_fd("mac_egress")}
+        if self.attach_mode in ("auto", "tcx"):
+            try:
+                for direction, fd in programs.items():
+                    self._links.append(tc.tcx_attach(fd, ifindex, direction))
+                self.method = "tcx"
+                return
+            except tc.AttachError as error:
+                self.detach()
+                if self.attach_mode == "tcx" or tc.tcx_supported(error.errno):
+                    raise
+        clsact = tc.Clsact(ifindex)
+        try:
+            clsact.remove_ours()  # a killed exporter's leftovers
+            clsact.attach(programs)
+        except BaseException:
+            clsact.detach()
+            clsact.close()
+            raise
+        self._clsact = clsact
+        self.method = "clsact"
+
+    def detach(self) -> None:
+        import os
+        while self._links:
+            os.close(self._links.pop())
+        if self._clsact is not None:
+            try:
+                self._clsact.detach()
+            finally:
+                self._clsact.close()
+                self._clsact = None
+        self.ifindex = None
+
+    def close(self) -> None:
+        self.detach()
+        self.object.close()
+
+
+class MacCollector(Collector):
+    name = "mac"
+
+    def __init__(self, devices: list[str], max_entries: int = 4096, idle_timeout: float = 3600.0,
+                 attach: str = "auto"):
+        if attach not in ATTACH_MODES:
+            raise ValueError(f"attach mode must be one of {', '.join(ATTACH_MODES)}")
+        self._idle_ns = int(idle_timeout * 1e9)
+        self._lock = threading.Lock()
+        self._devices: list[_Device] = []
+        self._error: str | None = None
+        try:
+            for name in dict.fromkeys(devices):
+                self._devices.append(_Device(name, max_entries, attach))
+            for device in self._devices:  # count from start-up, not from the first scrape
+                device.ensure_attached()
+        except Exception as error:  # reported by every read(); the other collectors keep working
+            self._error = _unavailable(error)
+            self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            while self._devices:
+                self._devices.pop().close()
+
+    def describe_families(self) -> list[Family]:
+        return list(_families().values())
+
+    def read(self) -> list[Family]:
+        if self._error is not None:
+            raise CollectorUnavailable(self._error)
+        families = _families()
+        with self._lock:
+            now = time.monotonic_ns()
+            for device in self._devices:
+                if device.ensure_attached():
+                    self._read_device(device, families, now)
+        return list(families.values())
+
+    def _read_device(self, device: _Device, families: dict[str, Family], now: int) -> None:
+        keys, values, count = device.clients.lookup_batch()
+        idle_before = now - self._idle_ns
+        download_bytes, download_packets = families["download_bytes"].samples, families["download_packets"].samples
+        upload_bytes, upload_packets = families["upload_bytes"].samples, families["upload_packets"].samples
+        info = families["info"].samples
+        for index in range(count):
+            key = keys[index * _KEY.size:(index + 1) * _KEY.size]
+            (up_bytes, up_packets, down_bytes, down_packets, last_seen,
+             ipv4, ipv6, _link_local) = _CLIENT.unpack_from(values, index * _CLIENT.size)
+            if last_seen < idle_before:
+                device.clients.delete(key)
+                continue
+            mac = _mac_text(key[:6])
+            labels = (("device", device.name), ("mac", mac))
+            download_bytes.append(("_total", labels, down_bytes))
+            download_packets.append(("_total", labels, down_packets))
+            upload_bytes.append(("_total", labels, up_bytes))
+            upload_packets.append(("_total", labels, up_packets))
+            info.append(("", (("device", device.name), ("mac", mac), ("ipv4", _ipv4_text(ipv4)),
+                              ("ipv6", _ipv6_text(ipv6))), 1))
+        lost = device.untracked.lookup(_ZERO_KEY)
+        lost_bytes, lost_packets = _UNTRACKED.unpack(lost) if lost else (0, 0)
+        labels = (("device", device.name),)
+        families["untracked_bytes"].samples.append(("_total", labels, lost_bytes))
+        families["untracked_packets"].samples.append(("_total", labels, lost_packets))
+
+
+def _unavailable(error: Exception) -> str:
+    if isinstance(error, PermissionError) or getattr(error, "errno", None) in (1, 13):
+        return (f"eBPF is not permitted here ({error}); run as root or with CAP_BPF, CAP_PERFMON and "
+                "CAP_NET_ADMIN")
+    return f"cannot count per-MAC traffic: {error}"

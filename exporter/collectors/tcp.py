@@ -1,0 +1,277 @@
+"""tcp: connection states and the kernel's per-socket tcp_info totals, read over sock_diag at scrape time.
+
+The unit is the socket (a loopback connection is two). Totals are sums over every socket seen, live
+and closed, kept per socket cookie: a socket first seen counts in full; at each scrape a live socket
+adds what its counters moved since the last one (32-bit fields modulo 2^32); a socket that left the
+dump, or entered a state without tcp_info (TIME_WAIT), keeps the values it had at its last scrape and
+counts once in ``netio_tcp_connections_closed_total``. Only the sockets of the last dump are remembered.
+
+Polling cannot see what happens between two scrapes: sockets that open and close in between count
+as closed only if they are still in the dump (TIME_WAIT) and never with their bytes, and what a
+socket moves between its last scrape and its close is not in the totals.
+"""
+
+from __future__ import annotations
+
+import threading
+from bisect import bisect_right
+from operator import lt
+
+from ..exposition import Family, format_value
+from ..netlink.core import DumpInterrupted
+from ..netlink.sock_diag import (STATE_NAMES, TCP_ESTABLISHED, TCP_INFO_COUNTER_NAMES, TCP_SYN_RECV,
+                                 SockDiagReader)
+from . import Collector
+
+_PREFIX = "netio_tcp_"
+
+# tcp_info counter -> (metric name without netio_tcp_ and _total, divisor to base units, help)
+COUNTERS = {
+    "total_retrans": ("retransmitted_segments", 1, "Segments retransmitted by TCP sockets (tcp_info total_retrans)."),
+    "bytes_acked": ("acked_bytes", 1, "Bytes of TCP sockets acknowledged by their peers "
+                                      "(tcp_info bytes_acked; a connect()'s SYN and a FIN count one each)."),
+    "bytes_received": ("received_bytes", 1,
+                       "Bytes received by TCP sockets (tcp_info bytes_received; a FIN counts one)."),
+    "segs_out": ("sent_segments", 1, "Segments sent by TCP sockets (tcp_info segs_out)."),
+    "segs_in": ("received_segments", 1, "Segments received by TCP sockets (tcp_info segs_in)."),
+    "busy_time": ("busy_seconds", 1_000_000, "Time TCP sockets were busy sending data (tcp_info busy_time)."),
+    "rwnd_limited": ("rwnd_limited_seconds", 1_000_000,
+                     "Time TCP sockets were limited by the peer's receive window (tcp_info rwnd_limited)."),
+    "sndbuf_limited": ("sndbuf_limited_seconds", 1_000_000,
+                       "Time TCP sockets were limited by their send buffer (tcp_info sndbuf_limited)."),
+    "bytes_sent": ("sent_bytes", 1, "Bytes sent by TCP sockets, retransmissions included (tcp_info bytes_sent)."),
+    "bytes_retrans": ("retransmitted_bytes", 1, "Bytes retransmitted by TCP sockets (tcp_info bytes_retrans)."),
+}
+assert tuple(COUNTERS) == TCP_INFO_COUNTER_NAMES
+_WRAP_32 = tuple(TCP_INFO_COUNTER_NAMES.index(name) for name in ("total_retrans", "segs_out", "segs_in"))
+
+STATES = ("established", "syn_sent", "syn_recv", "fin_wait1", "fin_wait2", "time_wait",
+          "close", "close_wait", "last_ack", "listen", "closing")
+
+# RTT bucket bounds in microseconds (tcpi_rtt's unit): 10 µs (loopback) to 10 s in 1-2.5-5 steps.
+RTT_BOUNDS_US = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000,
+                 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000)
+_RTT_LE = tuple(format_value(bound / 1e6) for bound in RTT_BOUNDS_US)  # as generate_latest writes le
+
+# Snapshots are decoded and summed in batches: memory stays flat however many sockets moved.
+_FOLD = SockDiagReader.COLUMN_BATCH
+_ATTEMPTS = 3  # a dump the kernel flags as inconsistent is read again, as NetlinkSocket does
+_GONE = None  # what is remembered of a socket already counted as closed that is still in the dump
+
+
+def parse_local_ports(text: str) -> frozenset[int]:
+    """``"22,443"`` -> ``frozenset({22, 443})``; ValueError with a message fit for the CLI."""
+    ports = set()
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or not 1 <= int(item) <= 65535:
+            raise ValueError(f"expected comma-separated port numbers 1-65535, got {text!r}")
+        ports.add(int(item))
+    return frozenset(ports)
+
+
+def _families() -> tuple[Family, list[Family], Family, Family]:
+    connections = Family(_PREFIX + "connections", "gauge", "TCP sockets by state (a loopback connection is two).")
+    counters = [Family(_PREFIX + name, "counter", help) for name, _, help in COUNTERS.values()]
+    closed = Family(_PREFIX + "connections_closed", "counter",
+                    "TCP sockets that left the dump or entered a state without tcp_info, each counted once.")
+    rtt = Family(_PREFIX + "rtt_seconds", "gaugehistogram", "Smoothed round-trip time of established TCP sockets.")
+    return connections, counters, closed, rtt
+
+
+def _wrapped(now: tuple, then: tuple) -> tuple:
+    """What one socket's counters moved: 32-bit counters modulo 2^32; 64-bit counters never wrap, and
+    a decrease (which the kernel does not do) is not counted backwards."""
+    return tuple((after - before) & 0xFFFFFFFF if index in _WRAP_32 else max(after - before, 0)
+                 for index, (after, before) in enumerate(zip(now, then)))
+
+
+class _Tally:
+    """One label group's part of a scrape, built while the dump streams by.
+
+    Each socket the dump shows moves from ``previous`` (the memory of the last scrape) to ``known``, so
+    the memory of a socket is held once, and whatever is still in ``previous`` after a complete dump
+    has left it. A socket whose counter snapshot changed is only queued during the dump; the queues
+    are decoded and summed in batches, column by column, which costs far less than socket by socket.
+    """
+
+    __slots__ = ("known", "states", "rtts", "moved", "closed", "visit", "finish")
+
+    def __init__(self, previous: dict, width: int, reader: SockDiagReader):
+        self.known: dict[int, bytes | None] = {}  # the group's memory for the next scrape
+        self.states = [0] * 256
+        self.rtts: list[int] = []
+        self.moved = [0] * width
+        self.closed = [0]  # a cell the visitor updates: the visitor holds no reference to the tally
+        self.visit, self.finish = self._visitor(previous, reader)
+
+    def _visitor(self, previous: dict, reader: SockDiagReader):
+        """The per-socket callback for the dump, and the function that completes the tally after it."""
+        recall = previous.pop
+        known = self.known
+        states, rtts, moved, closed = self.states, self.rtts, self.moved, self.closed
+        fresh, now, then = [], [], []  # snapshots of new sockets; of moved sockets, and their previous ones
+        add_fresh, add_now, add_then = fresh.append, now.append, then.append
+
+        def visit(cookie, state, port, rtt, snapshot):
+            if cookie in known:
+                return  # seen twice in one dump (it moved in the table while the kernel walked it)
+            states[state] += 1
+            before = recall(cookie, False)  # False: never seen; _GONE: counted as closed already
+            if snapshot is None:  # TIME_WAIT (or FIN_WAIT2 after close), or a request socket: no tcp_info
+                if state != TCP_SYN_RECV:
+                    known[cookie] = _GONE
+                    if before is not _GONE:
+                        closed[0] += 1  # it just closed, or opened and closed since the last scrape
+                return
+            if state == TCP_ESTABLISHED:
+                rtts.append(rtt)
+            if snapshot == before:
+                known[cookie] = before  # keep the older, equal snapshot: the new one is freed at once
+                return
+            known[cookie] = snapshot
+            if before:
+                add_now(snapshot)
+                add_then(before)
+                if len(now) >= _FOLD:
+                    _fold_moves(now, then, moved, reader)
+            else:
+                add_fresh(snapshot)  # first seen: counts in full
+                if len(fresh) >= _FOLD:
+                    _fold_fresh(fresh, moved, reader)
+
+        def finish():
+            _fold_fresh(fresh, moved, reader)
+            _fold_moves(now, then, moved, reader)
+
+        return visit, finish
+
+
+def _fold_fresh(snapshots: list, moved: list, reader: SockDiagReader) -> None:
+    """Add the counters of first-seen sockets in full; empty the queue."""
+    columns = reader.counter_columns(snapshots)
+    if columns is not None:
+        for index, column in enumerate(columns[:len(moved)]):
+            moved[index] += sum(column)
+    else:  # snapshots of several lengths (not seen in practice): one by one
+        decoders = reader.snapshot_decoders
+        for snapshot in snapshots:
+            for index, value in enumerate(decoders[len(snapshot)](snapshot)[:len(moved)]):
+                moved[index] += value
+    snapshots.clear()
+
+
+def _fold_moves(now: list, then: list, moved: list, reader: SockDiagReader) -> None:
+    """Add what the counters of known sockets moved since their last scrape; empty the queues."""
+    after, before = reader.counter_columns(now), reader.counter_columns(then)
+    wrap = [index for index in _WRAP_32 if index < len(moved)]
+    if after is not None and before is not None and not any(any(map(lt, after[index], before[index]))
+                                                            for index in wrap):
+        for index in range(len(moved)):
+            moved[index] += sum(after[index]) - sum(before[index])
+    else:  # a 32-bit counter wrapped, or snapshots of several lengths: socket by socket
+        decoders = reader.snapshot_decoders
+        for snapshot, previous in zip(now, then):
+            moves = _wrapped(decoders[len(snapshot)](snapshot), decoders[len(previous)](previous))
+            for index, value in enumerate(moves[:len(moved)]):
+                moved[index] += value
+    now.clear()
+    then.clear()
+
+
+class TcpCollector(Collector):
+    name = "tcp"
+
+    def __init__(self, local_ports: frozenset[int] | None = None):
+        if local_ports:
+            ports = sorted(local_ports)
+            self._groups = [(("local_port", str(port)),) for port in ports] + [(("local_port", "other"),)]
+            self._group_of_port = {port: index for index, port in enumerate(ports)}
+        else:
+            self._groups = [()]
+            self._group_of_port = {}
+        self._reader = SockDiagReader()
+        self._lock = threading.Lock()
+        # How many counters this kernel's tcp_info carries: an older kernel's shorter struct lacks the
+        # newer ones, and their metrics are absent rather than zero.
+        self._width = len(self._reader.counter_names)
+        # Under the lock, per label group: cookie -> the socket's counter snapshot at its last scrape,
+        # or _GONE for a socket already counted as closed that is still in the dump (TIME_WAIT).
+        self._known: list[dict[int, bytes | None]] = [{} for _ in self._groups]
+        self._totals = [[0] * self._width for _ in self._groups]
+        self._closed = [0] * len(self._groups)
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def describe_families(self) -> list[Family]:
+        connections, counters, closed, rtt = _families()
+        return [connections, *counters[:self._width], closed, rtt]
+
+    def read(self) -> list[Family]:
+        with self._lock:  # the dump and the bookkeeping together: concurrent scrapes never double-count
+            for attempt in range(_ATTEMPTS):
+                try:
+                    return self._render(*self._scrape())
+                except DumpInterrupted:
+                    if attempt == _ATTEMPTS - 1:
+                        raise
+        raise AssertionError("unreachable")
+
+    def _scrape(self) -> tuple[list, list, list, list]:
+        """Read the kernel and move the totals on.
+
+        A dump that fails part way still commits what it saw socket by socket (their moves, and their
+        snapshots as the memory of the next attempt) and forgets nobody, so reading again never counts
+        anything twice; only a complete dump says which sockets left.
+        """
+        tallies = [_Tally(known, self._width, self._reader) for known in self._known]
+        complete = False
+        try:
+            if len(tallies) == 1:
+                self._reader.visit_tcp_sockets(tallies[0].visit)
+            else:
+                visits = [tally.visit for tally in tallies]
+                group_of_port = self._group_of_port.get
+                other = len(tallies) - 1
+                self._reader.visit_tcp_sockets(
+                    lambda cookie, state, port, rtt, snapshot:
+                        visits[group_of_port(port, other)](cookie, state, port, rtt, snapshot))
+            complete = True
+        finally:
+            for group, tally in enumerate(tallies):
+                tally.finish()
+                remaining = self._known[group]  # after a complete dump: the sockets that left it
+                if complete:
+                    self._closed[group] += sum(1 for snapshot in remaining.values() if snapshot is not _GONE)
+                else:
+                    tally.known.update(remaining)
+                self._closed[group] += tally.closed[0]
+                totals = self._totals[group]
+                for index, moved in enumerate(tally.moved):
+                    totals[index] += max(moved, 0)  # the kernel's counters only grow: so do ours
+                self._known[group] = tally.known
+        return ([tally.states for tally in tallies], [list(totals) for totals in self._totals],
+                list(self._closed), [tally.rtts for tally in tallies])
+
+    def _render(self, states: list, totals: list, closed_counts: list, rtts: list) -> list[Family]:
+        connections, counters, closed, rtt = _families()
+        counters = counters[:self._width]
+        divisors = [divisor for _, divisor, _ in COUNTERS.values()]
+        for index, group in enumerate(self._groups):
+            by_name = dict.fromkeys(STATES, 0)
+            for state, name in STATE_NAMES.items():
+                by_name[name] += states[index][state]
+            for name in STATES:
+                connections.samples.append(("", group + (("state", name),), by_name[name]))
+            for field, family in enumerate(counters):
+                total = totals[index][field]
+                family.samples.append(("_total", group, total if divisors[field] == 1 else total / divisors[field]))
+            closed.samples.append(("_total", group, closed_counts[index]))
+            values = sorted(rtts[index])
+            for bound, le in zip(RTT_BOUNDS_US, _RTT_LE):
+                rtt.samples.append(("_bucket", group + (("le", le),), bisect_right(values, bound)))
+            rtt.samples.append(("_bucket", group + (("le", "+Inf"),), len(values)))
+            rtt.samples.append(("_gcount", group, len(values)))
+            rtt.samples.append(("_gsum", group, sum(values) / 1e6))
+        return [connections, *counters, closed, rtt]
