@@ -4,6 +4,6 @@
 set -eu
 cd "$(dirname "$0")"
 . scripts/setup.sh
-ensure_packages iproute2
+ensure_packages iproute2 clang libbpf-dev  # clang and libbpf-dev build the eBPF programs (netstack, mac)
 ensure_venv >&2
 exec .venv/bin/netio-exporter "$@"
