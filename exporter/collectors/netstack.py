@@ -164,22 +164,28 @@ def classify(functions: Iterable[str]) -> str:
 
 
 # "ffffffff81000000 T _stext" or "ffffffffc0a01000 t veth_poll\t[veth]": text symbols only
-_KALLSYMS_TEXT = re.compile(rb"^([0-9a-f]+) [tTwW] ([^\s]+)", re.MULTILINE)
+_KALLSYMS_TEXT = re.compile(rb"([0-9a-f]+) [tTwW] ([^\s]+)")
 
 
 class KernelSymbols:
     """/proc/kallsyms text symbols as two arrays and a blob: addresses (sorted) and name offsets.
 
     About 13 bytes per symbol plus the names, a few MB for a whole kernel, instead of a dict or
-    list of Python strings (tens of MB). Built only when there are stacks to symbolise.
+    list of Python strings (tens of MB).
     """
 
     def __init__(self, path: str = "/proc/kallsyms"):
+        # Streamed into arrays (no Python object per symbol), then sorted through one permutation:
+        # the peak stays near three times the final size.
+        starts, name_ends, raw = array("Q"), array("I"), bytearray()
+        match = _KALLSYMS_TEXT.match
         with open(path, "rb") as file:
-            found = _KALLSYMS_TEXT.findall(file.read())
-        starts = [int(address, 16) for address, _ in found]
-        names = [name for _, name in found]
-        del found
+            for line in file:
+                found = match(line)
+                if found:
+                    starts.append(int(found[1], 16))
+                    raw += found[2]
+                    name_ends.append(len(raw))
         if not starts or max(starts) == 0:
             raise CollectorUnavailable("/proc/kallsyms shows no addresses (kernel.kptr_restrict): "
                                        "run as root or with CAP_SYSLOG")
@@ -188,7 +194,7 @@ class KernelSymbols:
         self._offsets = array("I", [0]) * (len(order) + 1)
         blob = bytearray()
         for position, i in enumerate(order):
-            blob += names[i]
+            blob += raw[name_ends[i - 1] if i else 0:name_ends[i]]
             self._offsets[position + 1] = len(blob)
         self._names = bytes(blob)
 
@@ -260,14 +266,27 @@ class NetstackCollector(Collector):
         self._attachment = None
         self._error: CollectorUnavailable | None = None
         self._symbols: KernelSymbols | None = None
+        self._symbols_error: Exception | None = None
         self._stack_categories: dict[bytes, int] = {}  # raw stack -> category index
         self._category_samples = [0] * len(CATEGORIES)  # drained from the kernel, cumulative
         self._generation = 0
         self._function_at: dict[int, str] = {}  # frame address -> function name
+        self._symbols_thread: threading.Thread | None = None
         try:
             self._load()
         except Exception as error:  # the exporter must never die for this collector
             self._error = _unavailable(error)
+            return
+        if self.frequency_hz:  # ready before the first scrape needs it, without delaying start-up
+            self._symbols_thread = threading.Thread(target=self._build_symbols, name="netstack-kallsyms",
+                                                    daemon=True)
+            self._symbols_thread.start()
+
+    def _build_symbols(self) -> None:
+        try:
+            self._symbols = KernelSymbols()
+        except Exception as error:  # said at the scrape that needs the symbols
+            self._symbols_error = error
 
     def _load(self) -> None:
         if not os.path.exists("/sys/kernel/btf/vmlinux"):
@@ -375,7 +394,10 @@ class NetstackCollector(Collector):
 
     def _classify_stack(self, stack: bytes) -> int:
         if self._symbols is None:
-            self._symbols = KernelSymbols()
+            if self._symbols_thread is not None:
+                self._symbols_thread.join()
+            if self._symbols is None:
+                self._symbols = KernelSymbols()  # raises what the background build met
         functions = self._function_at
         if len(functions) >= _ADDRESS_CACHE_SIZE:
             functions.clear()
