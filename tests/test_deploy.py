@@ -35,8 +35,9 @@ PLANNED_FLAGS = {"-f", "--frequency", "--collector.tcp.local-ports", "--collecto
                  "--collector.mac.max-entries", "--collector.mac.idle-timeout", "--collector.mac.attach",
                  "--collector.tcp", "--no-collector.tcp", "--collector.netstack", "--no-collector.netstack",
                  "--collector.mac", "--no-collector.mac", "--web.config.file", "--user-period"}
-# What the collectors may need: netstack CAP_BPF + CAP_PERFMON, mac CAP_BPF + CAP_NET_ADMIN; link and tcp none.
-CAPABILITIES = {"BPF", "PERFMON", "NET_ADMIN"}
+# What the collectors may need: netstack CAP_BPF + CAP_PERFMON (+ CAP_SYSLOG to read kernel addresses for
+# stack sampling), mac CAP_BPF + CAP_NET_ADMIN; link and tcp none.
+CAPABILITIES = {"BPF", "PERFMON", "NET_ADMIN", "SYSLOG"}
 
 
 def _options() -> set[str]:
