@@ -31,8 +31,6 @@ are ended by their pid (SIGTERM, then wait).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import gzip
 import http.client
 import os
@@ -43,33 +41,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-CLONE_NEWNET = 0x40000000
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from netns import in_netns  # noqa: E402
+
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 NETIO_PORT, NODE_PORT = 7070, 9100  # the namespaces are our own: nothing else listens there
 CASES = (("fresh", False, False), ("keep-alive", True, False),
          ("fresh gzip", False, True), ("keep-alive gzip", True, True))
 TARGETS = ("netio", "node_exporter")
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def run(*command: str, input: str | None = None) -> None:
     result = subprocess.run(command, input=input, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:6])}... failed: {result.stderr.strip()}")
-
-
-@contextlib.contextmanager
-def in_netns(name: str):
-    """Run the block with this thread in network namespace ``name`` (as tests/conftest.py does)."""
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as target:
-        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back home")
 
 
 class Namespaces:

@@ -21,7 +21,6 @@ The namespace and the child processes are removed at exit, the children by their
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import os
 import resource
@@ -32,9 +31,12 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from netns import enter_netns  # noqa: E402
 
 SOCKETS_PER_CHILD = 8000
-CLONE_NEWNET = 0x40000000
 
 
 def child(connections: int) -> None:
@@ -65,13 +67,6 @@ def child(connections: int) -> None:
             server.send(b"p")
             client.recv(1)
         print("done", flush=True)
-
-
-def _setns(name: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    with open(f"/run/netns/{name}") as target:
-        if libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name}")
 
 
 def _rss_mib() -> float:
@@ -207,7 +202,7 @@ def main() -> int:
     children = Children(namespace)
     try:
         subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
-        _setns(namespace)  # this process (single-threaded) and its `ss` runs now see only the bench's sockets
+        enter_netns(namespace)  # this process (single-threaded) and its `ss` runs now see only the bench's sockets
         from exporter.collectors import Scrape
         from exporter.collectors.tcp import TcpCollector
         from exporter.exposition import render_text

@@ -8,7 +8,6 @@ processes the tests started are ended, by their pid.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import itertools
 import os
 import signal
@@ -21,9 +20,9 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from netns import in_netns  # noqa: F401  (tests import it from here)
+
 IN_CI = bool(os.environ.get("CI"))
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 _names = itertools.count()
 
 
@@ -63,19 +62,6 @@ def require_namespaces() -> None:
 def unique_name(prefix: str) -> str:
     """A short name (interface names max out at 15 bytes) unique to this test run."""
     return f"{prefix}{os.getpid() % 10000}x{next(_names)}"
-
-
-@contextlib.contextmanager
-def in_netns(name: str):
-    """Run the block with this thread in network namespace ``name``; sockets made here stay there."""
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as target:
-        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(home.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back home")
 
 
 @pytest.fixture
