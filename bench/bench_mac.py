@@ -503,7 +503,8 @@ def bench_scrape(lab: Lab, args, running: list[Started], notes: list[str]) -> di
                     notes.append("some client's upload_packets is not 1 after one frame each")
                 with in_netns(monitored):
                     in_table = collector.read()
-                mine = sum(len(family.samples) for family in in_table if family.name == "netio_mac_upload_packets")
+                mine = sum(len(family.samples) + sum(len(values) for _, _, values in family.columns)
+                           for family in in_table if family.name == "netio_mac_upload_packets")
                 if mine != clients:
                     raise RuntimeError(f"the in-process collector sees {mine} clients, expected {clients}")
                 result["rss"] = exporter.memory_mib()

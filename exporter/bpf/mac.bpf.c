@@ -28,7 +28,7 @@ struct client {
 	__u64 upload_packets;
 	__u64 download_bytes;
 	__u64 download_packets;
-	__u64 last_seen_ns;     /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 last_seen_ns;     /* bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC_COARSE, tick resolution */
 	__u32 ipv4;             /* network byte order; 0: none seen */
 	__u8 ipv6[16];          /* all zero: none seen */
 	__u8 ipv6_link_local;   /* ipv6 holds a link-local address */
@@ -78,7 +78,7 @@ static __always_inline struct client *client_of(const struct mac_key *key, __u64
 
 	if (client)
 		return client;
-	fresh.last_seen_ns = bpf_ktime_get_ns(); /* never seen by user space as idle */
+	fresh.last_seen_ns = bpf_ktime_get_coarse_ns(); /* never seen by user space as idle */
 	/* -EEXIST: another CPU inserted it first; -E2BIG: the table is full */
 	bpf_map_update_elem(&clients, key, &fresh, BPF_NOEXIST);
 	client = bpf_map_lookup_elem(&clients, key);
@@ -99,7 +99,7 @@ static __always_inline void remember_source_address(struct __sk_buff *skb, struc
 	if (proto == ETH_P_IP) {
 		__u32 saddr;
 
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + 12, &saddr, 4) == 0 && saddr != 0)
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 12, &saddr, 4) == 0 && saddr != 0 && client->ipv4 != saddr)
 			client->ipv4 = saddr;
 	} else if (proto == ETH_P_IPV6) {
 		__u8 saddr[16];
@@ -120,6 +120,7 @@ static __always_inline int count(struct __sk_buff *skb, int upload)
 {
 	struct mac_key key = {};
 	struct client *client;
+	__u64 now;
 
 	/* ingress: the source MAC at offset 6; egress: the destination MAC at offset 0 */
 	if (bpf_skb_load_bytes(skb, upload ? 6 : 0, key.addr, 6) != 0 || not_a_client(&key))
@@ -135,7 +136,11 @@ static __always_inline int count(struct __sk_buff *skb, int upload)
 		__sync_fetch_and_add(&client->download_bytes, skb->len);
 		__sync_fetch_and_add(&client->download_packets, 1);
 	}
-	client->last_seen_ns = bpf_ktime_get_ns();
+	/* The coarse clock is cheaper than bpf_ktime_get_ns() and plenty for an idle timeout in seconds;
+	 * it moves once a tick, so the entry's timestamp is written at most once a tick. */
+	now = bpf_ktime_get_coarse_ns();
+	if (client->last_seen_ns != now)
+		client->last_seen_ns = now;
 	return TC_ACT_UNSPEC;
 }
 

@@ -11,6 +11,7 @@ table survives, so its clients' counters continue.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import socket
@@ -30,10 +31,12 @@ _UNTRACKED = struct.Struct("=QQ")
 _ZERO_KEY = struct.pack("=I", 0)
 
 
+@functools.lru_cache(maxsize=65536)
 def _mac_text(raw: bytes) -> str:
     return ":".join(f"{byte:02x}" for byte in raw)
 
 
+@functools.lru_cache(maxsize=65536)
 def _ipv6_text(raw: bytes) -> str:
     if raw == bytes(16):
         return ""
@@ -43,6 +46,7 @@ def _ipv6_text(raw: bytes) -> str:
     return str(address)
 
 
+@functools.lru_cache(maxsize=65536)
 def _ipv4_text(raw: int) -> str:
     return socket.inet_ntoa(struct.pack("=I", raw)) if raw else ""
 
@@ -84,6 +88,36 @@ class _Device:
         self._links: list[int] = []
         self._clsact = None
         self._missing_said = False
+        # The label rows of the last scrape, reused (the same tuple objects) while the clients and their
+        # addresses stay the same: render_text then keeps their label text between scrapes.
+        self._keys = b""
+        self._rows: tuple = ()
+        self._addresses: tuple = ()
+        self._info_rows: tuple = ()
+
+    def rows(self, keys: bytes) -> tuple:
+        """``(("device", name), ("mac", mac))`` per client, in the order of ``keys``."""
+        if keys != self._keys:
+            self._keys = keys
+            self._rows = tuple((("device", self.name), ("mac", _mac_text(keys[offset:offset + 6])))
+                               for offset in range(0, len(keys), _KEY.size))
+        return self._rows
+
+    def info_rows(self, rows: tuple, ipv4s: tuple, ipv6s: tuple) -> tuple:
+        """``rows`` with each client's ``ipv4`` and ``ipv6`` labels added."""
+        addresses = (rows, ipv4s, ipv6s)
+        if addresses != self._addresses:
+            self._addresses = addresses
+            self._info_rows = tuple(row + (("ipv4", _ipv4_text(ipv4)), ("ipv6", _ipv6_text(ipv6)))
+                                    for row, ipv4, ipv6 in zip(rows, ipv4s, ipv6s))
+        return self._info_rows
+
+    def forget_if_idle(self, key: bytes, idle_before: int) -> bool:
+        """Delete the client if it is still idle now (it may have sent a frame since the sweep)."""
+        value = self.clients.lookup(key)
+        if value is not None and _CLIENT.unpack(value)[4] < idle_before:
+            return self.clients.delete(key)
+        return False
 
     def ensure_attached(self) -> bool:
         """Attach to the interface called ``name`` now (again if it was re-created); False if it is absent."""
@@ -192,25 +226,22 @@ class MacCollector(Collector):
 
     def _read_device(self, device: _Device, families: dict[str, Family], now: int) -> None:
         keys, values, count = device.clients.lookup_batch()
+        clients = list(_CLIENT.iter_unpack(values))
         idle_before = now - self._idle_ns
-        download_bytes, download_packets = families["download_bytes"].samples, families["download_packets"].samples
-        upload_bytes, upload_packets = families["upload_bytes"].samples, families["upload_packets"].samples
-        info = families["info"].samples
-        for index in range(count):
-            key = keys[index * _KEY.size:(index + 1) * _KEY.size]
-            (up_bytes, up_packets, down_bytes, down_packets, last_seen,
-             ipv4, ipv6, _link_local) = _CLIENT.unpack_from(values, index * _CLIENT.size)
-            if last_seen < idle_before:
-                device.clients.delete(key)
-                continue
-            mac = _mac_text(key[:6])
-            labels = (("device", device.name), ("mac", mac))
-            download_bytes.append(("_total", labels, down_bytes))
-            download_packets.append(("_total", labels, down_packets))
-            upload_bytes.append(("_total", labels, up_bytes))
-            upload_packets.append(("_total", labels, up_packets))
-            info.append(("", (("device", device.name), ("mac", mac), ("ipv4", _ipv4_text(ipv4)),
-                              ("ipv6", _ipv6_text(ipv6))), 1))
+        idle = {index for index, client in enumerate(clients) if client[4] < idle_before}
+        if idle:
+            for index in idle:
+                device.forget_if_idle(keys[index * _KEY.size:(index + 1) * _KEY.size], idle_before)
+            keep = [index for index in range(count) if index not in idle]
+            keys = b"".join(keys[index * _KEY.size:(index + 1) * _KEY.size] for index in keep)
+            clients = [clients[index] for index in keep]
+        rows = device.rows(keys)
+        up_bytes, up_packets, down_bytes, down_packets, _, ipv4s, ipv6s, _ = zip(*clients) if clients else ((),) * 8
+        families["download_bytes"].columns.append(("_total", rows, down_bytes))
+        families["download_packets"].columns.append(("_total", rows, down_packets))
+        families["upload_bytes"].columns.append(("_total", rows, up_bytes))
+        families["upload_packets"].columns.append(("_total", rows, up_packets))
+        families["info"].columns.append(("", device.info_rows(rows, ipv4s, ipv6s), (1,) * len(rows)))
         lost = device.untracked.lookup(_ZERO_KEY)
         lost_bytes, lost_packets = _UNTRACKED.unpack(lost) if lost else (0, 0)
         labels = (("device", device.name),)
