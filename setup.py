@@ -36,4 +36,4 @@ class BuildPyWithBpf(build_py):
 
 
 setup(cmdclass={"build_py": BuildPyWithBpf},
-      package_data={"exporter.bpf": ["*.bpf.c"]})
+      package_data={"exporter.bpf": ["*.bpf.c", "*.h"]})

@@ -104,6 +104,8 @@ def object_path(name: str) -> Path:
             "clang (apt-get install clang libbpf-dev) and reinstall netio-exporter, or install a wheel "
             "built where clang was present")
     digest = hashlib.sha256(source.read_bytes())
+    for header in sorted(SOURCE_DIR.glob("*.h")):  # what the sources include from here
+        digest.update(header.read_bytes())
     digest.update(_clang_version(clang).encode())
     digest.update(" ".join(clang_command(Path("src"), Path("out"), "clang")).encode())
     cached = _cache_dir() / f"{name}-{digest.hexdigest()[:16]}.bpf.o"

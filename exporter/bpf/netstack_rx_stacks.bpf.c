@@ -16,19 +16,12 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-#define NET_RX_SOFTIRQ 3
+#include "netstack_shared.h"
+
 #define STACK_DEPTH 48   /* innermost frames kept: enough to reach net_rx_action */
 #define MAX_STACKS 16384 /* distinct stacks per generation (per scrape interval) */
 
-struct softirq_state { __u64 start; __u32 vec; __u32 unused; };
 struct stack { __u64 frames[STACK_DEPTH]; };
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct softirq_state);
-} softirq_state SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

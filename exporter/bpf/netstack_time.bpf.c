@@ -20,14 +20,14 @@
  * it leaves uncounted the few instructions between the socket call's return and the syscall's
  * return. A syscall that calls the socket layer several times (sendmmsg) is charged in increments
  * and counted once.
- * Shared with netstack_rx_stacks.bpf.c: `softirq_state` (which NET softirq this CPU runs now).
+ * Shared with netstack_rx_stacks.bpf.c (netstack_shared.h): `softirq_state`, which NET softirq this CPU runs now.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
-#define NET_TX_SOFTIRQ 2
-#define NET_RX_SOFTIRQ 3
+#include "netstack_shared.h"
+
 #define AF_INET 2
 #define AF_INET6 10
 
@@ -40,7 +40,6 @@ struct task_struct { int pid; } __attribute__((preserve_access_index));
 struct pt_regs;
 
 struct totals { __u64 nanoseconds; __u64 invocations; };
-struct softirq_state { __u64 start; __u32 vec; __u32 unused; };
 struct syscall_clock {
 	__u64 start;        /* syscall entry, or the last charge within this syscall; 0: none */
 	__u64 paused;       /* NET softirq and switched-out time since `start` */
@@ -55,13 +54,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct totals);
 } totals SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct softirq_state);
-} softirq_state SEC(".maps");
 
 /* The syscall clock of the task running on each CPU. */
 struct {
