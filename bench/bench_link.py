@@ -35,16 +35,14 @@ import gzip
 import http.client
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from netns import in_netns  # noqa: E402
+from netns import NetnsProcess, in_netns  # noqa: E402
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 NETIO_PORT, NODE_PORT = 7070, 9100  # the namespaces are our own: nothing else listens there
@@ -90,61 +88,18 @@ class Namespaces:
         self.made.clear()
 
 
-class Exporter:
-    """One exporter process in a namespace, started through ``ip netns exec`` (which execs, so the
-    Popen pid is the exporter's own pid; checked against /proc/PID/cmdline)."""
+class Exporter(NetnsProcess):
+    """One exporter listening on ``port`` in a namespace; its pid checked to be the exporter's own."""
 
     def __init__(self, label: str, ns: str, port: int, command: list[str], expect_in_cmdline: str):
-        self.label, self.ns, self.port = label, ns, port
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(["ip", "netns", "exec", ns, *command], stdin=subprocess.DEVNULL,
-                                        stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)  # Ctrl-C reaches us, and we end it
-        self.pid = self.process.pid
+        super().__init__(ns, command)
+        self.label, self.port = label, port
         try:
-            self._wait_ready()
-            with open(f"/proc/{self.pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode()
-            if expect_in_cmdline not in cmdline or cmdline.startswith("ip "):
-                raise RuntimeError(f"pid {self.pid} runs {cmdline!r}, not the {label} process")
+            self.wait_listening(port)
+            self.expect_command(expect_in_cmdline)
         except BaseException:
             self.stop()
             raise
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 20
-        with in_netns(self.ns):
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    self.log.seek(0)
-                    raise RuntimeError(f"{self.label} exited {self.process.returncode}: "
-                                       f"{self.log.read().decode(errors='replace').strip()}")
-                try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                        return
-                except OSError:
-                    time.sleep(0.05)
-        raise RuntimeError(f"{self.label} did not listen on port {self.port} within 20 s")
-
-    def memory_mib(self) -> tuple[float, float]:
-        """(VmRSS, VmHWM) in MiB."""
-        values = {}
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    values[key] = int(rest.split()[0]) / 1024
-        return values["VmRSS"], values["VmHWM"]
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
 
 
 class Client:

@@ -60,7 +60,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from netns import in_netns  # noqa: E402
+from netns import NetnsProcess, in_netns  # noqa: E402
 
 EXPORTER_PORT, IPERF_PORT = 7070, 5201  # the namespaces are our own: nothing else listens there
 SERVER_IP, CLIENT_IP = "10.196.0.1", "10.196.0.2"
@@ -126,64 +126,20 @@ class Lab:
         self.made.clear()
 
 
-class Started:
-    """A process of ours in a namespace, in its own session (Ctrl-C reaches only us); ended by its pid.
-    ``ip netns exec`` execs the command, so the Popen pid is the command's own."""
-
-    def __init__(self, ns: str, command: list[str], stdout=subprocess.DEVNULL):
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(["ip", "netns", "exec", ns, *command], stdin=subprocess.DEVNULL,
-                                        stdout=stdout, stderr=self.log, start_new_session=True)
-        self.pid = self.process.pid
-
-    def stderr(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace").strip()
-
-    def stop(self, timeout: float = 10) -> int:
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.process.wait()
-        if not self.log.closed:
-            self.log.close()
-        return self.process.returncode
-
-
-class Exporter(Started):
+class Exporter(NetnsProcess):
     def __init__(self, ns: str, mode: str):
-        self.ns = ns
         super().__init__(ns, [sys.executable, "-m", "exporter", "-P", "-a", "127.0.0.1", "-p", str(EXPORTER_PORT),
                               "--no-collector.tcp", "--no-collector.netstack",
                               "--collector.mac.device", DEVICE, "--collector.mac.attach", mode])
         try:
-            self._wait_ready()
-            with open(f"/proc/{self.pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode()
-            if "-m exporter" not in cmdline or cmdline.startswith("ip "):
-                raise RuntimeError(f"pid {self.pid} runs {cmdline!r}, not the exporter")
+            self.wait_listening(EXPORTER_PORT)
+            self.expect_command("-m exporter")
             text = self.scrape()
             if 'netio_scrape_collector_success{collector="mac"} 1' not in text:
                 raise RuntimeError(f"the mac collector is not working ({mode}): {self.stderr()}")
         except BaseException:
             self.stop()
             raise
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + 20
-        with in_netns(self.ns):
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"exporter exited {self.process.returncode}: {self.stderr()}")
-                try:
-                    with socket.create_connection(("127.0.0.1", EXPORTER_PORT), timeout=1):
-                        return
-                except OSError:
-                    time.sleep(0.05)
-        raise RuntimeError(f"exporter did not listen on port {EXPORTER_PORT} within 20 s")
 
     def scrape(self) -> str:
         with in_netns(self.ns):
@@ -198,16 +154,6 @@ class Exporter(Started):
             raise RuntimeError(f"HTTP {response.status}")
         return body.decode()
 
-    def memory_mib(self) -> tuple[float, float]:
-        """(VmRSS, VmHWM) in MiB."""
-        values = {}
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    values[key] = int(rest.split()[0]) / 1024
-        return values["VmRSS"], values["VmHWM"]
-
 
 def mac_counts(text: str, mac: str) -> dict[str, float]:
     """The peer's four counters on DEVICE from an exposition text (missing: 0)."""
@@ -221,9 +167,9 @@ def mac_counts(text: str, mac: str) -> dict[str, float]:
 
 
 def iperf(lab: Lab, protocol: str, seconds: float, udp_rate: str, udp_length: int,
-          running: list[Started]) -> dict:
+          running: list[NetnsProcess]) -> dict:
     """One iperf3 run, client namespace to server namespace; received bits/s, datagrams and bytes."""
-    server = Started(lab.server_ns, ["iperf3", "-s", "-1", "-p", str(IPERF_PORT)])
+    server = NetnsProcess(lab.server_ns, ["iperf3", "-s", "-1", "-p", str(IPERF_PORT)])
     running.append(server)
     client = None
     try:
@@ -237,7 +183,7 @@ def iperf(lab: Lab, protocol: str, seconds: float, udp_rate: str, udp_length: in
         if protocol == "udp":
             command += ["-u", "-b", udp_rate, "-l", str(udp_length)]
         with tempfile.TemporaryFile() as output:
-            client = Started(lab.client_ns, command, stdout=output)
+            client = NetnsProcess(lab.client_ns, command, stdout=output)
             running.append(client)
             if client.process.wait(timeout=seconds + 30) != 0:
                 output.seek(0)
@@ -264,7 +210,7 @@ def iperf(lab: Lab, protocol: str, seconds: float, udp_rate: str, udp_length: in
     return result
 
 
-def bench_throughput(lab: Lab, args, running: list[Started], notes: list[str]) -> dict:
+def bench_throughput(lab: Lab, args, running: list[NetnsProcess], notes: list[str]) -> dict:
     monitored = lab.server_ns if args.side == "receiver" else lab.client_ns
     peer_mac = lab.macs[lab.peer(monitored)]
     # data leaves the client namespace: at the receiver's ingress it is the peer's upload,
@@ -378,7 +324,7 @@ def test_run(prog_id: int, repeat: int = 1_000_000) -> tuple:
     return (None, per_call, None, None, None)
 
 
-def bench_profile(lab: Lab, args, running: list[Started]) -> list[tuple]:
+def bench_profile(lab: Lab, args, running: list[NetnsProcess]) -> list[tuple]:
     """Per mode: a test run of each program (statistics off), then one more run per protocol with the
     programs' run-time statistics on: what they cost in real traffic."""
     monitored = lab.server_ns if args.side == "receiver" else lab.client_ns
@@ -459,7 +405,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def bench_scrape(lab: Lab, args, running: list[Started], notes: list[str]) -> dict:
+def bench_scrape(lab: Lab, args, running: list[NetnsProcess], notes: list[str]) -> dict:
     from exporter.collectors import Scrape
     from exporter.collectors.mac import MacCollector
     from exporter.exposition import render_text
@@ -680,7 +626,7 @@ def main() -> int:
 
     args.load_start = f"{os.getloadavg()[0]:.2f}"
     lab = Lab()
-    running: list[Started] = []
+    running: list[NetnsProcess] = []
     notes: list[str] = []
     throughput = profile = scrape = None
     started = time.monotonic()
