@@ -95,8 +95,9 @@ def _interface(text: str) -> str:
 
 
 def _attach_mode(text: str) -> str:
-    if text not in ("auto", "tcx", "clsact"):
-        raise argparse.ArgumentTypeError(f"expected auto, tcx or clsact, got {text!r}")
+    from .collectors.mac import ATTACH_MODES
+    if text not in ATTACH_MODES:
+        raise argparse.ArgumentTypeError(f"expected {', '.join(ATTACH_MODES[:-1])} or {ATTACH_MODES[-1]}, got {text!r}")
     return text
 
 

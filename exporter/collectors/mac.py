@@ -14,12 +14,17 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import threading
 import time
 
+from ..bpf import tc
+from ..bpf.build import object_path
+from ..bpf.libbpf import BpfObject
 from ..exposition import Family
+from ..netlink.rtnl import dump_links, format_address
 from . import Collector, CollectorUnavailable
 
 log = logging.getLogger("netio_exporter")
@@ -31,9 +36,7 @@ _UNTRACKED = struct.Struct("=QQ")
 _ZERO_KEY = struct.pack("=I", 0)
 
 
-@functools.lru_cache(maxsize=65536)
-def _mac_text(raw: bytes) -> str:
-    return ":".join(f"{byte:02x}" for byte in raw)
+_mac_text = functools.lru_cache(maxsize=65536)(format_address)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -75,8 +78,6 @@ class _Device:
     """The programs, table and attachment of one interface."""
 
     def __init__(self, name: str, max_entries: int, attach_mode: str):
-        from ..bpf.build import object_path
-        from ..bpf.libbpf import BpfObject
         self.name = name
         self.attach_mode = attach_mode
         self.object = BpfObject(str(object_path("mac")), max_entries={"clients": max_entries})
@@ -121,7 +122,6 @@ class _Device:
 
     def ensure_attached(self) -> bool:
         """Attach to the interface called ``name`` now (again if it was re-created); False if it is absent."""
-        from ..netlink.rtnl import dump_links
         try:
             ifindex = socket.if_nametoindex(self.name)
         except OSError:
@@ -145,7 +145,6 @@ class _Device:
         return True
 
     def _attach(self, ifindex: int) -> None:
-        from ..bpf import tc
         programs = {"ingress": self.object.program_fd("mac_ingress"), "egress": self.object.program_fd("mac_egress")}
         if self.attach_mode in ("auto", "tcx"):
             try:
@@ -169,7 +168,6 @@ class _Device:
         self.method = "clsact"
 
     def detach(self) -> None:
-        import os
         while self._links:
             os.close(self._links.pop())
         if self._clsact is not None:

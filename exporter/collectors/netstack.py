@@ -266,7 +266,6 @@ class NetstackCollector(Collector):
         self._attachment = None
         self._error: CollectorUnavailable | None = None
         self._symbols: KernelSymbols | None = None
-        self._symbols_error: Exception | None = None
         self._stack_categories: dict[bytes, int] = {}  # raw stack -> category index
         self._category_samples = [0] * len(CATEGORIES)  # drained from the kernel, cumulative
         self._generation = 0
@@ -285,8 +284,8 @@ class NetstackCollector(Collector):
     def _build_symbols(self) -> None:
         try:
             self._symbols = KernelSymbols()
-        except Exception as error:  # said at the scrape that needs the symbols
-            self._symbols_error = error
+        except Exception:  # built again, and its error reported, by the scrape that needs the symbols
+            pass
 
     def _load(self) -> None:
         if not os.path.exists("/sys/kernel/btf/vmlinux"):

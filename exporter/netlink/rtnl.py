@@ -89,7 +89,8 @@ def parse_link_stats(kind: int, buf, offset: int, end: int) -> tuple[int, tuple[
     return None
 
 
-def _format_address(raw: bytes) -> str:
+def format_address(raw: bytes) -> str:
+    """A hardware address as /sys shows it: lowercase hex bytes joined by colons."""
     return ":".join(f"{byte:02x}" for byte in raw)
 
 
@@ -106,7 +107,7 @@ def parse_link(kind: int, buf, offset: int, end: int) -> Link | None:
         if attr == IFLA_IFNAME:
             name = attr_string(buf, start, length)
         elif attr == IFLA_ADDRESS:
-            address = _format_address(bytes(buf[start:start + length]))
+            address = format_address(bytes(buf[start:start + length]))
         elif attr == IFLA_MTU:
             mtu = attr_u32(buf, start, length) or 0
         elif attr == IFLA_OPERSTATE and length >= 1:
@@ -137,11 +138,13 @@ _GETLINK_REQUEST = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + struct.pack(
     "=HHI", 8, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
 
 
-def dump_links() -> list[Link]:
-    """Every interface's attributes, from one RTM_GETLINK dump (for the control plane, not per scrape)."""
+def dump_links(sock: NetlinkSocket | None = None) -> list[Link]:
+    """Every interface's attributes, from one RTM_GETLINK dump (on ``sock``, else a socket of its own)."""
+    if sock is not None:
+        return sock.dump(RTM_GETLINK, _GETLINK_REQUEST, parse_link)
     sock = NetlinkSocket(NETLINK_ROUTE)
     try:
-        return sock.dump(RTM_GETLINK, _GETLINK_REQUEST, parse_link)
+        return dump_links(sock)
     finally:
         sock.close()
 
@@ -180,7 +183,7 @@ class LinkReader:
             if self._drain_events() or force_dump or self._links_stale:
                 self._links_stale = False
                 self._drain_events()  # what queued before the dump is older than the dump
-                self._links = {link.index: link for link in self._dumps.dump(RTM_GETLINK, _GETLINK_REQUEST, parse_link)}
+                self._links = {link.index: link for link in dump_links(self._dumps)}
             return self._links
 
     def _drain_events(self) -> bool:
