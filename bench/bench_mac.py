@@ -4,26 +4,18 @@ Makes two network namespaces of its own, netio-bm<pid>a (server side) and netio-
 side), joined by a veth pair (eth1 in each, 10.196.0.1 and .2/24, IPv6 off, static neighbours, so only
 the benchmark's own frames cross it).
 
-1. Throughput. An iperf3 server (``iperf3 -s -1``, one per run) in the first namespace and a client in
-   the second (``iperf3 -c ... -t SECONDS -J -A 0,1``), one TCP stream and one UDP stream at a fixed rate
-   (``-u -b 2G -l 1200``). Each pair of conditions
-
-     without  nothing attached
-     with     netio-exporter -P -a 127.0.0.1 -p 7070 --no-collector.tcp --no-collector.netstack
-              --collector.mac.device eth1 --collector.mac.attach MODE, in the namespace of the
-              monitored end (the receiving end by default, --side sender for the other)
-
-   runs TCP then UDP under each condition, swapping which condition goes first from pair to pair, for
-   MODE tcx and clsact. After each run with the collector, a scrape checks that the collector counted
-   the run (the data direction's bytes and packets of the peer's MAC moved by about what iperf3 sent).
-   Reported per mode and protocol: median received throughput, median packets/s (UDP: datagrams received,
-   from iperf3's JSON; TCP: skbs through the monitored interface in the data direction, from
-   ``ip -s link`` - with TSO/GRO these are up to 64 KiB each, and so are the skbs the tc programs see),
-   the ratio of medians and the median of per-pair ratios with/without (target: >= 0.98, i.e. <= 2% loss).
+1. Throughput. Per attach MODE (tcx, clsact) and protocol (one TCP stream; UDP at a fixed rate,
+   ``-u -b 2G -l 1200``), one long iperf3 stream (client on CPU 0, server on CPU 1) flows from the second
+   namespace to the first while a MacCollector of this process, on the monitored end (the receiving end
+   by default, --side sender for the other), detaches and attaches its programs in 1 s windows in ABBA
+   order (bench/interleave.py: a steady drift of the shared machine cancels, each window's rate is the
+   receiving veth's counters). Reported: the median paired ratio with/without of throughput and of
+   packets/s (TCP packets are GSO/GRO-sized skbs, as the programs see them), its 95% confidence interval
+   and the loss it means (target: <= 2%). Then, attached, one iperf3 run whose frames the collector must
+   have counted exactly: the peer MAC's packets in the data direction equal the link's.
    Then, per mode, what the programs cost on their own: a BPF_PROG_TEST_RUN of each (bpftool prog run,
    one frame, a million times) and one more TCP and UDP run with the kernel's run-time statistics on
    (BPF_ENABLE_STATS, held by an fd: nothing global to restore): calls/s, ns per call, share of a CPU.
-   On a small shared machine the throughput ratios are as noisy as the runs are; these are not.
 
 2. Scrape latency. A fresh exporter (tcx) on the receiving end and, in this process, a MacCollector on the
    same interface (created inside the namespace with setns: tests/netns.py's in_netns; TCX links
@@ -34,7 +26,7 @@ the benchmark's own frames cross it).
    against the same with no client in the table; the in-process timing of the map dump, of
    MacCollector.read() and of read() plus rendering; and the exporter's RSS (and peak).
 
-Run as root:  /opt/netio-venv/bin/python bench/bench_mac.py [--pairs 5] [--seconds 3] [--clients 1000]
+Run as root:  /opt/netio-venv/bin/python bench/bench_mac.py [--pairs 40] [--window 1] [--seconds 3] [--clients 1000]
              [--modes tcx,clsact] [--protocols tcp,udp] [--side receiver|sender] [--udp-rate 2G]
              [--udp-length 1200] [--no-profile] [--skip-throughput | --skip-scrape]
 Default runtime is about 2.5 to 3 minutes. The namespaces (and with them the veth pair and any qdisc on it)
@@ -61,14 +53,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from netns import NetnsProcess, in_netns  # noqa: E402
+from interleave import ReceiveCounter, interleave, paired_ratio, ratio_cells  # noqa: E402
+from exporter.bpf.libbpf import raw_syscall  # noqa: E402
+from exporter.collectors.mac import _CLIENT, _KEY  # noqa: E402
 
 EXPORTER_PORT, IPERF_PORT = 7070, 5201  # the namespaces are our own: nothing else listens there
 SERVER_IP, CLIENT_IP = "10.196.0.1", "10.196.0.2"
 DEVICE = "eth1"
 MODES = ("tcx", "clsact")
 PROTOCOLS = ("tcp", "udp")
-CONDITIONS = ("without", "with")
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def run(*command: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -155,37 +148,38 @@ class Exporter(NetnsProcess):
         return body.decode()
 
 
-def mac_counts(text: str, mac: str) -> dict[str, float]:
-    """The peer's four counters on DEVICE from an exposition text (missing: 0)."""
-    counts = {name: 0.0 for name in ("upload_bytes", "upload_packets", "download_bytes", "download_packets")}
-    for line in text.splitlines():
-        if line.startswith("netio_mac_") and f'mac="{mac}"' in line and f'device="{DEVICE}"' in line:
-            name = line.split("{", 1)[0][len("netio_mac_"):].removesuffix("_total")
-            if name in counts:
-                counts[name] = float(line.rsplit(" ", 1)[1])
-    return counts
-
-
-def iperf(lab: Lab, protocol: str, seconds: float, udp_rate: str, udp_length: int,
-          running: list[NetnsProcess]) -> dict:
-    """One iperf3 run, client namespace to server namespace; received bits/s, datagrams and bytes."""
+def start_iperf_server(lab: Lab, running: list[NetnsProcess]) -> NetnsProcess:
+    """``iperf3 -s -1`` in the server namespace, listening when this returns (it ends with its client)."""
     server = NetnsProcess(lab.server_ns, ["iperf3", "-s", "-1", "-p", str(IPERF_PORT)])
     running.append(server)
+    deadline = time.monotonic() + 10
+    while f":{IPERF_PORT}" not in run("ip", "netns", "exec", lab.server_ns, "ss", "-Hltn",
+                                       f"sport = :{IPERF_PORT}").stdout:
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            running.remove(server)
+            raise RuntimeError(f"iperf3 server did not start: {server.stderr()}")
+        time.sleep(0.02)
+    return server
+
+
+def iperf_command(protocol: str, seconds: float, args) -> list[str]:
+    # -A 0,1: client on CPU 0, server on CPU 1, so results differ less by where the scheduler put them
+    command = ["iperf3", "-c", SERVER_IP, "-p", str(IPERF_PORT), "-t", str(seconds), "-A", "0,1"]
+    if protocol == "udp":
+        command += ["-u", "-b", args.udp_rate, "-l", str(args.udp_length)]
+    return command
+
+
+def iperf(lab: Lab, protocol: str, args, running: list[NetnsProcess]) -> dict:
+    """One iperf3 run of ``args.seconds``, client namespace to server namespace: what iperf3 reports."""
+    server = start_iperf_server(lab, running)
     client = None
     try:
-        deadline = time.monotonic() + 10
-        while f":{IPERF_PORT}" not in run("ip", "netns", "exec", lab.server_ns, "ss", "-Hltn",
-                                           f"sport = :{IPERF_PORT}").stdout:
-            if server.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"iperf3 server did not start: {server.stderr()}")
-            time.sleep(0.02)
-        command = ["iperf3", "-c", SERVER_IP, "-p", str(IPERF_PORT), "-t", str(seconds), "-J", "-A", "0,1"]
-        if protocol == "udp":
-            command += ["-u", "-b", udp_rate, "-l", str(udp_length)]
         with tempfile.TemporaryFile() as output:
-            client = NetnsProcess(lab.client_ns, command, stdout=output)
+            client = NetnsProcess(lab.client_ns, iperf_command(protocol, args.seconds, args) + ["-J"], stdout=output)
             running.append(client)
-            if client.process.wait(timeout=seconds + 30) != 0:
+            if client.process.wait(timeout=args.seconds + 30) != 0:
                 output.seek(0)
                 raise RuntimeError(f"iperf3 client failed: {output.read().decode(errors='replace')[-500:]}")
             output.seek(0)
@@ -199,83 +193,93 @@ def iperf(lab: Lab, protocol: str, seconds: float, udp_rate: str, udp_length: in
     end = report["end"]
     received = end["sum_received"]
     result = {"bps": received["bits_per_second"], "seconds": received["seconds"], "bytes": received["bytes"]}
-    # CPU both iperf3 ends spent per GB received: steadier than throughput on a shared machine
-    cpu = end["cpu_utilization_percent"]
-    result["cpu_per_gb"] = (cpu["host_total"] + cpu["remote_total"]) / 100 * received["seconds"] / (received["bytes"] / 1e9)
     if protocol == "udp":
         result["sent_bytes"] = end["sum_sent"]["bytes"]
         result["sent_packets"] = end["sum"]["packets"]
-        result["packets"] = end["sum"]["packets"] - end["sum"]["lost_packets"]
-        result["lost_percent"] = end["sum"]["lost_percent"]
     return result
 
 
+def peer_counters(device, mac: str) -> tuple[int, int, int, int]:
+    """(upload bytes, upload packets, download bytes, download packets) of ``mac`` in the device's table."""
+    value = device.clients.lookup(_KEY.pack(bytes.fromhex(mac.replace(":", ""))))
+    return _CLIENT.unpack(value)[:4] if value else (0, 0, 0, 0)
+
+
 def bench_throughput(lab: Lab, args, running: list[NetnsProcess], notes: list[str]) -> dict:
+    """Per attach mode and protocol: a collector of this process on the monitored end is detached and
+    attached in windows while one long iperf3 stream flows (interleave.py); then, attached, one iperf3
+    run whose frames it must have counted exactly."""
+    from exporter.collectors.mac import MacCollector
+
     monitored = lab.server_ns if args.side == "receiver" else lab.client_ns
     peer_mac = lab.macs[lab.peer(monitored)]
     # data leaves the client namespace: at the receiver's ingress it is the peer's upload,
     # at the sender's egress the peer's download
-    direction = "upload" if args.side == "receiver" else "download"
-    stat_key = "rx" if args.side == "receiver" else "tx"
-    results = {(mode, protocol, condition): []
-               for mode in args.modes for protocol in args.protocols for condition in CONDITIONS}
-    counted = {(mode, protocol): [] for mode in args.modes for protocol in args.protocols}
+    upload = args.side == "receiver"
+    stat_key = "rx" if upload else "tx"
+    results, exact = {}, {}
     qdiscs_before = lab.qdiscs(monitored)
-    for mode in args.modes:
-        for pair in range(args.pairs):
-            order = CONDITIONS if pair % 2 == 0 else CONDITIONS[::-1]
-            for condition in order:
-                exporter = Exporter(monitored, mode) if condition == "with" else None
-                if exporter:
-                    running.append(exporter)
-                try:
-                    for protocol in args.protocols:
-                        before_text = exporter.scrape() if exporter else ""
-                        before_link = lab.link_stats(monitored)
-                        result = iperf(lab, protocol, args.seconds, args.udp_rate, args.udp_length, running)
-                        after_link = lab.link_stats(monitored)
-                        skbs = after_link[stat_key]["packets"] - before_link[stat_key]["packets"]
-                        result["skbs"] = skbs
-                        if protocol == "tcp":
-                            result["packets"] = skbs
-                        result["pps"] = result["packets"] / result["seconds"]
-                        results[(mode, protocol, condition)].append(result)
-                        if exporter:
-                            before = mac_counts(before_text, peer_mac)
-                            after = mac_counts(exporter.scrape(), peer_mac)
-                            got_bytes = after[f"{direction}_bytes"] - before[f"{direction}_bytes"]
-                            got_packets = after[f"{direction}_packets"] - before[f"{direction}_packets"]
-                            counted[(mode, protocol)].append((got_bytes, got_packets, result, skbs))
-                            if got_packets < skbs * 0.99 or got_bytes < result["bytes"]:
-                                notes.append(f"{mode} {protocol} pair {pair + 1}: the collector counted "
-                                             f"{got_packets:.0f} packets / {got_bytes:.0f} B, the link "
-                                             f"{skbs} skbs and iperf3 {result['bytes']} B received")
-                finally:
-                    if exporter:
-                        code = exporter.stop()
-                        running.remove(exporter)
-                        if code != 0:
-                            notes.append(f"{mode}: the exporter exited {code} on SIGTERM")
-                if exporter and lab.qdiscs(monitored) != qdiscs_before:
-                    notes.append(f"{mode}: qdiscs on {DEVICE} after the exporter stopped differ from before: "
-                                 f"{lab.qdiscs(monitored).strip()!r}")
-            print(f"{mode}: pair {pair + 1}/{args.pairs} done", file=sys.stderr, flush=True)
-    return {"results": results, "counted": counted}
+    counter = ReceiveCounter(lab.server_ns, DEVICE)
+    try:
+        for mode in args.modes:
+            with in_netns(monitored):
+                collector = MacCollector([DEVICE], attach=mode)
+            if collector._error:
+                raise RuntimeError(f"the mac collector is not working ({mode}): {collector._error}")
+            device = collector._devices[0]
+
+            def attach():
+                with in_netns(monitored):
+                    device.ensure_attached()
+
+            def detach():
+                with in_netns(monitored):
+                    device.detach()
+
+            def scrape():
+                with in_netns(monitored):
+                    collector.read()
+
+            try:
+                for protocol in args.protocols:
+                    server = start_iperf_server(lab, running)
+                    stream = NetnsProcess(lab.client_ns, iperf_command(protocol, 86400, args))
+                    running.append(stream)
+                    try:
+                        time.sleep(1.5)  # past TCP's slow start
+                        results[(mode, protocol)] = interleave(counter, attach, detach, args.pairs, args.window,
+                                                               after_on_window=scrape)
+                    finally:
+                        for started in (stream, server):
+                            started.stop()
+                            running.remove(started)
+                    attach()
+                    before, before_link = peer_counters(device, peer_mac), lab.link_stats(monitored)
+                    result = iperf(lab, protocol, args, running)
+                    after, after_link = peer_counters(device, peer_mac), lab.link_stats(monitored)
+                    detach()
+                    got_bytes, got_packets = (after[i] - before[i] for i in ((0, 1) if upload else (2, 3)))
+                    skbs = after_link[stat_key]["packets"] - before_link[stat_key]["packets"]
+                    exact[(mode, protocol)] = (got_packets, skbs, got_bytes, result)
+                    if got_packets != skbs:
+                        notes.append(f"{mode} {protocol}: the collector counted {got_packets} packets, "
+                                     f"the link {skbs}")
+                    print(f"{mode} {protocol} done", file=sys.stderr, flush=True)
+            finally:
+                collector.close()
+            if lab.qdiscs(monitored) != qdiscs_before:
+                notes.append(f"{mode}: qdiscs on {DEVICE} after the collector closed differ from before: "
+                             f"{lab.qdiscs(monitored).strip()!r}")
+    finally:
+        counter.close()
+    return {"results": results, "exact": exact}
 
 
 def enable_bpf_stats() -> int:
     """BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): run_time_ns and run_cnt are kept while the returned fd is
     open (the kernel turns them off when it closes, also if we die), without touching the sysctl."""
-    number = {"x86_64": 321, "aarch64": 280}.get(os.uname().machine)
-    if number is None:
-        raise OSError(38, f"bpf(2): unknown syscall number on {os.uname().machine}")
     attr = ctypes.create_string_buffer(struct.pack("=I", 0), 64)  # enable_stats.type = BPF_STATS_RUN_TIME
-    _libc.syscall.restype = ctypes.c_long
-    fd = _libc.syscall(number, 32, attr, 64)  # 32: BPF_ENABLE_STATS
-    if fd < 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"BPF_ENABLE_STATS: {os.strerror(code)}")
-    return fd
+    return raw_syscall("bpf", 32, attr, 64)  # 32: BPF_ENABLE_STATS
 
 
 def program_stats(pid: int) -> dict[int, tuple[int, int]]:
@@ -340,7 +344,7 @@ def bench_profile(lab: Lab, args, running: list[NetnsProcess]) -> list[tuple]:
             try:
                 for protocol in args.protocols:
                     before = program_stats(exporter.pid)
-                    result = iperf(lab, protocol, args.seconds, args.udp_rate, args.udp_length, running)
+                    result = iperf(lab, protocol, args, running)
                     after = program_stats(exporter.pid)
                     gigabytes = result.get("sent_bytes", result["bytes"]) / 1e9
                     for prog_id, (run_ns, calls) in sorted(after.items(), key=lambda item: names.get(item[0], "")):
@@ -479,66 +483,32 @@ def bench_scrape(lab: Lab, args, running: list[NetnsProcess], notes: list[str]) 
 
 def report(args, throughput: dict | None, profile: list | None, scrape: dict | None, elapsed: float) -> None:
     if throughput:
-        results, counted = throughput["results"], throughput["counted"]
         side = "receiving (server)" if args.side == "receiver" else "sending (client)"
         print(f"\n## Throughput: iperf3 across a veth pair, collector on the {side} end\n")
-        print(f"{args.pairs} pairs per mode, {args.seconds:g} s per run; TCP one stream; UDP -b {args.udp_rate} "
-              f"-l {args.udp_length}. Packets/s: UDP datagrams received (iperf3), TCP skbs through the "
-              f"monitored end (ip -s link; GSO/GRO-sized).\n")
-        print("| mode | protocol | Gbit/s without | Gbit/s with | ratio of medians | median paired ratio "
-              "| kpps without | kpps with | pps ratio of medians | pps median paired ratio "
-              "| iperf3 CPU per GB, median paired ratio |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print(f"One long stream per mode and protocol (TCP one stream; UDP -b {args.udp_rate} -l {args.udp_length}), "
+              f"{args.pairs} pairs of {args.window:g} s windows without/with the programs attached, ABBA order; "
+              f"rates from the receiving veth's counters (TCP packets are GSO/GRO-sized skbs).\n")
+        print("| mode | protocol | Gbit/s without, median | kpps without, median | throughput with/without, median of pairs "
+              "| 95% interval | loss (95% interval) | pps with/without, median of pairs | 95% interval | loss (95% interval) |")
+        print("|---|---|---:|---:|---:|---:|---|---:|---:|---|")
         misses = []
-        for mode in args.modes:
-            for protocol in args.protocols:
-                off, on = results[(mode, protocol, "without")], results[(mode, protocol, "with")]
-                bps_off, bps_on = statistics.median(r["bps"] for r in off), statistics.median(r["bps"] for r in on)
-                pps_off, pps_on = statistics.median(r["pps"] for r in off), statistics.median(r["pps"] for r in on)
-                bps_paired = statistics.median(b["bps"] / a["bps"] for a, b in zip(off, on))
-                pps_paired = statistics.median(b["pps"] / a["pps"] for a, b in zip(off, on))
-                cpu_paired = statistics.median(b["cpu_per_gb"] / a["cpu_per_gb"] for a, b in zip(off, on))
-                print(f"| {mode} | {protocol.upper()} | {bps_off / 1e9:.3f} | {bps_on / 1e9:.3f} | "
-                      f"{bps_on / bps_off:.3f} | {bps_paired:.3f} | {pps_off / 1e3:.1f} | {pps_on / 1e3:.1f} | "
-                      f"{pps_on / pps_off:.3f} | {pps_paired:.3f} | {cpu_paired:.3f} |")
-                if bps_on / bps_off < 0.98 or pps_on / pps_off < 0.98:
-                    misses.append(f"{mode} {protocol.upper()}")
-        print(f"\nTarget (with/without >= 0.98): {'met' if not misses else 'missed by ' + ', '.join(misses)}. "
-              f"Read it against the run-to-run spread below: with {args.pairs} pairs a ratio resolves no better "
-              f"than about the CV / sqrt({args.pairs}); the cost table further down does not depend on it.")
-        print("\nSpread (min-max Gbit/s) and UDP loss:\n")
-        print("| mode | protocol | condition | min-max Gbit/s | run-to-run CV | UDP sent kpps (median) "
-              "| UDP lost % (median) |")
-        print("|---|---|---|---:|---:|---:|---:|")
-        for mode in args.modes:
-            for protocol in args.protocols:
-                for condition in CONDITIONS:
-                    runs = results[(mode, protocol, condition)]
-                    bps = [r["bps"] / 1e9 for r in runs]
-                    if protocol == "udp":
-                        sent = statistics.median(r["sent_packets"] / r["seconds"] for r in runs) / 1e3
-                        lost = statistics.median(r["lost_percent"] for r in runs)
-                        extra = f"{sent:.1f} | {lost:.2f}"
-                    else:
-                        extra = "- | -"
-                    spread = statistics.pstdev(bps) / statistics.mean(bps) * 100
-                    print(f"| {mode} | {protocol.upper()} | {condition} | {min(bps):.3f}-{max(bps):.3f} "
-                          f"| {spread:.1f}% | {extra} |")
-        print("\nWhat the collector counted in the runs with it (peer MAC, data direction; medians):\n")
-        print("| mode | protocol | counted packets / link skbs "
-              "| counted bytes / iperf3 payload bytes (TCP received, UDP sent) "
-              "| bytes per counted packet | UDP counted / datagrams sent |")
+        for (mode, protocol), pairs in throughput["results"].items():
+            bps = paired_ratio(pairs)
+            pps = paired_ratio(pairs, packets=True)
+            print(f"| {mode} | {protocol.upper()} | {statistics.median(p.off_bps for p in pairs) / 1e9:.3f} "
+                  f"| {statistics.median(p.off_pps for p in pairs) / 1e3:.1f} | {ratio_cells(bps)} | {ratio_cells(pps)} |")
+            if bps.median < 0.98 or pps.median < 0.98:
+                misses.append(f"{mode} {protocol.upper()}")
+        print(f"\nTarget (loss <= 2%): {'met' if not misses else 'missed by ' + ', '.join(misses)} (median ratios).")
+        print(f"\nCounted by the collector in one {args.seconds:g} s iperf3 run with it attached (peer MAC, data "
+              f"direction):\n")
+        print("| mode | protocol | counted packets | link packets | counted bytes / iperf3 payload bytes "
+              "(TCP received, UDP sent) | bytes per counted packet |")
         print("|---|---|---:|---:|---:|---:|")
-        for mode in args.modes:
-            for protocol in args.protocols:
-                rows = counted[(mode, protocol)]
-                packet_ratio = statistics.median(p / s if s else 0 for _, p, _, s in rows)
-                byte_ratio = statistics.median(b / r.get("sent_bytes", r["bytes"]) for b, _, r, _ in rows)
-                per_packet = statistics.median(b / p if p else 0 for b, p, _, _ in rows)
-                udp = (f"{statistics.median(p / r['sent_packets'] for _, p, r, _ in rows):.3f}"
-                       if protocol == "udp" else "-")
-                print(f"| {mode} | {protocol.upper()} | {packet_ratio:.3f} | {byte_ratio:.3f} | {per_packet:,.0f} "
-                      f"| {udp} |")
+        for (mode, protocol), (packets, skbs, counted_bytes, result) in throughput["exact"].items():
+            payload = result.get("sent_bytes", result["bytes"])
+            print(f"| {mode} | {protocol.upper()} | {packets:,} | {skbs:,} | {counted_bytes / payload:.3f} "
+                  f"| {counted_bytes / packets if packets else 0:,.0f} |")
     if profile:
         print(f"\nWhat the programs cost: BPF_PROG_TEST_RUN of each (1,000,000 runs on one frame, statistics off), "
               f"then one more {args.seconds:g} s run per mode and protocol with BPF run-time statistics on "
@@ -591,8 +561,11 @@ def _choices(allowed: tuple[str, ...]):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=5, help="without/with pairs per attach mode (default 5)")
-    parser.add_argument("--seconds", type=float, default=3, help="seconds per iperf3 run (default 3)")
+    parser.add_argument("--pairs", type=int, default=40,
+                        help="without/with window pairs per attach mode and protocol (default 40)")
+    parser.add_argument("--window", type=float, default=1, help="seconds per window (default 1)")
+    parser.add_argument("--seconds", type=float, default=3,
+                        help="seconds of the counting check and profile runs (default 3)")
     parser.add_argument("--udp-rate", default="2G", help="iperf3 -b for UDP (default 2G)")
     parser.add_argument("--udp-length", type=int, default=1200, help="iperf3 -l for UDP (default 1200)")
     parser.add_argument("--modes", type=_choices(MODES), default=list(MODES),

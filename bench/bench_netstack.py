@@ -1,26 +1,21 @@
-"""netstack collector overhead: iperf3 throughput without and with the eBPF programs loaded.
+"""netstack collector overhead: what its eBPF programs cost a continuous iperf3 stream.
 
-Makes two network namespaces of its own with a veth pair between them, and runs an iperf3 server
-in the first. Round after round it alternates (rotating the order each round) three conditions:
+Makes two network namespaces of its own with a veth pair between them and runs an iperf3 server in the
+first. For two paths, loopback inside the first namespace and the veth pair between the namespaces, one
+long iperf3 TCP stream (client on CPU 0, server on CPU 1) flows while a helper process holding a
+netstack collector detaches and attaches its programs in 1 s windows, in ABBA order (bench/interleave.py:
+a steady drift of the shared machine cancels; each window's rate is the receiving interface's counters).
+Two conditions: the default 1000 Hz NET_RX sampling ("f1000") and sampling off ("f0"). It prints per
+path and condition the median paired throughput ratio with/without, its 95% confidence interval and the
+loss it means (target: <= 3% at f1000, <= 1% at f0); the collector's read() time after each window with
+the programs on (the first read after start builds the kallsyms index, so it is shown apart) and the
+helper's RSS. Then one more stream of each condition with the kernel's run-time statistics on shows what
+each program costs (calls/s, run time per call, share of one CPU; the statistics add their own clock
+reads and leave out the tracepoints' dispatch), and a getppid() loop shows the tax every syscall of every
+process pays while the collector is loaded (the sys_enter hook).
 
-  off       nothing loaded
-  f1000     a netstack collector at the default 1000 Hz NET_RX sampling, in a helper process
-  f0        the same with sampling off (-f 0): softirq and syscall accounting only
-
-for two paths: loopback inside the first namespace, and the veth pair between the namespaces.
-Each run is one iperf3 TCP stream of --seconds. It prints, per condition: the median throughput,
-its spread and its ratio to "off" (ratio of medians, and the median of per-round ratios: a round's
-runs are seconds apart, so pairing cancels slow drifts of a shared machine's load); the CPU time
-both iperf3 ends used per GB moved (loopback softirqs run inline and are charged to them, and so
-are our programs); the helper's scrape latency (read() after a run; the first read after traffic
-also builds the kallsyms index, so it is shown apart) and its RSS. Then one extra loopback run of
-each loaded condition with kernel.bpf_stats_enabled=1 shows what each program costs (calls, run
-time per call, share of one CPU, CPU time per GB against iperf3's own; the statistics overstate a
-little and leave out the tracepoints' dispatch), and a getppid() loop shows the tax every syscall
-of every process pays while the collector is loaded (the sys_enter hook).
-
-Run as root:  /opt/netio-venv/bin/python bench/bench_netstack.py [--rounds 15] [--seconds 2]
-The namespaces, the iperf3 server and the helpers are removed at exit (processes by their pid);
+Run as root:  /opt/netio-venv/bin/python bench/bench_netstack.py [--pairs 40] [--window 1]
+The namespaces, the iperf3 processes and the helpers are removed at exit (processes by their pid);
 bpf_stats_enabled is restored to its previous value.
 """
 
@@ -35,7 +30,10 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONDITIONS = ("off", "f1000", "f0")
+sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
+from interleave import ReceiveCounter, interleave, paired_ratio, ratio_cells  # noqa: E402
+
+CONDITIONS = {"f1000": 1000, "f0": 0}
 PORT = 5201
 
 
@@ -44,20 +42,30 @@ def _run(*command: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def helper(frequency: int) -> None:
-    """Hold a collector; answer "scrape" with the read() time in seconds and "rss" with VmRSS kB."""
-    sys.path.insert(0, REPO)
+    """Hold a collector. Commands on stdin, one answer line each: "attach" / "detach" its programs,
+    "scrape" (the read() time in seconds), "rss" (VmRSS in kB)."""
     from exporter.collectors.netstack import NetstackCollector
     collector = NetstackCollector(frequency)
+    if collector._symbols_thread:
+        collector._symbols_thread.join()  # the kallsyms index is built before any window is timed
     print(collector._error or "ready", flush=True)
     for line in sys.stdin:
-        if line.strip() == "scrape":
+        command = line.strip()
+        if command == "attach" and collector._attachment is None:
+            collector._attachment = collector._attach()
+        elif command == "detach" and collector._attachment is not None:
+            collector._attachment.close()
+            collector._attachment = None
+        elif command == "scrape":
             start = time.perf_counter()
             collector.read()
             print(time.perf_counter() - start, flush=True)
-        elif line.strip() == "rss":
+            continue
+        elif command == "rss":
             with open("/proc/self/status") as status:
-                rss = next(line.split()[1] for line in status if line.startswith("VmRSS:"))
-            print(rss, flush=True)
+                print(next(line.split()[1] for line in status if line.startswith("VmRSS:")), flush=True)
+            continue
+        print("ok", flush=True)
     collector.close()
 
 
@@ -85,16 +93,23 @@ class Helper:
                 self.process.wait()
 
 
-def iperf(ns: str, address: str, seconds: float) -> tuple[float, float]:
-    """(bits per second received, CPU seconds both iperf3 ends spent per GB)."""
-    # -A 0,1: client on CPU 0, server on CPU 1, so runs differ less by where the scheduler put them
-    result = _run("ip", "netns", "exec", ns, "iperf3", "-c", address, "-p", str(PORT), "-t", str(seconds),
-                  "-A", "0,1", "-J")
-    report = json.loads(result.stdout)
-    received = report["end"]["sum_received"]
-    cpu = report["end"]["cpu_utilization_percent"]
-    cpu_seconds = (cpu["host_total"] + cpu["remote_total"]) / 100 * received["seconds"]
-    return received["bits_per_second"], cpu_seconds / (received["bytes"] / 1e9)
+class Stream:
+    """One long iperf3 TCP stream from namespace ``ns`` to ``address`` until ``stop()``."""
+
+    def __init__(self, ns: str, address: str):
+        # -A 0,1: client on CPU 0, server on CPU 1, so windows differ less by where the scheduler put them
+        self.process = subprocess.Popen(["ip", "netns", "exec", ns, "iperf3", "-c", address, "-p", str(PORT),
+                                         "-t", "86400", "-A", "0,1"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)  # past slow start
+        if self.process.poll() is not None:
+            raise RuntimeError(f"iperf3 client failed: {self.process.stderr.read().strip()}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # our own child, by pid
+            self.process.wait()
+        time.sleep(0.5)  # the server takes the next client once it has closed this test
 
 
 def bpf_program_stats(pid: int) -> dict[str, tuple[int, int]]:
@@ -120,8 +135,9 @@ def syscall_nanoseconds(calls: int = 300_000) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--seconds", type=float, default=2)
+    parser.add_argument("--pairs", type=int, default=40, help="off/on window pairs per path and condition (default 40)")
+    parser.add_argument("--window", type=float, default=1, help="seconds per window (default 1)")
+    parser.add_argument("--profile-seconds", type=float, default=3, help="stream seconds per profile run")
     parser.add_argument("--helper", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.helper is not None:
@@ -147,49 +163,47 @@ def main() -> None:
         server = subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s", "-p", str(PORT)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.5)
-        paths = {"loopback": (server_ns, "127.0.0.1"), "veth": (client_ns, "10.198.0.1")}
-        throughput = {(path, condition): [] for path in paths for condition in CONDITIONS}
-        cpu_per_gb = {(path, condition): [] for path in paths for condition in CONDITIONS}
-        latencies = {condition: [] for condition in CONDITIONS[1:]}
-        first_reads = {condition: [] for condition in CONDITIONS[1:]}
-        rss = {}
-        for round_index in range(args.rounds):
-            order = CONDITIONS[round_index % 3:] + CONDITIONS[:round_index % 3]
-            for condition in order:
-                held = None if condition == "off" else Helper(1000 if condition == "f1000" else 0)
-                try:
-                    for index, (path, (ns, address)) in enumerate(paths.items()):
-                        bits, cpu = iperf(ns, address, args.seconds)
-                        throughput[(path, condition)].append(bits)
-                        cpu_per_gb[(path, condition)].append(cpu)
-                        if held:  # the helper's first read after traffic builds the kallsyms index
-                            (first_reads if index == 0 else latencies)[condition].append(float(held.ask("scrape")))
-                    if held:
-                        rss[condition] = max(rss.get(condition, 0), int(held.ask("rss")))
-                finally:
-                    if held:
-                        held.stop()
-            print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        # (namespace of the client, address, the receiving interface in the server's namespace)
+        paths = {"loopback": (server_ns, "127.0.0.1", "lo"), "veth": (client_ns, "10.198.0.1", "eth1")}
+        results, latencies, first_reads, rss = {}, {}, {}, {}
+        for condition, frequency in CONDITIONS.items():
+            held = Helper(frequency)
+            latencies[condition] = []
+            try:
+                first_reads[condition] = float(held.ask("scrape"))
+                for path, (ns, address, device) in paths.items():
+                    counter = ReceiveCounter(server_ns, device)
+                    stream = Stream(ns, address)
+                    try:
+                        results[(path, condition)] = interleave(
+                            counter, lambda: held.ask("attach"), lambda: held.ask("detach"), args.pairs,
+                            args.window, after_on_window=lambda: latencies[condition].append(float(held.ask("scrape"))))
+                    finally:
+                        stream.stop()
+                        counter.close()
+                    print(f"{condition} {path} done", file=sys.stderr, flush=True)
+                rss[condition] = int(held.ask("rss"))
+            finally:
+                held.stop()
 
-        # Where the cost is: one more run per loaded condition with per-program statistics.
+        # Where the cost is: one more loopback stream per condition with per-program statistics.
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as file:
             file.write("1")
-        profile, profile_cost = {}, {}
-        for condition in CONDITIONS[1:]:
-            held = Helper(1000 if condition == "f1000" else 0)
+        profile = {}
+        for condition, frequency in CONDITIONS.items():
+            held = Helper(frequency)
+            stream = Stream(server_ns, "127.0.0.1")
             try:
                 before = bpf_program_stats(held.process.pid)
                 start = time.monotonic()
-                bits, cpu_per_gigabyte = iperf(*paths["loopback"], args.seconds)
+                time.sleep(args.profile_seconds)
                 elapsed = time.monotonic() - start
                 after = bpf_program_stats(held.process.pid)
             finally:
+                stream.stop()
                 held.stop()
             profile[condition] = {name: (after[name][0] - before.get(name, (0, 0))[0],
                                          after[name][1] - before.get(name, (0, 0))[1], elapsed) for name in after}
-            gigabytes = bits / 8 * args.seconds / 1e9
-            bpf_seconds = sum(run_ns for run_ns, _, _ in profile[condition].values()) / 1e9
-            profile_cost[condition] = (bpf_seconds / gigabytes, cpu_per_gigabyte)
 
         syscall_cost = {"off": [], "f0": []}
         for _ in range(8):
@@ -208,40 +222,25 @@ def main() -> None:
         for ns in (server_ns, client_ns):
             _run("ip", "netns", "del", ns, check=False)
 
-    print(f"\niperf3, one TCP stream, {args.seconds:g} s per run, {args.rounds} rounds, "
+    print(f"\niperf3, one TCP stream, {args.pairs} pairs of {args.window:g} s windows without/with the programs, "
           f"kernel {os.uname().release}, {os.cpu_count()} CPUs\n")
-    print("| path | condition | median Gbit/s | p25-p75 Gbit/s | ratio of medians | median of paired ratios "
-          "| CPU s per GB (iperf3, both ends) | CPU ratio, median of paired |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for path in paths:
-        off_runs = throughput[(path, "off")]
-        off = statistics.median(off_runs)
-        for condition in CONDITIONS:
-            runs = throughput[(path, condition)]
-            median = statistics.median(runs)
-            quartiles = statistics.quantiles(runs, n=4) if len(runs) > 1 else [median, median, median]
-            paired = statistics.median(run / base for run, base in zip(runs, off_runs))
-            cpu = cpu_per_gb[(path, condition)]
-            cpu_paired = statistics.median(c / base for c, base in zip(cpu, cpu_per_gb[(path, "off")]))
-            print(f"| {path} | {condition} | {median / 1e9:.2f} | {quartiles[0] / 1e9:.2f}-{quartiles[2] / 1e9:.2f} "
-                  f"| {median / off:.3f} | {paired:.3f} | {statistics.median(cpu):.3f} | {cpu_paired:.3f} |")
-    print("\n| condition | scrape after a run, median ms | max ms | first scrape after traffic, median ms "
-          "| helper RSS MB |")
+    print("| path | condition | Gbit/s without, median | with/without, median of pairs | 95% interval | loss (95% interval) |")
+    print("|---|---|---:|---:|---:|---|")
+    for (path, condition), pairs in results.items():
+        without = statistics.median(pair.off_bps for pair in pairs)
+        print(f"| {path} | {condition} | {without / 1e9:.2f} | {ratio_cells(paired_ratio(pairs))} |")
+    print("\n| condition | read() after a window, median ms | max ms | first read after start, ms | helper RSS MB |")
     print("|---|---:|---:|---:|---:|")
-    for condition in CONDITIONS[1:]:
+    for condition in CONDITIONS:
         values = latencies[condition]
         print(f"| {condition} | {statistics.median(values) * 1e3:.2f} | {max(values) * 1e3:.2f} "
-              f"| {statistics.median(first_reads[condition]) * 1e3:.2f} | {rss[condition] / 1024:.1f} |")
+              f"| {first_reads[condition] * 1e3:.2f} | {rss[condition] / 1024:.1f} |")
     print("\n| condition | program | calls/s | ns/call | CPU share of one core |")
     print("|---|---|---:|---:|---:|")
     for condition, programs in profile.items():
         for name, (run_ns, calls, elapsed) in sorted(programs.items(), key=lambda item: -item[1][0]):
             per_call = run_ns / calls if calls else 0
             print(f"| {condition} | {name} | {calls / elapsed:,.0f} | {per_call:.0f} | {run_ns / elapsed / 1e9 * 100:.2f}% |")
-    print("\n| condition | BPF CPU s per GB (loopback) | iperf3 CPU s per GB, same run | programs' share |")
-    print("|---|---:|---:|---:|")
-    for condition, (bpf, iperf_cpu) in profile_cost.items():
-        print(f"| {condition} | {bpf:.4f} | {iperf_cpu:.3f} | {bpf / iperf_cpu * 100:.1f}% |")
     off, loaded = (statistics.median(syscall_cost[key]) for key in ("off", "f0"))
     print("\n| getppid() from Python, median of 8 | ns per call |\n|---|---:|")
     print(f"| nothing loaded | {off:.0f} |\n| netstack loaded | {loaded:.0f} |\n| tax per syscall | {loaded - off:+.0f} |")

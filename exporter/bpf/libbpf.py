@@ -10,6 +10,7 @@ type), captured through ``libbpf_set_print``.
 from __future__ import annotations
 
 import ctypes
+import errno
 import ctypes.util
 import os
 import threading
@@ -300,7 +301,6 @@ class Attachment:
 
 # perf_event_open(2) for PERF_TYPE_SOFTWARE / PERF_COUNT_SW_CPU_CLOCK; struct perf_event_attr from
 # linux/perf_event.h (PERF_ATTR_SIZE_VER5 = 112 bytes is enough for what we set).
-_NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
 _PERF_TYPE_SOFTWARE = 1
 _PERF_COUNT_SW_CPU_CLOCK = 0
 _PERF_FLAG_FD_CLOEXEC = 8
@@ -320,13 +320,26 @@ class _PerfEventAttr(ctypes.Structure):
 
 def open_cpu_clock(cpu: int, period_ns: int) -> int:
     """A cpu-clock software event on ``cpu`` firing every ``period_ns`` of CPU time (fixed period)."""
-    number = _NR_PERF_EVENT_OPEN.get(os.uname().machine)
-    if number is None:
-        raise BpfError(38, f"perf_event_open: unknown syscall number on {os.uname().machine}")
     attr = _PerfEventAttr(type=_PERF_TYPE_SOFTWARE, size=ctypes.sizeof(_PerfEventAttr),
                           config=_PERF_COUNT_SW_CPU_CLOCK, sample_period=period_ns)
-    fd = _libc.syscall(number, ctypes.byref(attr), -1, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
-    if fd < 0:
-        error = ctypes.get_errno()
-        raise BpfError(error, f"perf_event_open(cpu-clock, cpu {cpu}): {os.strerror(error)}")
-    return fd
+    try:
+        return raw_syscall("perf_event_open", ctypes.byref(attr), -1, cpu, -1, _PERF_FLAG_FD_CLOEXEC)
+    except OSError as error:
+        raise BpfError(error.errno, f"perf_event_open(cpu-clock, cpu {cpu}): {error.strerror}") from None
+
+
+# Numbers of the syscalls called without a libc or libbpf wrapper (bpf commands newer than libbpf 1.1,
+# perf_event_open): arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h (arm64).
+_SYSCALL_NUMBERS = {"bpf": {"x86_64": 321, "aarch64": 280}, "perf_event_open": {"x86_64": 298, "aarch64": 241}}
+
+
+def raw_syscall(name: str, *args) -> int:
+    """syscall(2) by name: its non-negative result, else OSError with the errno."""
+    number = _SYSCALL_NUMBERS[name].get(os.uname().machine)
+    if number is None:
+        raise OSError(errno.ENOSYS, f"{name}: unknown syscall number on {os.uname().machine}")
+    result = _libc.syscall(number, *args)
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return result

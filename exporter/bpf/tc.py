@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
 import struct
+
+from .libbpf import raw_syscall
 
 FILTER_NAME = "netio_mac"
 DIRECTIONS = ("ingress", "egress")
@@ -20,16 +21,12 @@ DIRECTIONS = ("ingress", "egress")
 # include/uapi/linux/bpf.h: enum bpf_cmd BPF_LINK_CREATE; enum bpf_attach_type BPF_TCX_*.
 _BPF_LINK_CREATE = 28
 _TCX_ATTACH_TYPES = {"ingress": 46, "egress": 47}
-_NR_BPF = {"x86_64": 321, "aarch64": 280}
 # union bpf_attr, link_create: prog_fd, target_ifindex, attach_type, flags, then tcx's
 # relative_fd (u32) and expected_revision (u64, at offset 24).
 _LINK_CREATE = struct.Struct("=IIII")
 _ATTR_SIZE = 64
 # TC_H_CLSACT's minor handles (include/uapi/linux/pkt_sched.h) for the two filter parents.
 _CLSACT_PARENTS = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 class AttachError(OSError):
@@ -38,16 +35,12 @@ class AttachError(OSError):
 
 def tcx_attach(prog_fd: int, ifindex: int, direction: str) -> int:
     """A TCX link running ``prog_fd`` after the programs already attached; returns the link fd."""
-    number = _NR_BPF.get(os.uname().machine)
-    if number is None:
-        raise AttachError(errno.ENOSYS, f"bpf(2): unknown syscall number on {os.uname().machine}")
     attr = ctypes.create_string_buffer(_LINK_CREATE.pack(prog_fd, ifindex, _TCX_ATTACH_TYPES[direction], 0),
                                        _ATTR_SIZE)
-    fd = _libc.syscall(number, _BPF_LINK_CREATE, attr, _ATTR_SIZE)
-    if fd < 0:
-        code = ctypes.get_errno()
-        raise AttachError(code, f"TCX {direction} link on ifindex {ifindex}: {os.strerror(code)}")
-    return fd
+    try:
+        return raw_syscall("bpf", _BPF_LINK_CREATE, attr, _ATTR_SIZE)
+    except OSError as error:
+        raise AttachError(error.errno, f"TCX {direction} link on ifindex {ifindex}: {error.strerror}") from None
 
 
 def tcx_supported(code: int) -> bool:

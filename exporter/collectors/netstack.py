@@ -299,13 +299,10 @@ class NetstackCollector(Collector):
         time_path = str(build.object_path("netstack_time"))
         stacks_path = str(build.object_path("netstack_rx_stacks")) if self.frequency_hz else None
         self._ncpus = libbpf.possible_cpus()
-        attachment = libbpf.Attachment()
         try:
             time_object = libbpf.BpfObject(time_path)
             self._objects.append(time_object)
             self._totals = time_object.map("totals")
-            for program in _TIME_PROGRAMS:
-                attachment.attach(time_object, program)
             if stacks_path:
                 stacks_object = libbpf.BpfObject(
                     stacks_path, reuse_maps={"softirq_state": time_object.map("softirq_state")})
@@ -313,14 +310,26 @@ class NetstackCollector(Collector):
                 self._generations = (stacks_object.map("samples_0"), stacks_object.map("samples_1"))
                 self._generation_map = stacks_object.map("generation")
                 self._unrecorded = stacks_object.map("unrecorded")
-                period_ns = max(1, 1_000_000_000 // self.frequency_hz)
-                for cpu in _online_cpus():
-                    attachment.attach_perf_event(stacks_object, "sample_net_rx", libbpf.open_cpu_clock(cpu, period_ns))
+            self._attachment = self._attach()
         except BaseException:
-            attachment.close()
             self._close_objects()
             raise
-        self._attachment = attachment
+
+    def _attach(self):
+        """Attach every program of the loaded objects (all or none): the Attachment that holds them."""
+        from ..bpf import libbpf
+        attachment = libbpf.Attachment()
+        try:
+            for program in _TIME_PROGRAMS:
+                attachment.attach(self._objects[0], program)
+            if len(self._objects) > 1:
+                period_ns = max(1, 1_000_000_000 // self.frequency_hz)
+                for cpu in _online_cpus():
+                    attachment.attach_perf_event(self._objects[1], "sample_net_rx", libbpf.open_cpu_clock(cpu, period_ns))
+        except BaseException:
+            attachment.close()
+            raise
+        return attachment
 
     def _close_objects(self) -> None:
         while self._objects:
