@@ -92,6 +92,19 @@ static __always_inline struct client *client_of(const struct mac_key *key, __u64
 	return 0;
 }
 
+/* Copy `size` bytes at `offset` of the frame: straight from the linear data when they are there
+ * (headers are, on every path we know), else through the helper. */
+static __always_inline int load(struct __sk_buff *skb, __u32 offset, void *to, __u32 size)
+{
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+
+	if (data + offset + size <= data_end) {
+		__builtin_memcpy(to, data + offset, size);
+		return 0;
+	}
+	return bpf_skb_load_bytes(skb, offset, to, size);
+}
+
 static __always_inline void remember_source_address(struct __sk_buff *skb, struct client *client)
 {
 	__u16 proto = bpf_ntohs(skb->protocol);
@@ -99,14 +112,14 @@ static __always_inline void remember_source_address(struct __sk_buff *skb, struc
 	if (proto == ETH_P_IP) {
 		__u32 saddr;
 
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + 12, &saddr, 4) == 0 && saddr != 0 && client->ipv4 != saddr)
+		if (load(skb, ETH_HLEN + 12, &saddr, 4) == 0 && saddr != 0 && client->ipv4 != saddr)
 			client->ipv4 = saddr;
 	} else if (proto == ETH_P_IPV6) {
 		__u8 saddr[16];
 		__u64 *words = (__u64 *)saddr;
 		int link_local;
 
-		if (bpf_skb_load_bytes(skb, ETH_HLEN + 8, saddr, 16) != 0 || (words[0] | words[1]) == 0)
+		if (load(skb, ETH_HLEN + 8, saddr, 16) != 0 || (words[0] | words[1]) == 0)
 			return;
 		link_local = saddr[0] == 0xfe && (saddr[1] & 0xc0) == 0x80;
 		if (link_local && !client->ipv6_link_local && (client->ipv6[0] | client->ipv6[1]) != 0)
@@ -123,7 +136,7 @@ static __always_inline int count(struct __sk_buff *skb, int upload)
 	__u64 now;
 
 	/* ingress: the source MAC at offset 6; egress: the destination MAC at offset 0 */
-	if (bpf_skb_load_bytes(skb, upload ? 6 : 0, key.addr, 6) != 0 || not_a_client(&key))
+	if (load(skb, upload ? 6 : 0, key.addr, 6) != 0 || not_a_client(&key))
 		return TC_ACT_UNSPEC;
 	client = client_of(&key, skb->len);
 	if (!client)
