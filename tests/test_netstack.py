@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,7 +24,8 @@ import pytest
 
 from conftest import in_netns, require, run, samples, value
 from exporter.collectors import Scrape
-from exporter.collectors.netstack import CATEGORIES, ENTRIES, KernelSymbols, NetstackCollector, classify
+from exporter.collectors.netstack import (_NETWORK_SYSCALLS, CATEGORIES, ENTRIES, KernelSymbols,
+                                          NetstackCollector, classify)
 from exporter.exposition import render_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -228,6 +230,102 @@ def test_udp_sendto_counts_and_dev_null_and_unix_do_not(collector, netns):
         os.close(devnull)
         for sock in (receiver, sender, unix_a, unix_b):
             sock.close()
+
+
+def _connected_udp_pair(ns: str) -> tuple[socket.socket, socket.socket]:
+    with in_netns(ns):
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.connect(receiver.getsockname())
+    return sender, receiver
+
+
+# Every way Python has to send or receive on a socket, so each syscall number sys_enter must time
+# (netstack._NETWORK_SYSCALLS) is used once: a missing number would leave its calls uncounted.
+_SENDS = {
+    "send (sendto)": lambda sock, _: sock.send(b"x"),
+    "write": lambda sock, _: os.write(sock.fileno(), b"x"),
+    "writev": lambda sock, _: os.writev(sock.fileno(), [b"x"]),
+    "sendmsg": lambda sock, _: sock.sendmsg([b"x"]),
+    "sendfile": lambda sock, source: os.sendfile(sock.fileno(), source, 0, 1),
+}
+_RECEIVES = {
+    "recv (recvfrom)": lambda sock: sock.recv(16),
+    "read": lambda sock: os.read(sock.fileno(), 16),
+    "readv": lambda sock: os.readv(sock.fileno(), [bytearray(16)]),
+    "recvmsg": lambda sock: sock.recvmsg(16),
+}
+
+
+@pytest.mark.parametrize("way", sorted(_SENDS))
+def test_every_send_syscall_counts(collector, netns, way, tmp_path):
+    calls = 300
+    sender, receiver = _connected_udp_pair(netns())
+    source_path = tmp_path / "one-byte"
+    source_path.write_bytes(b"x")
+    source = os.open(source_path, os.O_RDONLY)
+    try:
+        before = _tx_invocations(collector)
+        for _ in range(calls):
+            _SENDS[way](sender, source)
+        assert _tx_invocations(collector) - before >= calls
+    finally:
+        os.close(source)
+        sender.close()
+        receiver.close()
+
+
+@pytest.mark.parametrize("way", sorted(_RECEIVES))
+def test_every_receive_syscall_counts(collector, netns, way):
+    calls = 300
+    sender, receiver = _connected_udp_pair(netns())
+    try:
+        for _ in range(calls):
+            sender.send(b"x")
+        before = _sum(_scrape(collector), "netio_netstack_invocations_total", entry="rx_syscall")
+        for _ in range(calls):
+            _RECEIVES[way](receiver)
+        after = _sum(_scrape(collector), "netio_netstack_invocations_total", entry="rx_syscall")
+        assert after - before >= calls
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def _header_numbers(path: str) -> dict[str, int]:
+    with open(path) as header:
+        text = header.read()
+    numbers = {name: int(number) for name, number in re.findall(r"#define __NR_(\w+)\s+(\d+)\b", text)}
+    numbers.update({name: int(number) for name, number in re.findall(r"#define __NR3264_(\w+)\s+(\d+)\b", text)})
+    return numbers
+
+
+_NETWORK_SYSCALL_NAMES = ("read", "write", "readv", "writev", "sendfile", "sendto", "recvfrom", "sendmsg",
+                          "recvmsg", "splice", "recvmmsg", "sendmmsg", "preadv2", "pwritev2", "io_uring_enter")
+
+
+def test_network_syscall_numbers_match_the_system_headers():
+    """The numbers in netstack._NETWORK_SYSCALLS, checked against linux-libc-dev's headers where installed."""
+    checked = 0
+    for machine, native, compat, compat_extra in (
+            ("x86_64", "/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "/usr/include/x86_64-linux-gnu/asm/unistd_32.h",
+             ("socketcall", "sendfile64", "recvmmsg_time64")),
+            ("aarch64", "/usr/include/asm-generic/unistd.h", None, ())):
+        if not os.path.exists(native):
+            continue
+        numbers = _header_numbers(native)
+        expected = {numbers[name] for name in _NETWORK_SYSCALL_NAMES}
+        if compat and os.path.exists(compat):
+            compat_numbers = _header_numbers(compat)
+            expected |= {compat_numbers[name] for name in _NETWORK_SYSCALL_NAMES + compat_extra}
+            assert expected == set(_NETWORK_SYSCALLS[machine])
+        else:
+            assert expected <= set(_NETWORK_SYSCALLS[machine])
+        checked += 1
+    if not checked:
+        pytest.skip("no kernel UAPI headers (linux-libc-dev) to check the syscall numbers against")
 
 
 def test_recv_that_fails_with_eagain_counts(collector, netns):

@@ -4,15 +4,19 @@
  *
  * Entries (index into `totals`, a per-CPU array of {nanoseconds, invocations}):
  *   0 net_rx_softirq, 1 net_tx_softirq   tp_btf/softirq_entry + softirq_exit, NET_RX/NET_TX only
- *   2 tx_syscall,     3 rx_syscall       tp_btf/sys_enter stamps the start of every syscall;
- *                                        tp_btf/sock_send_length / sock_recv_length (they fire when
- *                                        sock_sendmsg/sock_recvmsg return, whatever the result) charge
- *                                        the time since that stamp if the socket is AF_INET/AF_INET6.
+ *   2 tx_syscall,     3 rx_syscall       tp_btf/sys_enter stamps the start of every syscall that
+ *                                        can reach a socket's sendmsg/recvmsg; tp_btf/sock_send_length
+ *                                        / sock_recv_length (they fire when sock_sendmsg/sock_recvmsg
+ *                                        return, whatever the result) charge the time since that
+ *                                        stamp if the socket is AF_INET/AF_INET6.
  * Cost: sys_enter runs for every syscall of every task, so it only writes a per-CPU clock (no
- * hash or task-storage lookup). Measured on the 6.18 VMs here: attaching even an empty program
- * to sys_enter adds ~80 ns to every syscall, bpf_ktime_get_ns() ~110 ns, a per-CPU array lookup
- * ~30 ns; the clock read is the one cost every hook here cannot avoid, so each hook reads it
- * once. The clock belongs to the task running on the CPU: sched_switch
+ * hash or task-storage lookup), and reads the clock only for the syscalls in `network_syscalls`
+ * (read/write and their vector forms, send and recv calls, sendfile, splice, io_uring_enter; user
+ * space fills it for the architecture, native and 32-bit numbers). Any other syscall stops the
+ * clock instead, so a socket call inside one would go uncharged rather than charged from a stale
+ * stamp. Measured on the 6.18 VMs here: attaching even an empty program to sys_enter adds ~80 ns
+ * to every syscall, bpf_ktime_get_ns() ~70 ns, the map lookups and stores ~20 ns; the clock read
+ * is the one cost the other hooks cannot avoid, so each reads it once. The clock belongs to the task running on the CPU: sched_switch
  * saves it into the outgoing task's task storage and restores the incoming task's, so a syscall
  * that blocks or migrates keeps its clock and the time switched out is paused out of it.
  * Exclusivity: NET softirqs that run inline (bh enable, irq exit) pause the CPU's clock too.
@@ -54,6 +58,18 @@ struct {
 	__type(key, __u32);
 	__type(value, struct totals);
 } totals SEC(".maps");
+
+/* Bit n set: syscall number n can reach a socket's sendmsg/recvmsg. Numbers past the set are
+ * treated as if they could (never lose a network syscall to an unknown number). */
+#define SYSCALL_SET_BITS 512
+struct syscall_set { __u64 words[SYSCALL_SET_BITS / 64]; };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct syscall_set);
+} network_syscalls SEC(".maps");
 
 /* The syscall clock of the task running on each CPU. */
 struct {
@@ -128,12 +144,17 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 {
 	__u32 zero = 0;
 	struct syscall_clock *clock = bpf_map_lookup_elem(&cpu_clock, &zero);
+	struct syscall_set *network = bpf_map_lookup_elem(&network_syscalls, &zero);
 
-	if (clock) {
-		clock->start = bpf_ktime_get_ns();
-		clock->paused = 0;
-		clock->counted = 0;
+	if (!clock)
+		return 0;
+	if (network && id >= 0 && id < SYSCALL_SET_BITS && !(network->words[id / 64] & (1ULL << (id % 64)))) {
+		clock->start = 0;
+		return 0;
 	}
+	clock->start = bpf_ktime_get_ns();
+	clock->paused = 0;
+	clock->counted = 0;
 	return 0;
 }
 

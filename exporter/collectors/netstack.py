@@ -65,6 +65,19 @@ CATEGORIES = ("driver_poll", "gro", "xdp_generic", "tc_classify", "nf_ingress", 
 _TIME_PROGRAMS = ("softirq_exit", "softirq_entry", "sched_switch", "sys_enter",
                   "sock_send_length", "sock_recv_length")
 
+# Syscalls that can reach a socket's sendmsg/recvmsg: read/write and their vector forms, the send and
+# recv calls, sendfile, splice, io_uring_enter. sys_enter sees the number of the ABI the task called
+# in, so the 32-bit compat numbers are in the set too (an unrelated native call that shares a number
+# only costs a clock read). arch/x86/entry/syscalls/syscall_64.tbl and syscall_32.tbl;
+# include/uapi/asm-generic/unistd.h (arm64) and arch/arm/tools/syscall.tbl (its compat tasks).
+_NETWORK_SYSCALLS = {
+    "x86_64": (0, 1, 19, 20, 40, 44, 45, 46, 47, 275, 299, 307, 327, 328, 426,
+               3, 4, 102, 145, 146, 187, 239, 313, 337, 345, 369, 370, 371, 372, 378, 379, 417),
+    "aarch64": (63, 64, 65, 66, 71, 76, 206, 207, 211, 212, 243, 269, 286, 287, 426,
+                3, 4, 145, 146, 187, 239, 289, 290, 291, 292, 296, 297, 340, 365, 374, 392, 393, 417),
+}
+_SYSCALL_SET_BITS = 512  # SYSCALL_SET_BITS in netstack_time.bpf.c
+
 _CATEGORY_INDEX = {category: index for index, category in enumerate(CATEGORIES)}
 _OTHER = _CATEGORY_INDEX["other"]
 _STACK_CACHE_SIZE = 20_000
@@ -225,6 +238,14 @@ def _kallsyms_shows_addresses() -> bool:
     return False
 
 
+def _network_syscall_set(machine: str) -> bytes:
+    """`struct syscall_set` for this architecture; every bit set where the numbers are not known here."""
+    numbers = _NETWORK_SYSCALLS.get(machine)
+    if numbers is None:
+        return b"\xff" * (_SYSCALL_SET_BITS // 8)
+    return sum(1 << number for number in numbers).to_bytes(_SYSCALL_SET_BITS // 8, "little")
+
+
 def _online_cpus() -> list[int]:
     try:
         with open("/sys/devices/system/cpu/online") as file:
@@ -303,6 +324,7 @@ class NetstackCollector(Collector):
             time_object = libbpf.BpfObject(time_path)
             self._objects.append(time_object)
             self._totals = time_object.map("totals")
+            time_object.map("network_syscalls").update(struct.pack("=I", 0), _network_syscall_set(os.uname().machine))
             if stacks_path:
                 stacks_object = libbpf.BpfObject(
                     stacks_path, reuse_maps={"softirq_state": time_object.map("softirq_state")})
