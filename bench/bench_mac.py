@@ -29,7 +29,7 @@ the benchmark's own frames cross it).
 Run as root:  /opt/netio-venv/bin/python bench/bench_mac.py [--pairs 40] [--window 1] [--seconds 3] [--clients 1000]
              [--modes tcx,clsact] [--protocols tcp,udp] [--side receiver|sender] [--udp-rate 2G]
              [--udp-length 1200] [--no-profile] [--skip-throughput | --skip-scrape]
-Default runtime is about 2.5 to 3 minutes. The namespaces (and with them the veth pair and any qdisc on it)
+Default runtime is about 7 minutes. The namespaces (and with them the veth pair and any qdisc on it)
 are deleted at exit, also on errors and Ctrl-C; every process started here (exporters, iperf3) runs in
 its own session and is ended by its pid.
 """
