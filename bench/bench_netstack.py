@@ -11,8 +11,9 @@ loss it means (target: <= 3% at f1000, <= 1% at f0); the collector's read() time
 the programs on (the first read after start builds the kallsyms index, so it is shown apart) and the
 helper's RSS. Then one more stream of each condition with the kernel's run-time statistics on shows what
 each program costs (calls/s, run time per call, share of one CPU; the statistics add their own clock
-reads and leave out the tracepoints' dispatch), and a getppid() loop shows the tax every syscall of every
-process pays while the collector is loaded (the sys_enter hook).
+reads and leave out the tracepoints' dispatch); a getppid() loop with each program of hook_cost.bpf.c alone
+on sys_enter shows what its dispatch, map stores and clock read cost a syscall; and the same loop shows
+the tax every syscall of every process pays while the collector is loaded.
 
 Run as root:  /opt/netio-venv/bin/python bench/bench_netstack.py [--pairs 40] [--window 1]
 The namespaces, the iperf3 processes and the helpers are removed at exit (processes by their pid);
@@ -126,11 +127,36 @@ def bpf_program_stats(pid: int) -> dict[str, tuple[int, int]]:
             for program in shown if program["id"] in held}
 
 
-def syscall_nanoseconds(calls: int = 300_000) -> float:
+def syscall_nanoseconds(call=os.getppid, calls: int = 300_000) -> float:
     start = time.perf_counter()
     for _ in range(calls):
-        os.getppid()
+        call()
     return (time.perf_counter() - start) / calls * 1e9
+
+
+def hook_costs(rounds: int = 8) -> dict[str, float]:
+    """Median ns a getppid() gains with each program of hook_cost.bpf.c on sys_enter (nothing else attached)."""
+    import tempfile
+    from pathlib import Path
+    from exporter.bpf import build, libbpf
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "hook_cost.bpf.o"
+        build.compile_object(Path(__file__).with_name("hook_cost.bpf.c"), path)
+        loaded = libbpf.BpfObject(str(path))
+        try:
+            taxes = {program: [] for program in ("empty", "store", "clock")}
+            for _ in range(rounds):
+                for program, values in taxes.items():
+                    bare = syscall_nanoseconds()
+                    attachment = libbpf.Attachment()
+                    attachment.attach(loaded, program)
+                    try:
+                        values.append(syscall_nanoseconds() - bare)
+                    finally:
+                        attachment.close()
+        finally:
+            loaded.close()
+    return {program: statistics.median(values) for program, values in taxes.items()}
 
 
 def main() -> None:
@@ -205,14 +231,23 @@ def main() -> None:
             profile[condition] = {name: (after[name][0] - before.get(name, (0, 0))[0],
                                          after[name][1] - before.get(name, (0, 0))[1], elapsed) for name in after}
 
-        syscall_cost = {"off": [], "f0": []}
-        for _ in range(8):
-            syscall_cost["off"].append(syscall_nanoseconds())
-            held = Helper(0)
-            try:
-                syscall_cost["f0"].append(syscall_nanoseconds())
-            finally:
-                held.stop()
+        hooks = hook_costs()
+        # getppid() cannot reach a socket: sys_enter only stops the clock; write() can: it reads it
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        syscalls = {"getppid()": os.getppid, "write() to /dev/null": lambda: os.write(devnull, b"x")}
+        syscall_cost = {(name, loaded): [] for name in syscalls for loaded in (False, True)}
+        try:
+            for _ in range(8):
+                for name, call in syscalls.items():
+                    syscall_cost[(name, False)].append(syscall_nanoseconds(call))
+                held = Helper(0)
+                try:
+                    for name, call in syscalls.items():
+                        syscall_cost[(name, True)].append(syscall_nanoseconds(call))
+                finally:
+                    held.stop()
+        finally:
+            os.close(devnull)
     finally:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as file:
             file.write(stats_before)
@@ -241,9 +276,14 @@ def main() -> None:
         for name, (run_ns, calls, elapsed) in sorted(programs.items(), key=lambda item: -item[1][0]):
             per_call = run_ns / calls if calls else 0
             print(f"| {condition} | {name} | {calls / elapsed:,.0f} | {per_call:.0f} | {run_ns / elapsed / 1e9 * 100:.2f}% |")
-    off, loaded = (statistics.median(syscall_cost[key]) for key in ("off", "f0"))
-    print("\n| getppid() from Python, median of 8 | ns per call |\n|---|---:|")
-    print(f"| nothing loaded | {off:.0f} |\n| netstack loaded | {loaded:.0f} |\n| tax per syscall | {loaded - off:+.0f} |")
+    print("\n| one program on sys_enter (bench/hook_cost.bpf.c) | getppid() gains, ns |\n|---|---:|")
+    for program, tax in hooks.items():
+        print(f"| {program} | {tax:+.0f} |")
+    print("\n| syscall from Python, median of 8 loops | nothing loaded, ns | netstack loaded (-f 0), ns | tax |")
+    print("|---|---:|---:|---:|")
+    for name in syscalls:
+        off, loaded = (statistics.median(syscall_cost[(name, key)]) for key in (False, True))
+        print(f"| {name} | {off:.0f} | {loaded:.0f} | {loaded - off:+.0f} |")
 
 
 if __name__ == "__main__":

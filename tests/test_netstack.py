@@ -189,14 +189,19 @@ def _tx_invocations(collector) -> float:
     return _sum(_scrape(collector), "netio_netstack_invocations_total", entry="tx_syscall")
 
 
-def test_udp_sendto_counts_and_dev_null_and_unix_do_not(collector, netns):
-    calls = 2000
-    ns = netns()
+def _connected_udp_pair(ns: str) -> tuple[socket.socket, socket.socket]:
     with in_netns(ns):
         receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         receiver.bind(("127.0.0.1", 0))
-        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.connect(receiver.getsockname())
+    return sender, receiver
+
+
+def test_udp_sendto_counts_and_dev_null_and_unix_do_not(collector, netns):
+    calls = 2000
+    sender, receiver = _connected_udp_pair(netns())
     target = receiver.getsockname()
     unix_a, unix_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     unix_b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -230,16 +235,6 @@ def test_udp_sendto_counts_and_dev_null_and_unix_do_not(collector, netns):
         os.close(devnull)
         for sock in (receiver, sender, unix_a, unix_b):
             sock.close()
-
-
-def _connected_udp_pair(ns: str) -> tuple[socket.socket, socket.socket]:
-    with in_netns(ns):
-        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        receiver.bind(("127.0.0.1", 0))
-        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sender.connect(receiver.getsockname())
-    return sender, receiver
 
 
 # Every way Python has to send or receive on a socket, so each syscall number sys_enter must time
@@ -330,10 +325,8 @@ def test_network_syscall_numbers_match_the_system_headers():
 
 def test_recv_that_fails_with_eagain_counts(collector, netns):
     calls = 500
-    ns = netns()
-    with in_netns(ns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
+    sender, sock = _connected_udp_pair(netns())
+    sender.close()
     sock.setblocking(False)
     before = _sum(_scrape(collector), "netio_netstack_invocations_total", entry="rx_syscall")
     for _ in range(calls):

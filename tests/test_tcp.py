@@ -131,11 +131,17 @@ def _settle(ns: str, timeout: float = 10.0) -> None:
 
 # --- real kernel ---------------------------------------------------------------------------------
 
+
+def _collector_in(ns: str, ports: frozenset = frozenset({PORT})) -> TcpCollector:
+    """A TcpCollector whose sock_diag socket belongs to namespace ``ns``."""
+    with in_netns(ns):
+        return TcpCollector(ports)
+
+
 def test_totals_on_a_listed_port_move_by_exactly_the_kernels_tcp_info(netns):
     ns = netns()
     clients, request, response = 3, 3000, 30_000  # small enough to sit in socket buffers unread
-    with in_netns(ns):
-        collector = TcpCollector(frozenset({PORT}))
+    collector = _collector_in(ns)
     listener, pairs = _connect_pairs(ns, clients)
     baseline = _quiet([server for _, server in pairs])
     before = _scrape(collector, ns)  # the accepted sockets are already known: the test measures deltas
@@ -170,8 +176,7 @@ def test_first_seen_sockets_count_in_full(netns):
     _exchange(pairs, 500, 1500)
     servers = [server for _, server in pairs]
     kernel = _quiet(servers)
-    with in_netns(ns):
-        collector = TcpCollector(frozenset({PORT}))  # created after the traffic: every socket is new
+    collector = _collector_in(ns)  # created after the traffic: every socket is new
     parsed = _scrape(collector, ns)
     for field, name in COUNTER_METRICS.items():
         assert value(parsed, name, local_port=str(PORT)) == sum(info[field] for info in kernel), name
@@ -184,8 +189,7 @@ def test_first_seen_sockets_count_in_full(netns):
 
 def test_closed_sockets_keep_their_bytes_and_count_once(netns):
     ns = netns()
-    with in_netns(ns):
-        collector = TcpCollector(frozenset({PORT}))
+    collector = _collector_in(ns)
     listener, pairs = _connect_pairs(ns, 4)
     _exchange(pairs, 1000, 2000)
     _quiet([sock for pair in pairs for sock in pair])
@@ -228,8 +232,7 @@ def test_closed_sockets_keep_their_bytes_and_count_once(netns):
 def test_states_land_under_the_right_label(netns):
     ns = netns()
     listener, pairs = _connect_pairs(ns, 2)
-    with in_netns(ns):
-        collector = TcpCollector()
+    collector = _collector_in(ns, frozenset())
     client, server = pairs.pop()
     client.close()  # the active closer ends in TIME_WAIT
     server.close()
@@ -278,8 +281,7 @@ def test_request_sockets_count_by_state_only(netns):
 
 def test_retransmissions_under_packet_loss(netns):
     ns = netns()
-    with in_netns(ns):
-        collector = TcpCollector()
+    collector = _collector_in(ns, frozenset())
     listener, pairs = _connect_pairs(ns, 1)
     client, server = pairs[0]
     before = _scrape(collector, ns)
@@ -308,12 +310,10 @@ def test_retransmissions_under_packet_loss(netns):
 
 def test_ipv6_sockets_are_counted(netns):
     ns = netns()
-    with in_netns(ns):
-        collector = TcpCollector(frozenset({PORT}))
+    collector = _collector_in(ns)
     listener4, pairs4 = _connect_pairs(ns, 1)
     listener6, pairs6 = _connect_pairs(ns, 2, socket.AF_INET6, "::1", PORT + 1)
-    with in_netns(ns):
-        collector6 = TcpCollector(frozenset({PORT + 1}))
+    collector6 = _collector_in(ns, frozenset({PORT + 1}))
     _exchange(pairs6, 600, 0)
     servers6 = [server for _, server in pairs6]
     kernel = _quiet(servers6)
@@ -336,8 +336,7 @@ def test_ipv6_sockets_are_counted(netns):
 def test_concurrent_scrapes_do_not_double_count(netns):
     ns = netns()
     listener, pairs = _connect_pairs(ns, 20)
-    with in_netns(ns):
-        collector = TcpCollector(frozenset({PORT}))
+    collector = _collector_in(ns)
     results: list[dict] = []
     lock = threading.Lock()
 

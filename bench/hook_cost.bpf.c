@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * hook_cost: what a program on sys_enter costs every syscall, piece by piece (bench_netstack.py
+ * attaches one at a time and times getppid()): `empty` is the tracepoint's dispatch alone, `store`
+ * adds the per-CPU array lookup and the stores netstack_time's sys_enter makes, `clock` adds its
+ * bpf_ktime_get_ns().
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+struct pt_regs;
+struct slot { __u64 start; __u64 paused; __u32 counted; __u32 unused; };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct slot);
+} slots SEC(".maps");
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(empty, struct pt_regs *regs, long id)
+{
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(store, struct pt_regs *regs, long id)
+{
+	__u32 zero = 0;
+	struct slot *slot = bpf_map_lookup_elem(&slots, &zero);
+
+	if (slot) {
+		slot->start = id;
+		slot->paused = 0;
+		slot->counted = 0;
+	}
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(clock, struct pt_regs *regs, long id)
+{
+	__u32 zero = 0;
+	struct slot *slot = bpf_map_lookup_elem(&slots, &zero);
+
+	if (slot) {
+		slot->start = bpf_ktime_get_ns();
+		slot->paused = 0;
+		slot->counted = 0;
+	}
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";
