@@ -11,9 +11,10 @@ loss it means (target: <= 3% at f1000, <= 1% at f0); the collector's read() time
 the programs on (the first read after start builds the kallsyms index, so it is shown apart) and the
 helper's RSS. Then one more stream of each condition with the kernel's run-time statistics on shows what
 each program costs (calls/s, run time per call, share of one CPU; the statistics add their own clock
-reads and leave out the tracepoints' dispatch); a getppid() loop with each program of hook_cost.bpf.c alone
-on sys_enter shows what its dispatch, map stores and clock read cost a syscall; and the same loop shows
-the tax every syscall of every process pays while the collector is loaded.
+reads and leave out the tracepoints' dispatch); a C getppid() loop (syscall_loop.c, pinned to CPU 1)
+with each program of hook_cost.bpf.c alone on sys_enter shows what its dispatch, map stores and clock read
+cost a syscall; and the same loop, and one of write() to /dev/null, show the tax every syscall of every
+process pays while the collector is loaded.
 
 Run as root:  /opt/netio-venv/bin/python bench/bench_netstack.py [--pairs 40] [--window 1]
 The namespaces, the iperf3 processes and the helpers are removed at exit (processes by their pid);
@@ -25,10 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
@@ -127,17 +131,22 @@ def bpf_program_stats(pid: int) -> dict[str, tuple[int, int]]:
             for program in shown if program["id"] in held}
 
 
-def syscall_nanoseconds(call=os.getppid, calls: int = 300_000) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        call()
-    return (time.perf_counter() - start) / calls * 1e9
+def syscall_nanoseconds(loop: str, call: str) -> float:
+    """ns per ``call`` ("getppid" or "write" to /dev/null) from syscall_loop.c, pinned to one CPU."""
+    return float(_run("taskset", "-c", "1", loop, call).stdout)
 
 
-def hook_costs(rounds: int = 8) -> dict[str, float]:
-    """Median ns a getppid() gains with each program of hook_cost.bpf.c on sys_enter (nothing else attached)."""
-    import tempfile
-    from pathlib import Path
+def build_syscall_loop(directory: str) -> str:
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler:
+        raise SystemExit("bench_netstack: needs a C compiler (cc, gcc or clang) for syscall_loop.c")
+    path = os.path.join(directory, "syscall_loop")
+    _run(compiler, "-O2", "-o", path, os.path.join(os.path.dirname(os.path.abspath(__file__)), "syscall_loop.c"))
+    return path
+
+
+def hook_costs(loop: str, rounds: int = 5) -> dict[str, float]:
+    """Median ns a getppid() gains with each program of hook_cost.bpf.c alone on sys_enter."""
     from exporter.bpf import build, libbpf
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "hook_cost.bpf.o"
@@ -147,11 +156,11 @@ def hook_costs(rounds: int = 8) -> dict[str, float]:
             taxes = {program: [] for program in ("empty", "store", "clock")}
             for _ in range(rounds):
                 for program, values in taxes.items():
-                    bare = syscall_nanoseconds()
+                    bare = syscall_nanoseconds(loop, "getppid")
                     attachment = libbpf.Attachment()
                     attachment.attach(loaded, program)
                     try:
-                        values.append(syscall_nanoseconds() - bare)
+                        values.append(syscall_nanoseconds(loop, "getppid") - bare)
                     finally:
                         attachment.close()
         finally:
@@ -159,19 +168,8 @@ def hook_costs(rounds: int = 8) -> dict[str, float]:
     return {program: statistics.median(values) for program, values in taxes.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=40, help="off/on window pairs per path and condition (default 40)")
-    parser.add_argument("--window", type=float, default=1, help="seconds per window (default 1)")
-    parser.add_argument("--profile-seconds", type=float, default=3, help="stream seconds per profile run")
-    parser.add_argument("--helper", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.helper is not None:
-        helper(args.helper)
-        return
-    if os.geteuid() != 0:
-        raise SystemExit("bench_netstack: run as root (namespaces and eBPF)")
-
+def bench_streams(args) -> None:
+    """The interleaved iperf3 windows, the read() times and RSS, and the per-program profile."""
     server_ns, client_ns = f"netio-bn{os.getpid()}a", f"netio-bn{os.getpid()}b"
     veth_a, veth_b = f"nbv{os.getpid() % 100000}a", f"nbv{os.getpid() % 100000}b"
     server = None
@@ -231,23 +229,6 @@ def main() -> None:
             profile[condition] = {name: (after[name][0] - before.get(name, (0, 0))[0],
                                          after[name][1] - before.get(name, (0, 0))[1], elapsed) for name in after}
 
-        hooks = hook_costs()
-        # getppid() cannot reach a socket: sys_enter only stops the clock; write() can: it reads it
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        syscalls = {"getppid()": os.getppid, "write() to /dev/null": lambda: os.write(devnull, b"x")}
-        syscall_cost = {(name, loaded): [] for name in syscalls for loaded in (False, True)}
-        try:
-            for _ in range(8):
-                for name, call in syscalls.items():
-                    syscall_cost[(name, False)].append(syscall_nanoseconds(call))
-                held = Helper(0)
-                try:
-                    for name, call in syscalls.items():
-                        syscall_cost[(name, True)].append(syscall_nanoseconds(call))
-                finally:
-                    held.stop()
-        finally:
-            os.close(devnull)
     finally:
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as file:
             file.write(stats_before)
@@ -276,14 +257,52 @@ def main() -> None:
         for name, (run_ns, calls, elapsed) in sorted(programs.items(), key=lambda item: -item[1][0]):
             per_call = run_ns / calls if calls else 0
             print(f"| {condition} | {name} | {calls / elapsed:,.0f} | {per_call:.0f} | {run_ns / elapsed / 1e9 * 100:.2f}% |")
+
+
+def bench_syscalls() -> None:
+    """What a sys_enter program costs every syscall, and the tax while the collector is loaded."""
+    # getppid() cannot reach a socket: sys_enter only stops the clock; write() can: it reads it
+    with tempfile.TemporaryDirectory() as directory:
+        loop = build_syscall_loop(directory)
+        hooks = hook_costs(loop)
+        syscalls = {"getppid()": "getppid", "write() to /dev/null": "write"}
+        syscall_cost = {(name, loaded): [] for name in syscalls for loaded in (False, True)}
+        for _ in range(5):
+            for name, call in syscalls.items():
+                syscall_cost[(name, False)].append(syscall_nanoseconds(loop, call))
+            held = Helper(0)
+            try:
+                for name, call in syscalls.items():
+                    syscall_cost[(name, True)].append(syscall_nanoseconds(loop, call))
+            finally:
+                held.stop()
     print("\n| one program on sys_enter (bench/hook_cost.bpf.c) | getppid() gains, ns |\n|---|---:|")
     for program, tax in hooks.items():
         print(f"| {program} | {tax:+.0f} |")
-    print("\n| syscall from Python, median of 8 loops | nothing loaded, ns | netstack loaded (-f 0), ns | tax |")
+    print("\n| syscall (syscall_loop.c, median of 5) | nothing loaded, ns | netstack loaded (-f 0), ns | tax |")
     print("|---|---:|---:|---:|")
     for name in syscalls:
         off, loaded = (statistics.median(syscall_cost[(name, key)]) for key in (False, True))
         print(f"| {name} | {off:.0f} | {loaded:.0f} | {loaded - off:+.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=40, help="off/on window pairs per path and condition (default 40)")
+    parser.add_argument("--window", type=float, default=1, help="seconds per window (default 1)")
+    parser.add_argument("--profile-seconds", type=float, default=3, help="stream seconds per profile run")
+    parser.add_argument("--syscalls-only", action="store_true",
+                        help="only the syscall costs (no namespaces, no iperf3; about a minute)")
+    parser.add_argument("--helper", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.helper is not None:
+        helper(args.helper)
+        return
+    if os.geteuid() != 0:
+        raise SystemExit("bench_netstack: run as root (namespaces and eBPF)")
+    if not args.syscalls_only:
+        bench_streams(args)
+    bench_syscalls()
 
 
 if __name__ == "__main__":

@@ -342,12 +342,14 @@ class NetstackCollector(Collector):
         from ..bpf import libbpf
         attachment = libbpf.Attachment()
         try:
+            time_object, *stacks_object = self._objects  # netstack_time, then netstack_rx_stacks if sampling
             for program in _TIME_PROGRAMS:
-                attachment.attach(self._objects[0], program)
-            if len(self._objects) > 1:
+                attachment.attach(time_object, program)
+            if stacks_object:
                 period_ns = max(1, 1_000_000_000 // self.frequency_hz)
                 for cpu in _online_cpus():
-                    attachment.attach_perf_event(self._objects[1], "sample_net_rx", libbpf.open_cpu_clock(cpu, period_ns))
+                    attachment.attach_perf_event(stacks_object[0], "sample_net_rx",
+                                                 libbpf.open_cpu_clock(cpu, period_ns))
         except BaseException:
             attachment.close()
             raise
