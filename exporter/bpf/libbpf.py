@@ -10,8 +10,8 @@ type), captured through ``libbpf_set_print``.
 from __future__ import annotations
 
 import ctypes
-import errno
 import ctypes.util
+import errno
 import os
 import threading
 
