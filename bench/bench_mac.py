@@ -582,8 +582,10 @@ def main() -> int:
     parser.add_argument("--skip-throughput", action="store_true", help="only the scrape part")
     parser.add_argument("--skip-scrape", action="store_true", help="only the throughput part")
     args = parser.parse_args()
-    if args.pairs < 1 or args.clients < 1 or args.clients > 4096 or args.scrapes < 1 or args.reads < 1:
-        parser.error("--pairs, --scrapes, --reads must be positive; --clients 1..4096 (the default table size)")
+    if args.pairs < 1 or args.clients < 1 or args.clients > 4096 or args.scrapes < 1 or args.reads < 1 \
+            or args.window <= 0 or args.seconds <= 0:
+        parser.error("--pairs, --scrapes, --reads must be positive, --window and --seconds above 0; "
+                     "--clients 1..4096 (the default table size)")
     if os.geteuid() != 0:
         parser.exit(2, "bench_mac.py: needs root (namespaces and eBPF)\n")
     from exporter.bpf.build import BpfObjectMissing, object_path

@@ -16,7 +16,7 @@ with each program of hook_cost.bpf.c alone on sys_enter shows what its dispatch,
 cost a syscall; and the same loop, and one of write() to /dev/null, show the tax every syscall of every
 process pays while the collector is loaded.
 
-Run as root:  /opt/netio-venv/bin/python bench/bench_netstack.py [--pairs 40] [--window 1]
+Run as root:  /opt/netio-venv/bin/python bench/bench_netstack.py [--pairs 40] [--window 1] [--syscalls-only]
 The namespaces, the iperf3 processes and the helpers are removed at exit (processes by their pid);
 bpf_stats_enabled is restored to its previous value.
 """
@@ -295,6 +295,8 @@ def main() -> None:
                         help="only the syscall costs (no namespaces, no iperf3; about a minute)")
     parser.add_argument("--helper", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pairs < 1 or args.window <= 0 or args.profile_seconds <= 0:
+        parser.error("--pairs must be positive, --window and --profile-seconds above 0")
     if args.helper is not None:
         helper(args.helper)
         return
