@@ -377,6 +377,30 @@ def test_rx_breakdown_sums_and_loopback_tcp_is_local_delivery(collector, netns):
     assert rx_seconds * 1000 / 4 <= total <= rx_seconds * 1000 * 4 + 20, (total, rx_seconds)
 
 
+def test_samples_wait_in_the_kernel_while_symbols_cannot_be_read(collector, netns, monkeypatch):
+    """A scrape that cannot symbolise fails before it drains: the next good scrape counts those samples."""
+    from exporter.collectors import netstack
+
+    ns = netns()
+    name = "netio_netstack_rx_samples_total"
+    before = _scrape(collector)
+    _loopback_tcp(ns, 1.0)
+    collector._symbols = None
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError("/proc/kallsyms: Permission denied (test)")
+
+    monkeypatch.setattr(netstack, "KernelSymbols", unreadable)
+    with pytest.raises(PermissionError):
+        collector.read()
+    monkeypatch.undo()
+    after = _scrape(collector)
+    total = sum(value(after, name, category=c) - value(before, name, category=c) for c in CATEGORIES)
+    rx_seconds = (_sum(after, "netio_netstack_cpu_seconds_total", entry="net_rx_softirq")
+                  - _sum(before, "netio_netstack_cpu_seconds_total", entry="net_rx_softirq"))
+    assert rx_seconds * 1000 / 4 <= total, (total, rx_seconds)
+
+
 def test_sampling_off_exports_time_but_no_samples(netns):
     _require_bpf()
     collector = NetstackCollector(frequency_hz=0)

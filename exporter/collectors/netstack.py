@@ -401,6 +401,11 @@ class NetstackCollector(Collector):
                 invocations.append(("_total", labels, calls))
 
     def _read_samples(self, out: list) -> None:
+        if self._symbols is None:  # before draining: a failure must leave the samples in the kernel
+            if self._symbols_thread is not None:
+                self._symbols_thread.join()
+            if self._symbols is None:
+                self._symbols = KernelSymbols()  # raises what the background build met
         # Flip the generation the programs count into, then drain the other one: the kernel tables
         # only hold the stacks of one scrape interval and never fill up for good.
         drained = self._generations[self._generation]
@@ -425,11 +430,6 @@ class NetstackCollector(Collector):
             out.append(("_total", (("category", category),), total + (unrecorded_samples if index == _OTHER else 0)))
 
     def _classify_stack(self, stack: bytes) -> int:
-        if self._symbols is None:
-            if self._symbols_thread is not None:
-                self._symbols_thread.join()
-            if self._symbols is None:
-                self._symbols = KernelSymbols()  # raises what the background build met
         functions = self._function_at
         if len(functions) >= _ADDRESS_CACHE_SIZE:
             functions.clear()
