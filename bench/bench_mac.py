@@ -202,10 +202,7 @@ def iperf(lab: Lab, protocol: str, args, running: list[NetnsProcess]) -> dict:
 def peer_counters(device, mac: str) -> tuple[int, int, int, int]:
     """(upload bytes, upload packets, download bytes, download packets) of ``mac`` in the device's table."""
     value = device.clients.lookup(_KEY.pack(bytes.fromhex(mac.replace(":", ""))))
-    if not value:
-        return 0, 0, 0, 0
-    client = _CLIENT.unpack(value)
-    return client[0], client[1], client[6], client[7]
+    return _CLIENT.unpack(value)[:4] if value else (0, 0, 0, 0)
 
 
 def bench_throughput(lab: Lab, args, running: list[NetnsProcess], notes: list[str]) -> dict:

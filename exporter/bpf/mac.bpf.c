@@ -23,23 +23,16 @@
 
 struct mac_key { __u8 addr[6]; __u8 pad[2]; };
 
-/* A TCP stream's data and its ACKs are counted on different CPUs for the same client: each direction
- * writes only its own part, and the parts are 64 bytes apart, so the two CPUs never write one cache
- * line whatever the value's alignment. */
 struct client {
-	/* ingress only */
 	__u64 upload_bytes;
 	__u64 upload_packets;
-	__u64 upload_seen_ns;   /* bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC_COARSE, tick resolution */
+	__u64 download_bytes;
+	__u64 download_packets;
+	__u64 last_seen_ns;     /* bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC_COARSE, tick resolution */
 	__u32 ipv4;             /* network byte order; 0: none seen */
 	__u8 ipv6[16];          /* all zero: none seen */
 	__u8 ipv6_link_local;   /* ipv6 holds a link-local address */
 	__u8 pad[3];
-	__u8 gap[64];
-	/* egress only */
-	__u64 download_bytes;
-	__u64 download_packets;
-	__u64 download_seen_ns;
 };
 
 struct untracked { __u64 bytes; __u64 packets; };
@@ -85,7 +78,7 @@ static __always_inline struct client *client_of(const struct mac_key *key, __u64
 
 	if (client)
 		return client;
-	fresh.upload_seen_ns = fresh.download_seen_ns = bpf_ktime_get_coarse_ns(); /* not idle when user space sees it */
+	fresh.last_seen_ns = bpf_ktime_get_coarse_ns(); /* never seen by user space as idle */
 	/* -EEXIST: another CPU inserted it first; -E2BIG: the table is full */
 	bpf_map_update_elem(&clients, key, &fresh, BPF_NOEXIST);
 	client = bpf_map_lookup_elem(&clients, key);
@@ -148,21 +141,19 @@ static __always_inline int count(struct __sk_buff *skb, int upload)
 	client = client_of(&key, skb->len);
 	if (!client)
 		return TC_ACT_UNSPEC;
-	/* The coarse clock is cheaper than bpf_ktime_get_ns() and plenty for an idle timeout in seconds;
-	 * it moves once a tick, so the timestamp is written at most once a tick. */
-	now = bpf_ktime_get_coarse_ns();
 	if (upload) {
 		__sync_fetch_and_add(&client->upload_bytes, skb->len);
 		__sync_fetch_and_add(&client->upload_packets, 1);
-		if (client->upload_seen_ns != now)
-			client->upload_seen_ns = now;
 		remember_source_address(skb, client);
 	} else {
 		__sync_fetch_and_add(&client->download_bytes, skb->len);
 		__sync_fetch_and_add(&client->download_packets, 1);
-		if (client->download_seen_ns != now)
-			client->download_seen_ns = now;
 	}
+	/* The coarse clock is cheaper than bpf_ktime_get_ns() and plenty for an idle timeout in seconds;
+	 * it moves once a tick, so the entry's timestamp is written at most once a tick. */
+	now = bpf_ktime_get_coarse_ns();
+	if (client->last_seen_ns != now)
+		client->last_seen_ns = now;
 	return TC_ACT_UNSPEC;
 }
 

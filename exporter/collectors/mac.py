@@ -31,19 +31,12 @@ log = logging.getLogger("netio_exporter")
 
 ATTACH_MODES = ("auto", "tcx", "clsact")
 _KEY = struct.Struct("=6s2x")
-# struct client in mac.bpf.c: upload bytes, packets, last seen, ipv4, ipv6, link-local flag,
-# (gap), download bytes, packets, last seen
-_CLIENT = struct.Struct("=3QI16sB3x64x3Q")
+_CLIENT = struct.Struct("=5QI16sB3x")  # struct client in mac.bpf.c
 _UNTRACKED = struct.Struct("=QQ")
 _ZERO_KEY = struct.pack("=I", 0)
 
 
 _mac_text = functools.lru_cache(maxsize=65536)(format_address)
-
-
-def _last_seen(client: tuple) -> int:
-    """When either direction last saw the client (an unpacked _CLIENT), coarse monotonic ns."""
-    return max(client[2], client[8])
 
 
 @functools.lru_cache(maxsize=65536)
@@ -123,7 +116,7 @@ class _Device:
     def forget_if_idle(self, key: bytes, idle_before: int) -> bool:
         """Delete the client if it is still idle now (it may have sent a frame since the sweep)."""
         value = self.clients.lookup(key)
-        if value is not None and _last_seen(_CLIENT.unpack(value)) < idle_before:
+        if value is not None and _CLIENT.unpack(value)[4] < idle_before:
             return self.clients.delete(key)
         return False
 
@@ -233,7 +226,7 @@ class MacCollector(Collector):
         keys, values, count = device.clients.lookup_batch()
         clients = list(_CLIENT.iter_unpack(values))
         idle_before = now - self._idle_ns
-        idle = {index for index, client in enumerate(clients) if _last_seen(client) < idle_before}
+        idle = {index for index, client in enumerate(clients) if client[4] < idle_before}
         if idle:
             for index in idle:
                 device.forget_if_idle(keys[index * _KEY.size:(index + 1) * _KEY.size], idle_before)
@@ -241,7 +234,7 @@ class MacCollector(Collector):
             keys = b"".join(keys[index * _KEY.size:(index + 1) * _KEY.size] for index in keep)
             clients = [clients[index] for index in keep]
         rows = device.rows(keys)
-        up_bytes, up_packets, _, ipv4s, ipv6s, _, down_bytes, down_packets, _ = zip(*clients) if clients else ((),) * 9
+        up_bytes, up_packets, down_bytes, down_packets, _, ipv4s, ipv6s, _ = zip(*clients) if clients else ((),) * 8
         families["download_bytes"].columns.append(("_total", rows, down_bytes))
         families["download_packets"].columns.append(("_total", rows, down_packets))
         families["upload_bytes"].columns.append(("_total", rows, up_bytes))
