@@ -8,13 +8,14 @@ a steady drift of the shared machine cancels; each window's rate is the receivin
 Two conditions: the default 1000 Hz NET_RX sampling ("f1000") and sampling off ("f0"). It prints per
 path and condition the median paired throughput ratio with/without, its 95% confidence interval and the
 loss it means (target: <= 3% at f1000, <= 1% at f0); the collector's read() time after each window with
-the programs on (the first read after start builds the kallsyms index, so it is shown apart) and the
+the programs on (the first read after start is shown apart) and the
 helper's RSS. Then one more stream of each condition with the kernel's run-time statistics on shows what
 each program costs (calls/s, run time per call, share of one CPU; the statistics add their own clock
 reads and leave out the tracepoints' dispatch); a C getppid() loop (syscall_loop.c, pinned to CPU 1)
 with each program of hook_cost.bpf.c alone on sys_enter shows what its dispatch, map stores and clock read
 cost a syscall; and the same loop, and one of write() to /dev/null, show the tax every syscall of every
-process pays while the collector is loaded.
+process pays while the collector is loaded. The f1000 profile stream also compares NET_RX's measured time
+with what its stack samples estimate (count / frequency): how far a sampled accounting would be off.
 
 Run as root:  /opt/netio-venv/bin/python bench/bench_netstack.py [--pairs 40] [--window 1] [--syscalls-only]
 The namespaces, the iperf3 processes and the helpers are removed at exit (processes by their pid);
@@ -48,7 +49,8 @@ def _run(*command: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def helper(frequency: int) -> None:
     """Hold a collector. Commands on stdin, one answer line each: "attach" / "detach" its programs,
-    "scrape" (the read() time in seconds), "rss" (VmRSS in kB)."""
+    "scrape" (the read() time in seconds), "rss" (VmRSS in kB), "net_rx" (NET_RX seconds, all CPUs, and
+    NET_RX stack samples so far)."""
     from exporter.collectors.netstack import NetstackCollector
     collector = NetstackCollector(frequency)
     if collector._symbols_thread:
@@ -65,6 +67,14 @@ def helper(frequency: int) -> None:
             start = time.perf_counter()
             collector.read()
             print(time.perf_counter() - start, flush=True)
+            continue
+        elif command == "net_rx":
+            families = {family.name: family for family in collector.read()}
+            seconds = sum(value for _, labels, value in families["netio_netstack_cpu_seconds"].samples
+                          if dict(labels)["entry"] == "net_rx_softirq")
+            samples = sum(value for _, _, value in families["netio_netstack_rx_samples"].samples) \
+                if "netio_netstack_rx_samples" in families else 0
+            print(seconds, samples, flush=True)
             continue
         elif command == "rss":
             with open("/proc/self/status") as status:
@@ -218,11 +228,15 @@ def bench_streams(args) -> None:
             held = Helper(frequency)
             stream = Stream(server_ns, "127.0.0.1")
             try:
-                before = bpf_program_stats(held.process.pid)
+                before, rx_before = bpf_program_stats(held.process.pid), held.ask("net_rx").split()
                 start = time.monotonic()
                 time.sleep(args.profile_seconds)
                 elapsed = time.monotonic() - start
-                after = bpf_program_stats(held.process.pid)
+                after, rx_after = bpf_program_stats(held.process.pid), held.ask("net_rx").split()
+                if frequency:  # NET_RX time as the samples estimate it, against the measured time
+                    measured = float(rx_after[0]) - float(rx_before[0])
+                    estimated = (float(rx_after[1]) - float(rx_before[1])) / frequency
+                    sampled_net_rx = (measured, estimated)
             finally:
                 stream.stop()
                 held.stop()
@@ -251,6 +265,9 @@ def bench_streams(args) -> None:
         values = latencies[condition]
         print(f"| {condition} | {statistics.median(values) * 1e3:.2f} | {max(values) * 1e3:.2f} "
               f"| {first_reads[condition] * 1e3:.2f} | {rss[condition] / 1024:.1f} |")
+    measured, estimated = sampled_net_rx
+    print(f"\nNET_RX time during the f1000 profile stream: measured {measured:.3f} s, estimated from the stack "
+          f"samples (count / 1000 Hz) {estimated:.3f} s, ratio {estimated / measured if measured else float('nan'):.3f}")
     print("\n| condition | program | calls/s | ns/call | CPU share of one core |")
     print("|---|---|---:|---:|---:|")
     for condition, programs in profile.items():
