@@ -13,8 +13,8 @@ helper's RSS. Then one more stream of each condition with the kernel's run-time 
 each program costs (calls/s, run time per call, share of one CPU; the statistics add their own clock
 reads and leave out the tracepoints' dispatch); a C getppid() loop (syscall_loop.c, pinned to CPU 1)
 with each program of hook_cost.bpf.c alone on sys_enter shows what its dispatch, map stores and clock read
-cost a syscall; and the same loop, and one of write() to /dev/null, show the tax every syscall of every
-process pays while the collector is loaded. The f1000 profile stream also compares NET_RX's measured time
+cost a syscall; and the same loop, one of write() to /dev/null and one of sched_yield() between two
+processes on one CPU show the tax every syscall and context switch pays while the collector is loaded. The f1000 profile stream also compares NET_RX's measured time
 with what its stack samples estimate (count / frequency): how far a sampled accounting would be off.
 
 Run as root:  /opt/netio-venv/bin/python bench/bench_netstack.py [--pairs 40] [--window 1] [--syscalls-only]
@@ -142,7 +142,7 @@ def bpf_program_stats(pid: int) -> dict[str, tuple[int, int]]:
 
 
 def syscall_nanoseconds(loop: str, call: str) -> float:
-    """ns per ``call`` ("getppid" or "write" to /dev/null) from syscall_loop.c, pinned to one CPU."""
+    """ns per ``call`` ("getppid", "write" to /dev/null, "yield") from syscall_loop.c, pinned to one CPU."""
     return float(_run("taskset", "-c", "1", loop, call).stdout)
 
 
@@ -278,11 +278,13 @@ def bench_streams(args) -> None:
 
 def bench_syscalls() -> None:
     """What a sys_enter program costs every syscall, and the tax while the collector is loaded."""
-    # getppid() cannot reach a socket: sys_enter only stops the clock; write() can: it reads it
+    # getppid() cannot reach a socket: sys_enter only stops the clock; write() can: it reads it.
+    # sched_yield() to another process on the CPU: a context switch each, through sched_switch.
     with tempfile.TemporaryDirectory() as directory:
         loop = build_syscall_loop(directory)
         hooks = hook_costs(loop)
-        syscalls = {"getppid()": "getppid", "write() to /dev/null": "write"}
+        syscalls = {"getppid()": "getppid", "write() to /dev/null": "write",
+                    "sched_yield() between two processes on one CPU": "yield"}
         syscall_cost = {(name, loaded): [] for name in syscalls for loaded in (False, True)}
         for _ in range(5):
             for name, call in syscalls.items():

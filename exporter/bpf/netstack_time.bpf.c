@@ -165,13 +165,14 @@ int BPF_PROG(sched_switch, _Bool preempt, struct task_struct *prev, struct task_
 {
 	__u32 zero = 0;
 	struct syscall_clock *clock = bpf_map_lookup_elem(&cpu_clock, &zero), *saved;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = 0;  /* read only when a clock is saved or restored */
 
 	if (!clock)
 		return 0;
-	if (clock->start) {  /* prev made a syscall since it last ran: keep its clock */
+	if (clock->start) {  /* prev is in (or made) a network-capable syscall: keep its clock */
 		saved = bpf_task_storage_get(&task_clock, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 		if (saved) {
+			now = bpf_ktime_get_ns();
 			*saved = *clock;
 			saved->switched_out = now;
 		}
@@ -182,6 +183,8 @@ int BPF_PROG(sched_switch, _Bool preempt, struct task_struct *prev, struct task_
 	}
 	saved = bpf_task_storage_get(&task_clock, next, 0, 0);
 	if (saved && saved->start) {
+		if (!now)
+			now = bpf_ktime_get_ns();
 		*clock = *saved;
 		clock->paused += now - saved->switched_out;
 	} else {
