@@ -3,13 +3,15 @@
  * hook_cost: what a program on sys_enter costs every syscall, piece by piece (bench_netstack.py
  * attaches one at a time and times getppid()): `empty` is the tracepoint's dispatch alone, `store`
  * adds the per-CPU array lookup and the stores netstack_time's sys_enter makes, `clock` adds its
- * bpf_ktime_get_ns().
+ * bpf_ktime_get_ns(). `switch_empty`, on sched_switch, is what any program there costs a context
+ * switch (timed with sched_yield() between two processes on one CPU).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
 struct pt_regs;
+struct task_struct;
 struct slot { __u64 start; __u64 paused; __u32 counted; __u32 unused; };
 
 struct {
@@ -50,6 +52,12 @@ int BPF_PROG(clock, struct pt_regs *regs, long id)
 		slot->paused = 0;
 		slot->counted = 0;
 	}
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(switch_empty, _Bool preempt, struct task_struct *prev, struct task_struct *next)
+{
 	return 0;
 }
 
