@@ -27,14 +27,14 @@ int BPF_PROG(empty, struct pt_regs *regs, long id)
 	return 0;
 }
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(store, struct pt_regs *regs, long id)
+/* The stores netstack_time's sys_enter makes, with `start` as the value of the first. */
+static __always_inline int stamp(__u64 start)
 {
 	__u32 zero = 0;
 	struct slot *slot = bpf_map_lookup_elem(&slots, &zero);
 
 	if (slot) {
-		slot->start = id;
+		slot->start = start;
 		slot->paused = 0;
 		slot->counted = 0;
 	}
@@ -42,17 +42,15 @@ int BPF_PROG(store, struct pt_regs *regs, long id)
 }
 
 SEC("tp_btf/sys_enter")
+int BPF_PROG(store, struct pt_regs *regs, long id)
+{
+	return stamp(id);
+}
+
+SEC("tp_btf/sys_enter")
 int BPF_PROG(clock, struct pt_regs *regs, long id)
 {
-	__u32 zero = 0;
-	struct slot *slot = bpf_map_lookup_elem(&slots, &zero);
-
-	if (slot) {
-		slot->start = bpf_ktime_get_ns();
-		slot->paused = 0;
-		slot->counted = 0;
-	}
-	return 0;
+	return stamp(bpf_ktime_get_ns());
 }
 
 SEC("tp_btf/sched_switch")
