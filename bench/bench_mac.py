@@ -37,7 +37,6 @@ its own session and is ended by its pid.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import http.client
 import json
 import os
@@ -54,7 +53,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from netns import NetnsProcess, in_netns  # noqa: E402
 from interleave import ReceiveCounter, interleave, paired_ratio, ratio_cells  # noqa: E402
-from exporter.bpf.libbpf import raw_syscall  # noqa: E402
+from bpf_programs import enable_bpf_stats, program_names, program_stats  # noqa: E402
 from exporter.collectors.mac import _CLIENT, _KEY  # noqa: E402
 
 EXPORTER_PORT, IPERF_PORT = 7070, 5201  # the namespaces are our own: nothing else listens there
@@ -273,38 +272,6 @@ def bench_throughput(lab: Lab, args, running: list[NetnsProcess], notes: list[st
     finally:
         counter.close()
     return {"results": results, "exact": exact}
-
-
-def enable_bpf_stats() -> int:
-    """BPF_ENABLE_STATS(BPF_STATS_RUN_TIME): run_time_ns and run_cnt are kept while the returned fd is
-    open (the kernel turns them off when it closes, also if we die), without touching the sysctl."""
-    attr = ctypes.create_string_buffer(struct.pack("=I", 0), 64)  # enable_stats.type = BPF_STATS_RUN_TIME
-    return raw_syscall("bpf", 32, attr, 64)  # 32: BPF_ENABLE_STATS
-
-
-def program_stats(pid: int) -> dict[int, tuple[int, int]]:
-    """{prog_id: (run_time_ns, run_cnt)} of the programs ``pid`` holds, from /proc/PID/fdinfo."""
-    stats = {}
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            with open(f"/proc/{pid}/fdinfo/{fd}") as file:
-                fields = dict(line.rstrip("\n").split(":\t", 1) for line in file if ":\t" in line)
-        except OSError:
-            continue
-        if "prog_id" in fields and "run_cnt" in fields:  # a program fd (link fds show prog_id only)
-            stats[int(fields["prog_id"])] = (int(fields["run_time_ns"]), int(fields["run_cnt"]))
-    return stats
-
-
-def program_names(ids) -> dict[int, str]:
-    names = {}
-    for prog_id in ids:
-        shown = run("bpftool", "prog", "show", "id", str(prog_id), "--json", check=False)
-        try:
-            names[prog_id] = json.loads(shown.stdout).get("name", str(prog_id))
-        except ValueError:
-            names[prog_id] = str(prog_id)
-    return names
 
 
 def test_run(prog_id: int, repeat: int = 1_000_000) -> tuple:

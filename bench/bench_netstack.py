@@ -9,7 +9,7 @@ Two conditions: the default 1000 Hz NET_RX sampling ("f1000") and sampling off (
 path and condition the median paired throughput ratio with/without, its 95% confidence interval and the
 loss it means (target: <= 3% at f1000, <= 1% at f0); the collector's read() time after each window with
 the programs on (the first read after start is shown apart) and the
-helper's RSS. Then one more stream of each condition with the kernel's run-time statistics on shows what
+helper's RSS. Then one more stream of each condition with the kernel's run-time statistics on (bench/bpf_programs.py) shows what
 each program costs (calls/s, run time per call, share of one CPU; the statistics add their own clock
 reads and leave out the tracepoints' dispatch); a C getppid() loop (syscall_loop.c, pinned to CPU 1)
 with each program of hook_cost.bpf.c alone on sys_enter shows what its dispatch, map stores and clock read
@@ -18,14 +18,13 @@ processes on one CPU show the tax every syscall and context switch pays while th
 with what its stack samples estimate (count / frequency): how far a sampled accounting would be off.
 
 Run as root:  /opt/netio-venv/bin/python bench/bench_netstack.py [--pairs 40] [--window 1] [--syscalls-only]
-The namespaces, the iperf3 processes and the helpers are removed at exit (processes by their pid);
-bpf_stats_enabled is restored to its previous value.
+The namespaces, the iperf3 processes and the helpers are removed at exit (processes by their pid). The
+run-time statistics are on only while an fd of this process holds them (BPF_ENABLE_STATS).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -37,6 +36,7 @@ from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
+from bpf_programs import enable_bpf_stats, program_names, program_stats  # noqa: E402
 from interleave import ReceiveCounter, interleave, paired_ratio, ratio_cells  # noqa: E402
 
 CONDITIONS = {"f1000": 1000, "f0": 0}
@@ -127,20 +127,6 @@ class Stream:
         time.sleep(0.5)  # the server takes the next client once it has closed this test
 
 
-def bpf_program_stats(pid: int) -> dict[str, tuple[int, int]]:
-    """run_time_ns and run_cnt of the programs ``pid`` holds (others may load the same names)."""
-    held = set()
-    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
-        try:
-            with open(f"/proc/{pid}/fdinfo/{fd}") as file:
-                held.update(int(line.split()[1]) for line in file if line.startswith("prog_id:"))
-        except OSError:
-            pass
-    shown = json.loads(_run("bpftool", "prog", "show", "--json").stdout or "[]")
-    return {program["name"]: (program.get("run_time_ns", 0), program.get("run_cnt", 0))
-            for program in shown if program["id"] in held}
-
-
 def syscall_nanoseconds(loop: str, call: str) -> float:
     """ns per ``call`` ("getppid", "write" to /dev/null, "yield") from syscall_loop.c, pinned to one CPU."""
     return float(_run("taskset", "-c", "1", loop, call).stdout)
@@ -184,7 +170,6 @@ def bench_streams(args) -> None:
     server_ns, client_ns = f"netio-bn{os.getpid()}a", f"netio-bn{os.getpid()}b"
     veth_a, veth_b = f"nbv{os.getpid() % 100000}a", f"nbv{os.getpid() % 100000}b"
     server = None
-    stats_before = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
     try:
         for ns in (server_ns, client_ns):
             _run("ip", "netns", "add", ns)
@@ -222,31 +207,33 @@ def bench_streams(args) -> None:
                 held.stop()
 
         # Where the cost is: one more loopback stream per condition with per-program statistics.
-        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as file:
-            file.write("1")
         profile = {}
-        for condition, frequency in CONDITIONS.items():
-            held = Helper(frequency)
-            stream = Stream(server_ns, "127.0.0.1")
-            try:
-                before, rx_before = bpf_program_stats(held.process.pid), held.ask("net_rx").split()
-                start = time.monotonic()
-                time.sleep(args.profile_seconds)
-                elapsed = time.monotonic() - start
-                after, rx_after = bpf_program_stats(held.process.pid), held.ask("net_rx").split()
-                if frequency:  # NET_RX time as the samples estimate it, against the measured time
-                    measured = float(rx_after[0]) - float(rx_before[0])
-                    estimated = (float(rx_after[1]) - float(rx_before[1])) / frequency
-                    sampled_net_rx = (measured, estimated)
-            finally:
-                stream.stop()
-                held.stop()
-            profile[condition] = {name: (after[name][0] - before.get(name, (0, 0))[0],
-                                         after[name][1] - before.get(name, (0, 0))[1], elapsed) for name in after}
+        stats_fd = enable_bpf_stats()
+        try:
+            for condition, frequency in CONDITIONS.items():
+                held = Helper(frequency)
+                stream = Stream(server_ns, "127.0.0.1")
+                try:
+                    before, rx_before = program_stats(held.process.pid), held.ask("net_rx").split()
+                    start = time.monotonic()
+                    time.sleep(args.profile_seconds)
+                    elapsed = time.monotonic() - start
+                    after, rx_after = program_stats(held.process.pid), held.ask("net_rx").split()
+                    names = program_names(after)  # while the helper still holds them
+                    if frequency:  # NET_RX time as the samples estimate it, against the measured time
+                        measured = float(rx_after[0]) - float(rx_before[0])
+                        estimated = (float(rx_after[1]) - float(rx_before[1])) / frequency
+                        sampled_net_rx = (measured, estimated)
+                finally:
+                    stream.stop()
+                    held.stop()
+                profile[condition] = {names[prog_id]: (run_ns - before.get(prog_id, (0, 0))[0],
+                                                       calls - before.get(prog_id, (0, 0))[1], elapsed)
+                                      for prog_id, (run_ns, calls) in after.items()}
+        finally:
+            os.close(stats_fd)
 
     finally:
-        with open("/proc/sys/kernel/bpf_stats_enabled", "w") as file:
-            file.write(stats_before)
         if server is not None and server.poll() is None:
             server.terminate()  # our own child, by pid
             server.wait()
