@@ -48,6 +48,47 @@ class Family:
         self.samples = [] if samples is None else samples
         self.columns = [] if columns is None else columns
 
+    # Builders: the family's type decides the sample suffixes, so collectors never write them.
+    @classmethod
+    def counter(cls, name: str, help: str) -> Family:
+        """A counter; ``name`` without ``_total``, which ``add``/``add_column`` append."""
+        if name.endswith("_total"):
+            raise ValueError(f"{name}: a counter family is named without _total")
+        return cls(name, "counter", help)
+
+    @classmethod
+    def gauge(cls, name: str, help: str) -> Family:
+        return cls(name, "gauge", help)
+
+    @classmethod
+    def info(cls, name: str, help: str) -> Family:
+        """A gauge whose labels carry the information and whose value is 1 (``add(labels)``)."""
+        if not name.endswith("_info"):
+            raise ValueError(f"{name}: an info family's name ends in _info")
+        return cls(name, "gauge", help)
+
+    @classmethod
+    def gauge_histogram(cls, name: str, help: str) -> Family:
+        """A gauge histogram: ``_bucket{le}``, ``_gcount`` and ``_gsum`` through ``add_histogram``."""
+        return cls(name, "gaugehistogram", help)
+
+    def add(self, labels: Labels = (), value=1) -> None:
+        """One sample; a counter's is named ``_total``."""
+        self.samples.append(("_total" if self.type == "counter" else "", labels, value))
+
+    def add_column(self, rows: Rows, values: Sequence) -> None:
+        """One sample per row (see ``columns``); a counter's are named ``_total``."""
+        self.columns.append(("_total" if self.type == "counter" else "", rows, values))
+
+    def add_histogram(self, labels: Labels, buckets: Iterable[tuple[str, int]], count: int, total: float) -> None:
+        """A gauge histogram's samples for one label set: ``buckets`` as (le text, cumulative count)
+        pairs ending with ``+Inf``, then the count and sum of the observations."""
+        if self.type != "gaugehistogram":
+            raise ValueError(f"{self.name}: add_histogram needs a gauge histogram")
+        self.samples.extend(("_bucket", labels + (("le", le),), value) for le, value in buckets)
+        self.samples.append(("_gcount", labels, count))
+        self.samples.append(("_gsum", labels, total))
+
     def __repr__(self) -> str:
         count = len(self.samples) + sum(len(values) for _, _, values in self.columns)
         return f"Family({self.name!r}, {self.type!r}, {count} samples)"

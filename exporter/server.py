@@ -20,7 +20,6 @@ import gzip
 import logging
 import os
 import re
-import resource
 import signal
 import socket
 import threading
@@ -28,7 +27,7 @@ import time
 
 from . import __version__
 from .collectors import Scrape
-from .exposition import Family, render_text
+from .exposition import render_text
 
 log = logging.getLogger("netio_exporter")
 
@@ -56,66 +55,22 @@ def _landing_page(collectors: list[str]) -> bytes:
     ).encode()
 
 
-class ProcessMetrics:
-    """The ``process_*`` families of prometheus_client's ProcessCollector on Linux (same names, types,
-    help and values), as Families. ProcessCollector reads /proc/self/stat; the same kernel figures come
-    cheaper from /proc/self/statm (memory, in pages), times() (CPU, in clock ticks), /proc/self/fd
-    and the RLIMIT_NOFILE soft limit; the start time is read from /proc/self/stat once. (The kernel
-    sums its per-CPU memory counters for statm and estimates them for stat: the two resident sizes
-    may differ by some hundred KiB.)"""
-
-    def __init__(self):
-        ticks = os.sysconf("SC_CLK_TCK")
-        self._pagesize = resource.getpagesize()
-        with open("/proc/stat", "rb") as stat:
-            boot_time = next(float(line.split()[1]) for line in stat if line.startswith(b"btime "))
-        with open("/proc/self/stat", "rb") as stat:
-            self._start_time = float(stat.read().rsplit(b")", 1)[-1].split()[19]) / ticks + boot_time
-
-    def families(self) -> list[Family]:
-        fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            size, resident = os.read(fd, 256).split()[:2]
-        finally:
-            os.close(fd)
-        cpu = os.times()  # tms_utime / SC_CLK_TCK, tms_stime / SC_CLK_TCK: ProcessCollector's arithmetic
-        families = [
-            Family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.",
-                   [("", (), int(size) * self._pagesize)]),
-            Family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
-                   [("", (), int(resident) * self._pagesize)]),
-            Family("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.",
-                   [("", (), self._start_time)]),
-            Family("process_cpu_seconds", "counter", "Total user and system CPU time spent in seconds.",
-                   [("_total", (), cpu.user + cpu.system)]),
-            Family("process_open_fds", "gauge", "Number of open file descriptors.",
-                   [("", (), len(os.listdir("/proc/self/fd")))]),
-        ]
-        max_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if max_fds != resource.RLIM_INFINITY:
-            families.append(Family("process_max_fds", "gauge", "Maximum number of open file descriptors.",
-                                   [("", (), max_fds)]))
-        return families
-
-
 class MetricsApp:
-    """What the HTTP server serves: the scrape's families plus the process metrics."""
+    """What the HTTP server serves: the scrape's families (the process metrics are among them)."""
 
     def __init__(self, scrape: Scrape):
         self.scrape = scrape
-        self.process = ProcessMetrics()
         self.landing_page = _landing_page([collector.name for collector in scrape.collectors])
 
     def metrics(self) -> bytes:
-        return render_text(self.scrape.families() + self.process.families())
+        return render_text(self.scrape.families())
 
     @functools.cached_property
     def registry(self):
-        """The same metrics through prometheus_client (for embedding and tests), with its own ProcessCollector."""
-        from prometheus_client import CollectorRegistry, ProcessCollector
+        """The same metrics through prometheus_client (for embedding and tests)."""
+        from prometheus_client import CollectorRegistry
         registry = CollectorRegistry()
         registry.register(self.scrape)
-        ProcessCollector(registry=registry)
         return registry
 
 

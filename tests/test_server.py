@@ -151,9 +151,9 @@ def test_process_metrics_match_prometheus_clients_process_collector():
     from prometheus_client import ProcessCollector
 
     from exporter.exposition import to_metric
-    from exporter.server import ProcessMetrics
+    from exporter.collectors.process import ProcessCollector as OurProcessCollector
 
-    ours = [to_metric(family) for family in ProcessMetrics().families()]
+    ours = [to_metric(family) for family in OurProcessCollector().read()]
     theirs = ProcessCollector(registry=None).collect()
     assert [(m.name, m.type, m.documentation, [s.name for s in m.samples]) for m in ours] == \
            [(m.name, m.type, m.documentation, [s.name for s in m.samples]) for m in theirs]
@@ -171,12 +171,12 @@ def test_the_registry_serves_the_same_families(running):
     """MetricsApp.registry (prometheus_client, for embedding) exposes the families /metrics serves."""
     from prometheus_client import generate_latest
 
-    from exporter.collectors import Scrape
+    from exporter.collectors import Scrape, self_collectors
     from exporter.collectors.link import LinkCollector
     from exporter.server import MetricsApp
 
     with in_netns(running.ns):
-        app = MetricsApp(Scrape([LinkCollector()]))
+        app = MetricsApp(Scrape([LinkCollector()], self_collectors()))
         try:
             served = {name for name, _ in samples(app.metrics().decode())}
             registry = {name for name, _ in samples(generate_latest(app.registry).decode())}

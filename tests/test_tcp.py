@@ -7,6 +7,8 @@ netlink socket sees only that namespace's sockets.
 
 from __future__ import annotations
 
+import argparse
+
 import socket
 import struct
 import subprocess
@@ -19,7 +21,8 @@ from prometheus_client.utils import floatToGoString
 
 from conftest import in_netns, run, samples, value
 from exporter.collectors import Scrape
-from exporter.collectors.tcp import RTT_BOUNDS_US, STATES, TcpCollector, parse_local_ports
+from exporter.collectors.tcp import RTT_BOUNDS_US, STATES, TcpCollector
+from exporter.flags import port_list
 from exporter.exposition import render_text
 from exporter.netlink.core import NLM_F_DUMP_INTR, DumpInterrupted
 from exporter.netlink.sock_diag import INET_DIAG_INFO, TCP_INFO_COUNTER_NAMES, SockDiagReader
@@ -394,11 +397,11 @@ def test_promtool_accepts_the_scrape_and_it_matches_generate_latest(netns):
 # --- no kernel needed ----------------------------------------------------------------------------
 
 def test_parse_local_ports():
-    assert parse_local_ports("22,443, 8080") == frozenset({22, 443, 8080})
-    assert parse_local_ports("65535") == frozenset({65535})
-    for bad in ("", "x", "22,,443", "0", "65536", "-1", "22;443", "1e3"):
-        with pytest.raises(ValueError, match=r"expected comma-separated port numbers 1-65535, got '.*'"):
-            parse_local_ports(bad)
+    assert port_list("22,443, 8080") == frozenset({22, 443, 8080})
+    assert port_list("65535") == frozenset({65535})
+    for bad in ("", "x", "22,,443", "0", "65536", "-1", "22;443", "1e3", "٢٢"):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"expected comma-separated port numbers 1-65535, got '.*'"):
+            port_list(bad)
 
 
 def test_describe_names_every_family():

@@ -13,9 +13,11 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import struct
 import threading
 
-__all__ = ["BpfError", "BpfObject", "Attachment", "possible_cpus", "open_cpu_clock"]
+__all__ = ["BpfError", "BpfObject", "Attachment", "possible_cpus", "open_cpu_clock", "loaded_programs",
+           "program_info"]
 
 
 class BpfError(OSError):
@@ -74,6 +76,9 @@ def _library() -> ctypes.CDLL:
             ("bpf_map__reuse_fd", c_int, [void_p, c_int]),
             ("bpf_map__set_max_entries", c_int, [void_p, ctypes.c_uint32]),
             ("bpf_program__fd", c_int, [void_p]),
+            ("bpf_program__name", c_char_p, [void_p]),
+            ("bpf_object__next_program", void_p, [void_p, void_p]),
+            ("bpf_obj_get_info_by_fd", c_int, [c_int, void_p, ctypes.POINTER(ctypes.c_uint32)]),
             ("bpf_map__value_size", ctypes.c_uint32, [void_p]),
             ("bpf_map__key_size", ctypes.c_uint32, [void_p]),
             ("bpf_map__max_entries", ctypes.c_uint32, [void_p]),
@@ -212,6 +217,7 @@ class BpfObject:
                  max_entries: dict[str, int] | None = None):
         lib = _library()
         self._lib = lib
+        self.path = path
         _log_lines.clear()
         handle = lib.bpf_object__open_file(path.encode(), None)
         if not handle:
@@ -238,12 +244,30 @@ class BpfObject:
         except BaseException:
             self.close()
             raise
+        with _objects_lock:
+            _objects.add(self)
 
-    def map(self, name: str) -> Map:
+    def program_fds(self) -> dict[str, int]:
+        """Every loaded program of the object: name -> fd (owned by the object)."""
+        fds = {}
+        program = self._lib.bpf_object__next_program(self._handle, None)
+        while program:
+            fds[self._lib.bpf_program__name(program).decode()] = self._lib.bpf_program__fd(program)
+            program = self._lib.bpf_object__next_program(self._handle, program)
+        return fds
+
+    def map(self, name: str, key_size: int | None = None, value_size: int | None = None) -> Map:
+        """The map ``name``. Pass the sizes the Python side decodes (``struct.Struct(...).size``): a map
+        whose key or value differs from them (C and Python out of step) raises BpfError naming both."""
         handle = self._lib.bpf_object__find_map_by_name(self._handle, name.encode())
         if not handle:
             raise BpfError(2, f"no map {name}")
-        return Map(handle, name)
+        found = Map(handle, name)
+        for what, expected, actual in (("key", key_size, found.key_size), ("value", value_size, found.value_size)):
+            if expected is not None and expected != actual:
+                raise BpfError(22, f"{os.path.basename(self.path)}: map {name}'s {what} is {actual} bytes, the "
+                                   f"Python layout reads {expected}: the object and the exporter are out of step")
+        return found
 
     def program(self, name: str) -> int:
         handle = self._lib.bpf_object__find_program_by_name(self._handle, name.encode())
@@ -259,9 +283,41 @@ class BpfObject:
         return fd
 
     def close(self) -> None:
-        if self._handle:
-            self._lib.bpf_object__close(self._handle)
-            self._handle = None
+        with _objects_lock:
+            _objects.discard(self)
+            if self._handle:
+                self._lib.bpf_object__close(self._handle)
+                self._handle = None
+
+
+# Every loaded object of this process, for the self metrics that cover all programs (missed runs).
+_objects: set[BpfObject] = set()
+_objects_lock = threading.Lock()
+
+# struct bpf_prog_info (linux/bpf.h): run_time_ns, run_cnt, recursion_misses
+# at 192, 200, 208; a kernel older than 5.12 fills fewer bytes (no recursion_misses).
+_PROG_INFO_SIZE = 232
+_PROG_INFO_MISSES = 208
+
+
+def loaded_programs() -> list[tuple[str, int]]:
+    """(name, fd) of every program of every loaded object, read under the lock that closing takes."""
+    with _objects_lock:
+        return [item for obj in _objects if obj._handle for item in obj.program_fds().items()]
+
+
+def program_info(fd: int) -> dict[str, int] | None:
+    """The kernel's statistics of one program: ``recursion_misses`` (runs it skipped because the program
+    was already running on that CPU), ``run_time_ns`` and ``run_cnt`` (0 unless BPF stats are enabled).
+    None where the kernel's bpf_prog_info predates recursion_misses."""
+    info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+    length = ctypes.c_uint32(_PROG_INFO_SIZE)
+    if _library().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(length)) != 0:
+        raise _failure("reading a program's info", ctypes.get_errno())
+    if length.value < _PROG_INFO_MISSES + 8:
+        return None
+    run_time_ns, run_cnt, misses = struct.unpack_from("=3Q", info.raw, 192)
+    return {"recursion_misses": misses, "run_time_ns": run_time_ns, "run_cnt": run_cnt}
 
 
 class Attachment:

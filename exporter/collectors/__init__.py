@@ -1,21 +1,104 @@
-"""Collectors: one module per kernel interface, and the scrape that runs them.
+"""Collectors: one module per kernel interface, the registry that wires them, and the scrape that runs them.
 
 A collector subclasses ``Collector``: it names itself, declares its families in ``describe_families()``
 (no kernel access) and reads the kernel in ``read()``, raising on failure. ``Scrape`` runs the enabled
 collectors, isolates their failures and adds the exporter's own metrics. Both follow the
 prometheus_client Collector protocol, so either can be registered in any registry.
+
+Adding a collector: write ``collectors/NAME.py`` with its ``Collector`` subclass and a module-level
+``REGISTRATION = Registration(...)`` (name, help, default, flags, build), then add ``"NAME"`` to
+``COLLECTORS`` below. The command line (``--collector.NAME``/``--no-collector.NAME``, the collector's own
+flags, the checks that its flags are not given while it is off, the help text) and construction follow.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import logging
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from .. import __version__
 from ..exposition import Family, to_metric
 
 log = logging.getLogger("netio_exporter")
+
+# The collectors with flags, in the order of --help, /metrics and the landing page.
+COLLECTORS = ("link", "tcp", "netstack", "mac")
+# Always on, no flag and no success series: the exporter's own figures.
+SELF_COLLECTORS = ("process", "bpf_programs")
+
+
+class Flags:
+    """The flags of one collector, added to its argument group.
+
+    Every flag's argparse default is None, so the command line can tell a flag given from one left at
+    its default: ``default`` is filled in after parsing (and shown in ``--help``). ``dest`` names
+    the attribute ``build`` reads.
+    """
+
+    def __init__(self, group, registration: Registration):
+        self._group = group
+        self.registration = registration
+        self.flags: dict[str, str] = {}  # dest -> the flag as users write it
+        self.defaults: dict[str, object] = {}
+
+    def add(self, *names: str, dest: str, help: str, default=None, **kwargs) -> None:
+        if default is not None:
+            help = f"{help} (default {default:g})" if isinstance(default, float) else f"{help} (default {default})"
+        self._group.add_argument(*names, dest=dest, default=None, help=help, **kwargs)
+        self.flags[dest] = max(names, key=len)
+        self.defaults[dest] = default
+
+    def exclusive(self) -> Flags:
+        """Flags of which at most one may be given."""
+        flags = Flags(self._group.add_mutually_exclusive_group(), self.registration)
+        flags.flags, flags.defaults = self.flags, self.defaults  # one record for the collector
+        return flags
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand (``netio-exporter NAME ...``) a collector brings: its parser and what runs it."""
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """How the command line knows a collector.
+
+    ``build(args)`` makes the collector from the parsed flags (defaults filled in). ``default``: on
+    unless ``--no-collector.NAME``; ``enabled_by`` names a flag (its dest) whose presence turns an
+    otherwise-off collector on (mac: ``--collector.mac.device``). ``check(args)`` returns an error
+    message for combinations argparse cannot see, or None. ``log_mode``: the collector also runs in
+    log mode (-l); the flags of the others are refused there.
+    """
+    name: str
+    help: str
+    build: Callable[[argparse.Namespace], Collector]
+    default: bool = True
+    add_arguments: Callable[[Flags], None] | None = None
+    check: Callable[[argparse.Namespace], str | None] | None = None
+    enabled_by: str | None = None
+    log_mode: bool = False
+    commands: tuple[Command, ...] = field(default=())
+
+
+def registrations() -> list[Registration]:
+    """The registered collectors, in ``COLLECTORS`` order."""
+    return [importlib.import_module(f"{__name__}.{name}").REGISTRATION for name in COLLECTORS]
+
+
+def self_collectors() -> list[Collector]:
+    from .bpf_programs import BpfProgramsCollector
+    from .process import ProcessCollector
+    return [ProcessCollector(), BpfProgramsCollector()]
 
 
 class CollectorUnavailable(Exception):
@@ -49,10 +132,15 @@ class Scrape:
     the others are unaffected. Safe to call from several threads at once.
     """
 
-    def __init__(self, collectors: list[Collector]):
+    def __init__(self, collectors: list[Collector], self_collectors: list[Collector] | None = None):
         self.collectors = collectors
+        self.self_collectors = [] if self_collectors is None else self_collectors
         self._last_errors: dict[str, str | None] = {}
         self._log_lock = threading.Lock()
+        names = [family.name for family in self._described()]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"families exported by more than one collector: {', '.join(duplicates)}")
 
     def families(self) -> list[Family]:
         families: list[Family] = []
@@ -67,11 +155,17 @@ class Scrape:
             except Exception as error:  # a collector's failure must not end the scrape
                 ok = 0
                 self._note(collector.name, _describe_error(error))
-            duration.samples.append(("", labels, time.perf_counter() - start))
-            success.samples.append(("", labels, ok))
+            duration.add(labels, time.perf_counter() - start)
+            success.add(labels, ok)
         families.append(_build_info())
         families.append(success)
         families.append(duration)
+        for collector in self.self_collectors:
+            try:
+                families.extend(collector.read())
+                self._note(collector.name, None)
+            except Exception as error:
+                self._note(collector.name, _describe_error(error))
         return families
 
     def _note(self, name: str, error: str | None) -> None:
@@ -86,29 +180,33 @@ class Scrape:
             log.info("collector %s recovered", name)
 
     def close(self) -> None:
-        for collector in self.collectors:
+        for collector in self.collectors + self.self_collectors:
             collector.close()
+
+    def _described(self) -> list[Family]:
+        families = [family for collector in self.collectors for family in collector.describe_families()]
+        families += [_build_info(), *_scrape_families()]
+        return families + [family for collector in self.self_collectors for family in collector.describe_families()]
 
     # prometheus_client Collector protocol
     def describe(self):
-        families = [family for collector in self.collectors for family in collector.describe_families()]
-        families += [_build_info(), *_scrape_families()]
-        return [to_metric(family) for family in families]
+        return [to_metric(family) for family in self._described()]
 
     def collect(self):
         return [to_metric(family) for family in self.families()]
 
 
 def _build_info() -> Family:
-    return Family("netio_exporter_build_info", "gauge", "netio-exporter's version; the value is always 1.",
-                  [("", (("version", __version__),), 1)])
+    family = Family.info("netio_exporter_build_info", "netio-exporter's version; the value is always 1.")
+    family.add((("version", __version__),))
+    return family
 
 
 def _scrape_families() -> tuple[Family, Family]:
-    return (Family("netio_scrape_collector_success", "gauge",
-                   "Whether the collector's read of the kernel succeeded (1) or failed (0) in this scrape."),
-            Family("netio_scrape_collector_duration_seconds", "gauge",
-                   "How long the collector's read of the kernel took in this scrape."))
+    return (Family.gauge("netio_scrape_collector_success",
+                         "Whether the collector's read of the kernel succeeded (1) or failed (0) in this scrape."),
+            Family.gauge("netio_scrape_collector_duration_seconds",
+                         "How long the collector's read of the kernel took in this scrape."))
 
 
 def _describe_error(error: Exception) -> str:

@@ -8,7 +8,8 @@ from typing import NamedTuple
 
 from ..exposition import Family, Rows
 from ..netlink.rtnl import STATS64_FIELDS, Link, LinkReader
-from . import Collector
+from .. import flags
+from . import Collector, Flags, Registration
 
 # rtnl_link_stats64 field -> (metric name without netio_network_ and _total, help)
 COUNTERS = {
@@ -62,13 +63,13 @@ class DeviceFilter:
 
 
 def _families() -> tuple[list[Family], dict[str, Family]]:
-    counters = [Family(_PREFIX + COUNTERS[field][0], "counter", COUNTERS[field][1]) for field in STATS64_FIELDS]
+    counters = [Family.counter(_PREFIX + COUNTERS[field][0], COUNTERS[field][1]) for field in STATS64_FIELDS]
     attributes = {
-        "up": Family(_PREFIX + "up", "gauge", "Whether the interface's operational state is up (1) or not (0)."),
-        "mtu": Family(_PREFIX + "mtu_bytes", "gauge", "The interface's MTU."),
-        "carrier": Family(_PREFIX + "carrier_changes", "counter", "Times the interface's carrier changed."),
-        "info": Family(_PREFIX + "info", "gauge",
-                       "Interface attributes as labels: MAC address, operstate, alias, kind; the value is 1."),
+        "up": Family.gauge(_PREFIX + "up", "Whether the interface's operational state is up (1) or not (0)."),
+        "mtu": Family.gauge(_PREFIX + "mtu_bytes", "The interface's MTU."),
+        "carrier": Family.counter(_PREFIX + "carrier_changes", "Times the interface's carrier changed."),
+        "info": Family.info(_PREFIX + "info",
+                            "Interface attributes as labels: MAC address, operstate, alias, kind; the value is 1."),
     }
     return counters, attributes
 
@@ -129,14 +130,27 @@ class LinkCollector(Collector):
         families, attributes = _families()
         if len(set(map(len, counters))) == 1:  # every interface sent the same fields: one column each
             for family, values in zip(families, zip(*counters)):
-                family.columns.append(("_total", rows, values))
+                family.add_column(rows, values)
         else:  # fields a kernel did not send for an interface are absent, not zero
             for index, family in enumerate(families):
                 has = [len(values) > index for values in counters]
-                family.columns.append(("_total", tuple(compress(rows, has)),
-                                       [values[index] for values in compress(counters, has)]))
-        attributes["up"].columns.append(("", rows, layout.up))
-        attributes["mtu"].columns.append(("", rows, layout.mtu))
-        attributes["carrier"].columns.append(("_total", layout.carrier_rows, layout.carrier))
-        attributes["info"].columns.append(("", layout.info_rows, (1,) * len(rows)))
+                family.add_column(tuple(compress(rows, has)), [values[index] for values in compress(counters, has)])
+        attributes["up"].add_column(rows, layout.up)
+        attributes["mtu"].add_column(rows, layout.mtu)
+        attributes["carrier"].add_column(layout.carrier_rows, layout.carrier)
+        attributes["info"].add_column(layout.info_rows, (1,) * len(rows))
         return families + list(attributes.values())
+
+
+def _add_arguments(options: Flags) -> None:
+    devices = options.exclusive()
+    devices.add("--collector.link.device-include", dest="device_include", type=flags.regex, metavar="RE",
+                help="only interfaces whose name fully matches RE (for /metrics and the jsonl log)")
+    devices.add("--collector.link.device-exclude", dest="device_exclude", type=flags.regex, metavar="RE",
+                help="all interfaces but those whose name fully matches RE")
+
+
+REGISTRATION = Registration(
+    name="link", help="interface counters and attributes over rtnetlink", log_mode=True,
+    add_arguments=_add_arguments,
+    build=lambda args: LinkCollector(DeviceFilter(args.device_include, args.device_exclude)))

@@ -25,11 +25,14 @@ from ..bpf.build import object_path
 from ..bpf.libbpf import BpfObject
 from ..exposition import Family
 from ..netlink.rtnl import dump_links, format_address
-from . import Collector, CollectorUnavailable
+from .. import flags
+from . import Collector, CollectorUnavailable, Flags, Registration
 
 log = logging.getLogger("netio_exporter")
 
 ATTACH_MODES = ("auto", "tcx", "clsact")
+DEFAULT_MAX_ENTRIES = 4096  # clients per interface; mac.bpf.c's table is sized to it at load
+DEFAULT_IDLE_TIMEOUT = 3600.0
 _KEY = struct.Struct("=6s2x")
 _CLIENT = struct.Struct("=5QI16sB3x")  # struct client in mac.bpf.c
 _UNTRACKED = struct.Struct("=QQ")
@@ -56,20 +59,20 @@ def _ipv4_text(raw: int) -> str:
 
 def _families() -> dict[str, Family]:
     return {
-        "download_bytes": Family("netio_mac_download_bytes", "counter",
+        "download_bytes": Family.counter("netio_mac_download_bytes",
                                  "L2 bytes of frames sent to the client (tc egress, by destination MAC)."),
-        "download_packets": Family("netio_mac_download_packets", "counter",
+        "download_packets": Family.counter("netio_mac_download_packets",
                                    "Frames sent to the client (tc egress, by destination MAC)."),
-        "upload_bytes": Family("netio_mac_upload_bytes", "counter",
+        "upload_bytes": Family.counter("netio_mac_upload_bytes",
                                "L2 bytes of frames received from the client (tc ingress, by source MAC)."),
-        "upload_packets": Family("netio_mac_upload_packets", "counter",
+        "upload_packets": Family.counter("netio_mac_upload_packets",
                                  "Frames received from the client (tc ingress, by source MAC)."),
-        "info": Family("netio_mac_info", "gauge",
+        "info": Family.info("netio_mac_info",
                        "The client's last seen IPv4 and IPv6 source addresses (IPv6 link-local only when no "
                        "other was seen); the value is 1."),
-        "untracked_bytes": Family("netio_mac_untracked_bytes", "counter",
+        "untracked_bytes": Family.counter("netio_mac_untracked_bytes",
                                   "L2 bytes of frames of clients the table had no room for."),
-        "untracked_packets": Family("netio_mac_untracked_packets", "counter",
+        "untracked_packets": Family.counter("netio_mac_untracked_packets",
                                     "Frames of clients the table had no room for."),
     }
 
@@ -186,8 +189,8 @@ class _Device:
 class MacCollector(Collector):
     name = "mac"
 
-    def __init__(self, devices: list[str], max_entries: int = 4096, idle_timeout: float = 3600.0,
-                 attach: str = "auto"):
+    def __init__(self, devices: list[str], max_entries: int = DEFAULT_MAX_ENTRIES,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, attach: str = "auto"):
         if attach not in ATTACH_MODES:
             raise ValueError(f"attach mode must be one of {', '.join(ATTACH_MODES)}")
         self._idle_ns = int(idle_timeout * 1e9)
@@ -235,16 +238,16 @@ class MacCollector(Collector):
             clients = [clients[index] for index in keep]
         rows = device.rows(keys)
         up_bytes, up_packets, down_bytes, down_packets, _, ipv4s, ipv6s, _ = zip(*clients) if clients else ((),) * 8
-        families["download_bytes"].columns.append(("_total", rows, down_bytes))
-        families["download_packets"].columns.append(("_total", rows, down_packets))
-        families["upload_bytes"].columns.append(("_total", rows, up_bytes))
-        families["upload_packets"].columns.append(("_total", rows, up_packets))
-        families["info"].columns.append(("", device.info_rows(rows, ipv4s, ipv6s), (1,) * len(rows)))
+        families["download_bytes"].add_column(rows, down_bytes)
+        families["download_packets"].add_column(rows, down_packets)
+        families["upload_bytes"].add_column(rows, up_bytes)
+        families["upload_packets"].add_column(rows, up_packets)
+        families["info"].add_column(device.info_rows(rows, ipv4s, ipv6s), (1,) * len(rows))
         lost = device.untracked.lookup(_ZERO_KEY)
         lost_bytes, lost_packets = _UNTRACKED.unpack(lost) if lost else (0, 0)
         labels = (("device", device.name),)
-        families["untracked_bytes"].samples.append(("_total", labels, lost_bytes))
-        families["untracked_packets"].samples.append(("_total", labels, lost_packets))
+        families["untracked_bytes"].add(labels, lost_bytes)
+        families["untracked_packets"].add(labels, lost_packets)
 
 
 def _unavailable(error: Exception) -> str:
@@ -252,3 +255,23 @@ def _unavailable(error: Exception) -> str:
         return (f"eBPF is not permitted here ({error}); run as root or with CAP_BPF, CAP_PERFMON and "
                 "CAP_NET_ADMIN")
     return f"cannot count per-MAC traffic: {error}"
+
+
+def _add_arguments(options: Flags) -> None:
+    options.add("--collector.mac.device", dest="mac_devices", action="append", type=flags.interface,
+                metavar="IFACE", help="count traffic per client MAC on IFACE with eBPF at tc; repeatable; turns "
+                                      "the mac collector on")
+    options.add("--collector.mac.max-entries", dest="mac_max_entries", metavar="N", default=DEFAULT_MAX_ENTRIES,
+                type=flags.bounded_int(1, 1_000_000, "a number of clients"),
+                help="clients tracked per interface; frames of others count as untracked")
+    options.add("--collector.mac.idle-timeout", dest="mac_idle_timeout", type=flags.seconds, metavar="S",
+                default=DEFAULT_IDLE_TIMEOUT, help="forget clients idle for S seconds; their series vanish")
+    options.add("--collector.mac.attach", dest="mac_attach", type=flags.choice(*ATTACH_MODES), metavar="MODE",
+                default="auto", help="auto (TCX links where the kernel has them, else clsact), tcx or clsact")
+
+
+REGISTRATION = Registration(
+    name="mac", help="per-client traffic by MAC on gateway interfaces, with eBPF at tc", default=False,
+    enabled_by="mac_devices", add_arguments=_add_arguments,
+    build=lambda args: MacCollector(args.mac_devices, args.mac_max_entries, args.mac_idle_timeout,
+                                    args.mac_attach))

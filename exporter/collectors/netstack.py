@@ -55,8 +55,10 @@ from bisect import bisect_right
 from collections.abc import Iterable
 
 from ..exposition import Family
-from . import Collector, CollectorUnavailable, log
+from .. import flags
+from . import Collector, CollectorUnavailable, Flags, Registration, log
 
+DEFAULT_FREQUENCY_HZ = 1000
 ENTRIES = ("net_rx_softirq", "net_tx_softirq", "tx_syscall", "rx_syscall")  # map index order
 CATEGORIES = ("driver_poll", "gro", "xdp_generic", "tc_classify", "nf_ingress", "nf_conntrack", "bridging",
               "nf_prerouting_v4", "nf_prerouting_v6", "forwarding_v4", "forwarding_v6",
@@ -278,7 +280,7 @@ def _unavailable(error: Exception) -> CollectorUnavailable:
 class NetstackCollector(Collector):
     name = "netstack"
 
-    def __init__(self, frequency_hz: int = 1000):
+    def __init__(self, frequency_hz: int = DEFAULT_FREQUENCY_HZ):
         if not isinstance(frequency_hz, int) or frequency_hz < 0 or frequency_hz > 100_000:
             raise ValueError(f"frequency_hz: expected 0-100000, got {frequency_hz!r}")
         self.frequency_hz = frequency_hz
@@ -449,11 +451,23 @@ class NetstackCollector(Collector):
 
 
 def _families() -> tuple[Family, Family, Family]:
-    return (Family("netio_netstack_cpu_seconds", "counter",
+    return (Family.counter("netio_netstack_cpu_seconds",
                    "CPU time of the network stack by CPU and entry (NET_RX/NET_TX softirq, send/receive "
                    "syscalls on IP sockets); the entries are exclusive in time and can be summed."),
-            Family("netio_netstack_invocations", "counter",
+            Family.counter("netio_netstack_invocations",
                    "Invocations of the network stack by CPU and entry (softirq runs, IP socket syscalls)."),
-            Family("netio_netstack_rx_samples", "counter",
+            Family.counter("netio_netstack_rx_samples",
                    "Kernel stack samples taken during the NET_RX softirq, by the stage they were in; the "
                    "categories are mutually exclusive and sum to all NET_RX samples."))
+
+
+def _add_arguments(options: Flags) -> None:
+    options.add("-f", "--frequency", dest="frequency", type=flags.bounded_int(0, 10000, "a sampling frequency in Hz"),
+                metavar="HZ", default=DEFAULT_FREQUENCY_HZ,
+                help="NET_RX stack-sampling frequency per CPU in Hz; 0 turns sampling off")
+
+
+REGISTRATION = Registration(
+    name="netstack", help="CPU time of NET_RX/NET_TX softirqs and socket send/receive syscalls, with eBPF "
+                          "(reports itself unavailable without eBPF)",
+    add_arguments=_add_arguments, build=lambda args: NetstackCollector(args.frequency))

@@ -21,7 +21,8 @@ from ..exposition import Family, format_value
 from ..netlink.core import DumpInterrupted
 from ..netlink.sock_diag import (STATE_NAMES, TCP_ESTABLISHED, TCP_INFO_COUNTER_NAMES, TCP_SYN_RECV,
                                  SockDiagReader)
-from . import Collector
+from .. import flags
+from . import Collector, Flags, Registration
 
 _PREFIX = "netio_tcp_"
 
@@ -59,23 +60,12 @@ _ATTEMPTS = 3  # a dump the kernel flags as inconsistent is read again, as Netli
 _GONE = None  # what is remembered of a socket already counted as closed that is still in the dump
 
 
-def parse_local_ports(text: str) -> frozenset[int]:
-    """``"22,443"`` -> ``frozenset({22, 443})``; ValueError with a message fit for the CLI."""
-    ports = set()
-    for item in text.split(","):
-        item = item.strip()
-        if not item.isdigit() or not 1 <= int(item) <= 65535:
-            raise ValueError(f"expected comma-separated port numbers 1-65535, got {text!r}")
-        ports.add(int(item))
-    return frozenset(ports)
-
-
 def _families() -> tuple[Family, list[Family], Family, Family]:
-    connections = Family(_PREFIX + "connections", "gauge", "TCP sockets by state (a loopback connection is two).")
-    counters = [Family(_PREFIX + name, "counter", help) for name, _, help in COUNTERS.values()]
-    closed = Family(_PREFIX + "connections_closed", "counter",
-                    "TCP sockets that left the dump or entered a state without tcp_info, each counted once.")
-    rtt = Family(_PREFIX + "rtt_seconds", "gaugehistogram", "Smoothed round-trip time of established TCP sockets.")
+    connections = Family.gauge(_PREFIX + "connections", "TCP sockets by state (a loopback connection is two).")
+    counters = [Family.counter(_PREFIX + name, help) for name, _, help in COUNTERS.values()]
+    closed = Family.counter(_PREFIX + "connections_closed",
+                            "TCP sockets that left the dump or entered a state without tcp_info, each counted once.")
+    rtt = Family.gauge_histogram(_PREFIX + "rtt_seconds", "Smoothed round-trip time of established TCP sockets.")
     return connections, counters, closed, rtt
 
 
@@ -263,15 +253,23 @@ class TcpCollector(Collector):
             for state, name in STATE_NAMES.items():
                 by_name[name] += states[index][state]
             for name in STATES:
-                connections.samples.append(("", group + (("state", name),), by_name[name]))
+                connections.add(group + (("state", name),), by_name[name])
             for field, family in enumerate(counters):
                 total = totals[index][field]
-                family.samples.append(("_total", group, total if divisors[field] == 1 else total / divisors[field]))
-            closed.samples.append(("_total", group, closed_counts[index]))
+                family.add(group, total if divisors[field] == 1 else total / divisors[field])
+            closed.add(group, closed_counts[index])
             values = sorted(rtts[index])
-            for bound, le in zip(RTT_BOUNDS_US, _RTT_LE):
-                rtt.samples.append(("_bucket", group + (("le", le),), bisect_right(values, bound)))
-            rtt.samples.append(("_bucket", group + (("le", "+Inf"),), len(values)))
-            rtt.samples.append(("_gcount", group, len(values)))
-            rtt.samples.append(("_gsum", group, sum(values) / 1e6))
+            buckets = [(le, bisect_right(values, bound)) for bound, le in zip(RTT_BOUNDS_US, _RTT_LE)]
+            rtt.add_histogram(group, buckets + [("+Inf", len(values))], len(values), sum(values) / 1e6)
         return [connections, *counters, closed, rtt]
+
+
+def _add_arguments(options: Flags) -> None:
+    options.add("--collector.tcp.local-ports", dest="local_ports", type=flags.port_list, metavar="LIST",
+                help="comma-separated local ports: adds a local_port label (these ports, else 'other') to the "
+                     "TCP metrics; off by default to keep cardinality fixed")
+
+
+REGISTRATION = Registration(
+    name="tcp", help="TCP connection states and tcp_info totals over sock_diag",
+    add_arguments=_add_arguments, build=lambda args: TcpCollector(args.local_ports))
