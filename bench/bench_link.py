@@ -41,8 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from netns import NetnsProcess, in_netns  # noqa: E402
+from tests.support.netns import NetnsProcess, in_netns
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
 NETIO_PORT, NODE_PORT = 7070, 9100  # the namespaces are our own: nothing else listens there

@@ -50,10 +50,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from netns import NetnsProcess, in_netns  # noqa: E402
-from interleave import ReceiveCounter, interleave, paired_ratio, ratio_cells  # noqa: E402
-from bpf_programs import enable_bpf_stats, program_names, program_stats  # noqa: E402
+from bench.bpf_programs import enable_bpf_stats, program_names, program_stats
+from bench.interleave import ReceiveCounter, interleave, paired_ratio, ratio_cells
+from tests.support.netns import NetnsProcess, in_netns
 from exporter.collectors.mac import _CLIENT, _KEY  # noqa: E402
 
 EXPORTER_PORT, IPERF_PORT = 7070, 5201  # the namespaces are our own: nothing else listens there

@@ -34,10 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "tests")]
-from bpf_programs import enable_bpf_stats, program_names, program_stats  # noqa: E402
-from interleave import ReceiveCounter, interleave, paired_ratio, ratio_cells  # noqa: E402
+from bench.bpf_programs import enable_bpf_stats, program_names, program_stats
+from bench.interleave import ReceiveCounter, interleave, paired_ratio, ratio_cells
 
 CONDITIONS = {"f1000": 1000, "f0": 0}
 PORT = 5201
@@ -86,7 +84,7 @@ def helper(frequency: int) -> None:
 
 class Helper:
     def __init__(self, frequency: int):
-        self.process = subprocess.Popen([sys.executable, __file__, "--helper", str(frequency)],
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.bench_netstack", "--helper", str(frequency)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         answer = self.process.stdout.readline().strip()
         if answer != "ready":

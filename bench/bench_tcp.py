@@ -33,8 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from netns import enter_netns  # noqa: E402
+from tests.support.netns import enter_netns
 
 SOCKETS_PER_CHILD = 8000
 
@@ -86,7 +85,7 @@ class Children:
 
     def add(self, connections: int) -> None:
         process = subprocess.Popen(
-            ["ip", "netns", "exec", self.namespace, sys.executable, os.path.abspath(__file__),
+            ["ip", "netns", "exec", self.namespace, sys.executable, "-m", "bench.bench_tcp",
              "--child", str(connections)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.processes.append(process)

@@ -14,7 +14,7 @@ import time
 from typing import Callable, NamedTuple
 
 from exporter.netlink.rtnl import STATS64_FIELDS, LinkReader
-from netns import in_netns
+from tests.support.netns import in_netns
 
 _RX_PACKETS, _RX_BYTES = STATS64_FIELDS.index("rx_packets"), STATS64_FIELDS.index("rx_bytes")
 

@@ -9,7 +9,6 @@ A panel may come back empty only if its collector is not exported by that export
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import shutil
@@ -24,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, in_netns, require, veth_pair
 from exporter.cli import build_parser
+from tests.support import free_port, in_netns, require, veth_pair
+from tests.support.contract import COLLECTOR_OF, CONTRACT, CONTRACT_LABELS, label_names, metric_names
 
 try:
     import yaml
@@ -38,48 +38,6 @@ MULTI_HOST_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus-multi-host.yml"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 
 
-def _expand(*patterns: str) -> set[str]:
-    """``"a_{b,c}_d"`` -> ``{"a_b_d", "a_c_d"}`` (brace expansion, as DESIGN.md writes the names)."""
-    names = set()
-    for pattern in patterns:
-        parts = re.split(r"\{([^}]*)\}", pattern)
-        choices = [[part] if i % 2 == 0 else part.split(",") for i, part in enumerate(parts)]
-        names.update("".join(combination) for combination in itertools.product(*choices))
-    return names
-
-
-# The metric contract of DESIGN.md: the names and labels a dashboard or alert may use, by collector
-# (None: the exporter's own metrics, always exported).
-CONTRACT: dict[str | None, set[str]] = {
-    "link": _expand(
-        "netio_network_{receive,transmit}_{bytes,packets,errors,dropped}_total",
-        "netio_network_receive_multicast_total", "netio_network_transmit_collisions_total",
-        "netio_network_receive_{length,over,crc,frame,fifo,missed}_errors_total",
-        "netio_network_transmit_{aborted,carrier,fifo,heartbeat,window}_errors_total",
-        "netio_network_{receive,transmit}_compressed_total", "netio_network_receive_nohandler_total",
-        "netio_network_receive_otherhost_dropped_total", "netio_network_up", "netio_network_mtu_bytes",
-        "netio_network_carrier_changes_total", "netio_network_info"),
-    "tcp": _expand(
-        "netio_tcp_connections", "netio_tcp_{sent,acked,received,retransmitted}_bytes_total",
-        "netio_tcp_{sent,received,retransmitted}_segments_total",
-        "netio_tcp_{busy,rwnd_limited,sndbuf_limited}_seconds_total", "netio_tcp_connections_closed_total",
-        "netio_tcp_rtt_seconds_{bucket,gcount,gsum}"),
-    "netstack": _expand("netio_netstack_{cpu_seconds,invocations,rx_samples}_total"),
-    "mac": _expand("netio_mac_{download,upload}_{bytes,packets}_total", "netio_mac_info",
-                   "netio_mac_untracked_{bytes,packets}_total"),
-    None: _expand("netio_exporter_build_info", "netio_scrape_collector_{success,duration_seconds}",
-                  "process_{cpu_seconds_total,resident_memory_bytes,virtual_memory_bytes,open_fds,max_fds}",
-                  "process_start_time_seconds", "up"),
-}
-CONTRACT_LABELS = {
-    "device", "address", "operstate", "ifalias", "kind",  # link
-    "state", "local_port", "le",  # tcp
-    "cpu", "entry", "category",  # netstack
-    "mac", "ipv4", "ipv6",  # mac
-    "version", "collector",  # self
-    "host", "instance", "job",  # Prometheus: the target's labels (host by relabelling)
-}
-COLLECTOR_OF = {name: collector for collector, names in CONTRACT.items() for name in names}
 GRAFANA_MACROS = {"__rate_interval", "__interval", "__interval_ms", "__range", "__range_s", "__range_ms",
                   "__all", "__name", "__org", "__user", "__dashboard", "__from", "__to", "__timeFilter"}
 EXCLUDE_DEFAULT_HIDES = ("lo", "veth0", "veth1a2b3c")
@@ -103,23 +61,6 @@ def all_panels(dashboard: dict) -> list[dict]:
 
 def query_panels(dashboard: dict) -> list[dict]:
     return [panel for panel in all_panels(dashboard) if panel["type"] != "row"]
-
-
-def metric_names(expr: str) -> set[str]:
-    names = set(re.findall(r"\b((?:netio|process)_[a-z0-9_]+)\b", expr))
-    if re.search(r"(?<![\w.])up\s*[{\[]", expr):
-        names.add("up")
-    return names
-
-
-def label_names(expr: str) -> set[str]:
-    labels = set()
-    for matchers in re.findall(r"\{([^{}]*)\}", re.sub(r"\{\{.*?\}\}", "", expr)):
-        labels.update(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))
-    for grouping in re.findall(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr):
-        labels.update(label.strip() for label in grouping.split(",") if label.strip())
-    labels.update(re.findall(r"label_values\(.*,\s*(\w+)\s*\)", expr))
-    return labels
 
 
 def collectors_of(expr: str) -> set[str | None]:

@@ -13,9 +13,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from conftest import require
 from exporter.cli import build_parser
-from test_dashboard import COLLECTOR_OF, CONTRACT_LABELS, label_names, metric_names
+from tests.support import require
+from tests.support.contract import COLLECTOR_OF, CONTRACT_LABELS, label_names, metric_names
 
 try:
     import yaml

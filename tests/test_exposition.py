@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import require
+from tests.support import require
 from exporter.collectors import Scrape
 from exporter.collectors.link import LinkCollector
 from exporter.exposition import Family, render_text, to_metric

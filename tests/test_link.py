@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from conftest import in_netns, run, value, veth_pair
+from tests.support import in_netns, run, value, veth_pair
 from exporter.collectors import Scrape
 from exporter.collectors.link import DeviceFilter, LinkCollector
 from exporter.exposition import render_text
@@ -18,7 +18,7 @@ UDP_OVERHEAD = 14 + 20 + 8  # Ethernet, IPv4, UDP headers: a datagram is payload
 
 
 def _scrape(collector: LinkCollector, ns: str) -> dict:
-    from conftest import samples
+    from tests.support import samples
     with in_netns(ns):
         return samples(render_text(Scrape([collector]).families()).decode())
 

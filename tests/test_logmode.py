@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import in_netns, run, veth_pair
+from tests.support import in_netns, run, veth_pair
 from exporter.logmode import ConfigError, DeltaTracker, interface_from_metrics_request
 
 PAYLOAD = 200

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import in_netns, quiet_ipv6, require, run, samples, unique_name, value
+from tests.support import in_netns, quiet_ipv6, require, run, samples, unique_name, value
 from exporter.collectors import Scrape
 from exporter.exposition import render_text
 

@@ -22,9 +22,10 @@ import time
 
 import pytest
 
-from conftest import in_netns, require, run, samples, value
+from tests.support import in_netns, require, run, samples, value
 from exporter.collectors import Scrape
-from exporter.collectors.netstack import (_NETWORK_SYSCALLS, CATEGORIES, ENTRIES, KernelSymbols,
+from exporter.bpf.kallsyms import KernelSymbols
+from exporter.collectors.netstack import (_NETWORK_SYSCALLS, CATEGORIES, ENTRIES,
                                           NetstackCollector, classify)
 from exporter.exposition import render_text
 

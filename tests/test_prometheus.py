@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, in_netns, require, veth_pair
+from tests.support import free_port, in_netns, require, veth_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import in_netns, require, samples, value
+from tests.support import in_netns, require, samples, value
 
 
 @pytest.fixture

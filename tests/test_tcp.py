@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.utils import floatToGoString
 
-from conftest import in_netns, run, samples, value
+from tests.support import in_netns, run, samples, value
 from exporter.collectors import Scrape
 from exporter.collectors.tcp import RTT_BOUNDS_US, STATES, TcpCollector
 from exporter.flags import port_list

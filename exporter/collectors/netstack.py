@@ -46,14 +46,12 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import struct
 import threading
 import time
-from array import array
-from bisect import bisect_right
 from collections.abc import Iterable
 
+from ..bpf.kallsyms import KallsymsUnreadable, KernelSymbols, kallsyms_shows_addresses
 from ..exposition import Family
 from .. import flags
 from . import Collector, CollectorUnavailable, Flags, Registration, log
@@ -179,67 +177,6 @@ def classify(functions: Iterable[str]) -> str:
 
 
 # "ffffffff81000000 T _stext" or "ffffffffc0a01000 t veth_poll\t[veth]": text symbols only
-_KALLSYMS_TEXT = re.compile(rb"([0-9a-f]+) [tTwW] ([^\s]+)")
-
-
-class KernelSymbols:
-    """/proc/kallsyms text symbols as two arrays and a blob: addresses (sorted) and name offsets.
-
-    About 13 bytes per symbol plus the names, a few MB for a whole kernel, instead of a dict or
-    list of Python strings (tens of MB).
-    """
-
-    def __init__(self, path: str = "/proc/kallsyms"):
-        # Streamed into arrays (no Python object per symbol), then sorted through one permutation:
-        # the peak stays near three times the final size.
-        starts, name_ends, raw = array("Q"), array("I"), bytearray()
-        match = _KALLSYMS_TEXT.match
-        with open(path, "rb") as file:
-            for line in file:
-                found = match(line)
-                if found:
-                    starts.append(int(found[1], 16))
-                    raw += found[2]
-                    name_ends.append(len(raw))
-        if not starts or max(starts) == 0:
-            raise CollectorUnavailable("/proc/kallsyms shows no addresses (kernel.kptr_restrict): "
-                                       "run as root or with CAP_SYSLOG")
-        order = sorted(range(len(starts)), key=starts.__getitem__)
-        self._addresses = array("Q", (starts[i] for i in order))
-        self._offsets = array("I", [0]) * (len(order) + 1)
-        blob = bytearray()
-        for position, i in enumerate(order):
-            blob += raw[name_ends[i - 1] if i else 0:name_ends[i]]
-            self._offsets[position + 1] = len(blob)
-        self._names = bytes(blob)
-
-    def __len__(self) -> int:
-        return len(self._addresses)
-
-    def function(self, address: int) -> str | None:
-        index = bisect_right(self._addresses, address) - 1
-        if index < 0:
-            return None
-        return self._names[self._offsets[index]:self._offsets[index + 1]].decode(errors="replace")
-
-    def memory_bytes(self) -> int:
-        return (self._addresses.itemsize * len(self._addresses) + self._offsets.itemsize * len(self._offsets)
-                + len(self._names))
-
-
-def _kallsyms_shows_addresses() -> bool:
-    """False where kernel.kptr_restrict shows every address as 0 (per-CPU symbols are 0 anyway)."""
-    try:
-        with open("/proc/kallsyms", "rb") as file:
-            for line in file:
-                address, kind = line.split()[:2]
-                if kind in (b"t", b"T"):
-                    return int(address, 16) != 0
-    except (OSError, ValueError):
-        pass
-    return False
-
-
 def _network_syscall_set(machine: str) -> bytes:
     """`struct syscall_set` for this architecture; every bit set where the numbers are not known here."""
     numbers = _NETWORK_SYSCALLS.get(machine)
@@ -315,7 +252,7 @@ class NetstackCollector(Collector):
             raise CollectorUnavailable("the kernel has no BTF (/sys/kernel/btf/vmlinux): netstack needs a "
                                        "kernel built with CONFIG_DEBUG_INFO_BTF=y")
         from ..bpf import build, libbpf
-        if self.frequency_hz and not _kallsyms_shows_addresses():
+        if self.frequency_hz and not kallsyms_shows_addresses():
             log.warning("netstack: /proc/kallsyms hides kernel addresses (kernel.kptr_restrict; grant "
                         "CAP_SYSLOG or run as root): NET_RX stack sampling is off, CPU time is still measured")
             self.frequency_hz = 0
@@ -407,7 +344,10 @@ class NetstackCollector(Collector):
             if self._symbols_thread is not None:
                 self._symbols_thread.join()
             if self._symbols is None:
-                self._symbols = KernelSymbols()  # raises what the background build met
+                try:
+                    self._symbols = KernelSymbols()  # raises what the background build met
+                except KallsymsUnreadable as error:
+                    raise CollectorUnavailable(str(error)) from None
         # Flip the generation the programs count into, then drain the other one: the kernel tables
         # only hold the stacks of one scrape interval and never fill up for good.
         drained = self._generations[self._generation]
