@@ -9,7 +9,7 @@ import re
 import sys
 
 from . import __version__, flags
-from .collectors import Flags, Registration
+from .collectors import Command, Flags, Registration
 from .collectors import registrations as collector_registrations
 
 PROG = "netio-exporter"
@@ -53,6 +53,10 @@ def _description(registrations: list[Registration]) -> str:
     for registration in registrations:
         state = "on" if registration.default and registration.enabled_by is None else "off"
         lines.append(f"  {registration.name:<10} {registration.help} (default {state})")
+    commands = [command for registration in registrations for command in registration.commands]
+    if commands:
+        lines += ["", "commands (netio-exporter NAME --help):"]
+        lines += [f"  {command.name:<10} {command.help}" for command in commands]
     lines.append("With -l it runs no server and logs counter deltas every --interval seconds instead.")
     return "\n".join(lines)
 
@@ -150,7 +154,19 @@ def resolve(parser: _ParserWithCollectors, args: argparse.Namespace) -> list[Reg
     return enabled
 
 
+def _run_command(command: Command, argv: list[str]) -> int:
+    parser = _Parser(prog=f"{PROG} {command.name}", description=command.help)
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(argv))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and not argv[0].startswith("-"):  # a subcommand a collector brings (netio-exporter NAME ...)
+        commands = {command.name: command for registration in collector_registrations()
+                    for command in registration.commands}
+        if argv[0] in commands:
+            return _run_command(commands[argv[0]], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     enabled = resolve(parser, args)
