@@ -93,9 +93,12 @@ def build_parser() -> _ParserWithCollectors:
     for registration in registrations:
         group = parser.add_argument_group(f"collector {registration.name}")
         state = "on" if registration.default and registration.enabled_by is None else "off"
-        group.add_argument(f"--collector.{registration.name}", dest=_enabled_dest(registration),
-                           action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{registration.help} (default {state})")
+        if registration.switch:
+            group.add_argument(f"--collector.{registration.name}", dest=_enabled_dest(registration),
+                               action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{registration.help} (default {state})")
+        else:
+            parser.set_defaults(**{_enabled_dest(registration): None})
         collector_flags.append(Flags(group, registration))
         if registration.add_arguments is not None:
             registration.add_arguments(collector_flags[-1])

@@ -18,7 +18,7 @@ Labels = tuple[tuple[str, str], ...]
 Rows = tuple[Labels, ...]
 
 # Text format types by family type (prometheus_client's munging of OpenMetrics types).
-_TEXT_TYPES = {"counter": "counter", "gauge": "gauge", "gaugehistogram": "histogram"}
+_TEXT_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "gaugehistogram": "histogram"}
 # Samples generate_latest moves out of a gauge histogram into gauges of their own, in this order.
 _SPLIT_SUFFIXES = ("_gcount", "_gsum")
 
@@ -72,6 +72,11 @@ class Family:
         """A gauge histogram: ``_bucket{le}``, ``_gcount`` and ``_gsum`` through ``add_histogram``."""
         return cls(name, "gaugehistogram", help)
 
+    @classmethod
+    def histogram(cls, name: str, help: str) -> Family:
+        """A histogram of observations: ``_bucket{le}``, ``_count`` and ``_sum`` through ``add_histogram``."""
+        return cls(name, "histogram", help)
+
     def add(self, labels: Labels = (), value=1) -> None:
         """One sample; a counter's is named ``_total``."""
         self.samples.append(("_total" if self.type == "counter" else "", labels, value))
@@ -81,13 +86,14 @@ class Family:
         self.columns.append(("_total" if self.type == "counter" else "", rows, values))
 
     def add_histogram(self, labels: Labels, buckets: Iterable[tuple[str, int]], count: int, total: float) -> None:
-        """A gauge histogram's samples for one label set: ``buckets`` as (le text, cumulative count)
+        """A (gauge) histogram's samples for one label set: ``buckets`` as (le text, cumulative count)
         pairs ending with ``+Inf``, then the count and sum of the observations."""
-        if self.type != "gaugehistogram":
-            raise ValueError(f"{self.name}: add_histogram needs a gauge histogram")
+        if self.type not in ("histogram", "gaugehistogram"):
+            raise ValueError(f"{self.name}: add_histogram needs a histogram or gauge histogram")
+        gauge = "g" if self.type == "gaugehistogram" else ""
         self.samples.extend(("_bucket", labels + (("le", le),), value) for le, value in buckets)
-        self.samples.append(("_gcount", labels, count))
-        self.samples.append(("_gsum", labels, total))
+        self.samples.append((f"_{gauge}count", labels, count))
+        self.samples.append((f"_{gauge}sum", labels, total))
 
     def __repr__(self) -> str:
         count = len(self.samples) + sum(len(values) for _, _, values in self.columns)

@@ -16,8 +16,8 @@ import os
 import struct
 import threading
 
-__all__ = ["BpfError", "BpfObject", "Attachment", "possible_cpus", "open_cpu_clock", "loaded_programs",
-           "program_info"]
+__all__ = ["BpfError", "BpfObject", "Attachment", "RingBuffer", "possible_cpus", "open_cpu_clock",
+           "loaded_programs", "program_info"]
 
 
 class BpfError(OSError):
@@ -36,6 +36,8 @@ _libc.syscall.restype = ctypes.c_long
 
 # int (*libbpf_print_fn_t)(enum libbpf_print_level level, const char *, va_list ap); on x86_64 and
 # arm64 a va_list argument is passed as a pointer, which vsnprintf takes back.
+# int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size)
+_RINGBUF_SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 _LIBBPF_DEBUG = 2
 
@@ -79,6 +81,9 @@ def _library() -> ctypes.CDLL:
             ("bpf_program__name", c_char_p, [void_p]),
             ("bpf_object__next_program", void_p, [void_p, void_p]),
             ("bpf_obj_get_info_by_fd", c_int, [c_int, void_p, ctypes.POINTER(ctypes.c_uint32)]),
+            ("ring_buffer__new", void_p, [c_int, _RINGBUF_SAMPLE_FN, void_p, void_p]),
+            ("ring_buffer__poll", c_int, [void_p, c_int]),
+            ("ring_buffer__free", None, [void_p]),
             ("bpf_map__value_size", ctypes.c_uint32, [void_p]),
             ("bpf_map__key_size", ctypes.c_uint32, [void_p]),
             ("bpf_map__max_entries", ctypes.c_uint32, [void_p]),
@@ -318,6 +323,44 @@ def program_info(fd: int) -> dict[str, int] | None:
         return None
     run_time_ns, run_cnt, misses = struct.unpack_from("=3Q", info.raw, 192)
     return {"recursion_misses": misses, "run_time_ns": run_time_ns, "run_cnt": run_cnt}
+
+
+class RingBuffer:
+    """A BPF_MAP_TYPE_RINGBUF map's consumer: ``poll(timeout_ms)`` calls ``handle(record_bytes)`` for every
+    record the kernel submitted, in order, and returns how many. Not thread-safe: one consumer thread."""
+
+    def __init__(self, ring: Map, handle):
+        self._lib = _library()
+
+        self._error: Exception | None = None
+
+        def sample(ctx, data, size):
+            if self._error is None:
+                try:
+                    handle(ctypes.string_at(data, size))
+                except Exception as error:  # must not cross into C: raised again by poll()
+                    self._error = error
+            return 0
+
+        self._callback = _RINGBUF_SAMPLE_FN(sample)  # kept alive as long as libbpf may call it
+        _log_lines.clear()
+        self._handle = self._lib.ring_buffer__new(ring.fd, self._callback, None, None)
+        if not self._handle:
+            raise _failure(f"opening ring buffer {ring.name}", ctypes.get_errno())
+
+    def poll(self, timeout_ms: int) -> int:
+        count = self._lib.ring_buffer__poll(self._handle, timeout_ms)
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        if count < 0 and -count != errno.EINTR:
+            raise _failure("polling a ring buffer", count)
+        return max(count, 0)
+
+    def close(self) -> None:
+        if self._handle:
+            self._lib.ring_buffer__free(self._handle)
+            self._handle = None
 
 
 class Attachment:

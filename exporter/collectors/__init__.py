@@ -27,7 +27,7 @@ from ..exposition import Family, to_metric
 log = logging.getLogger("netio_exporter")
 
 # The collectors with flags, in the order of --help, /metrics and the landing page.
-COLLECTORS = ("link", "tcp", "netstack", "mac")
+COLLECTORS = ("link", "tcp", "tcp_archive", "netstack", "mac")
 # Always on, no flag and no success series: the exporter's own figures.
 SELF_COLLECTORS = ("process", "bpf_programs")
 
@@ -77,7 +77,7 @@ class Registration:
     unless ``--no-collector.NAME``; ``enabled_by`` names a flag (its dest) whose presence turns an
     otherwise-off collector on (mac: ``--collector.mac.device``). ``check(args)`` returns an error
     message for combinations argparse cannot see, or None. ``log_mode``: the collector also runs in
-    log mode (-l); the flags of the others are refused there.
+    log mode (-l); the flags of the others are refused there. ``commands``: subcommands it brings.
     """
     name: str
     help: str
@@ -88,6 +88,7 @@ class Registration:
     enabled_by: str | None = None
     log_mode: bool = False
     commands: tuple[Command, ...] = field(default=())
+    switch: bool = True  # False: no --collector.NAME/--no-collector.NAME pair (enabled_by alone turns it on)
 
 
 def registrations() -> list[Registration]:

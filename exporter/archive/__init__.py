@@ -1,0 +1,271 @@
+"""The per-connection archive (tcp-info's job): a JSONL record whenever a connection changes, one file per
+connection, zstd-compressed, with a final record for every connection, including those no poll saw.
+
+One thread does everything on its own clock, never touching the scrape path:
+- every ``interval`` it dumps the namespace's TCP connections over sock_diag (``netlink/connections.py``)
+  and writes a ``change`` record for each connection whose state, tcp_info (the ``last_*`` timers aside),
+  congestion control or memory changed since its last record; a connection seen for the first time gets
+  a ``header`` record first;
+- between polls it waits on the kernel's ring buffer of ``final`` records (``kernel.py``: one per
+  connection at TCP_CLOSE, with the counters struct tcp_sock holds then), so a connection shorter than a
+  poll still gets a header and a final record. Without eBPF, a connection's final record is its last
+  polled record, written when it leaves the dump (``"source": "poll"``), and connections that open and
+  close between two polls are not archived at all;
+- after each poll, each connection's pending lines go out as one zstd frame (``files.py``).
+
+Records (one JSON object a line; times RFC 3339 UTC with microseconds; tcp_info fields by the kernel's
+names and units, see ``netlink/tcp_info.py``) are documented with examples in the README.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+from ..netlink import tcp_info
+from ..netlink.connections import MEMINFO_NAMES, Connection, ConnectionReader
+from .files import ArchiveFiles, FileStats
+
+log = logging.getLogger("netio_exporter")
+
+RECORD_KINDS = ("header", "change", "final")
+STATE_NAMES = {1: "established", 2: "syn_sent", 3: "syn_recv", 4: "fin_wait1", 5: "fin_wait2",
+               6: "time_wait", 7: "close", 8: "close_wait", 9: "last_ack", 10: "listen", 11: "closing",
+               12: "syn_recv"}
+FAMILIES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+# Poll durations (seconds) for netio_tcp_archive_poll_duration_seconds.
+POLL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_TIMERS = slice(44, 60)  # tcpi_last_data_sent .. tcpi_last_ack_recv: masked for change detection
+_FINISHED_MEMORY = 65536  # cookies of connections already given their final record
+_RING_BYTES = 1 << 22  # 4 MiB: about 26,000 final records between two reads
+_FINAL_LATENCY_MS = 100  # at most this long between reads of the ring buffer
+
+
+@dataclass
+class ArchiveStats:
+    records: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RECORD_KINDS, 0))
+    dropped_records: int = 0  # the kernel's ring buffer was full
+    poll_buckets: list[int] = field(default_factory=lambda: [0] * (len(POLL_BUCKETS) + 1))
+    poll_count: int = 0
+    poll_seconds: float = 0.0
+    method: str = "polling"
+
+
+def _timestamp(unix_seconds: float) -> str:
+    seconds = int(unix_seconds)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((unix_seconds - seconds) * 1e6):06d}Z"
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as file:
+            return file.read().strip().replace("-", "")[:16]
+    except OSError:  # no procfs boot id: the boot time is unique enough across reboots
+        return f"{int(time.time() - time.monotonic()):x}"
+
+
+class _Connection:
+    """What the archive remembers of a live connection: its identity and the last record's fingerprint."""
+
+    __slots__ = ("uuid", "header", "fingerprint", "last", "pending")
+
+    def __init__(self, uuid: str, header: bytes):
+        self.uuid = uuid
+        self.header = header
+        self.fingerprint = None
+        self.last: dict | None = None  # the last change record (the final record without eBPF)
+        self.pending: list[bytes] = []
+
+
+class Archive:
+    """Runs the archive thread; ``stats()`` and ``file_stats()`` are safe from any thread."""
+
+    def __init__(self, directory: str, interval: float, rotate_seconds: float, max_bytes: int):
+        import zstandard
+
+        self.interval = interval
+        compressor = zstandard.ZstdCompressor(level=3)
+        self.files = ArchiveFiles(directory, rotate_seconds, max_bytes, compressor.compress)
+        self._reader = ConnectionReader()
+        self._boot = _boot_id()
+        self._wall_offset = time.time() - time.monotonic()  # CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall
+        self._live: dict[int, _Connection] = {}
+        self._finished: dict[int, None] = {}  # insertion-ordered set, bounded
+        self._closing: list[int] = []  # finished since the last flush
+        self._stats = ArchiveStats()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._hook = None
+        try:
+            from .kernel import CloseHook
+            self._hook = CloseHook(_RING_BYTES, self._on_final)
+            self._stats.method = "kernel"
+        except Exception as error:  # the archive still runs, from polls alone
+            log.warning("tcp archive: no final records from the kernel (%s); final records come from the last "
+                        "poll, and connections shorter than a poll are not archived", str(error).splitlines()[0])
+        self._thread = threading.Thread(target=self._run, name="netio-tcp-archive", daemon=True)
+        self._thread.start()
+
+    # --- reading from other threads ------------------------------------------------------------------
+    def stats(self) -> ArchiveStats:
+        with self._lock:
+            copy = ArchiveStats(dict(self._stats.records), self._stats.dropped_records,
+                                list(self._stats.poll_buckets), self._stats.poll_count, self._stats.poll_seconds,
+                                self._stats.method)
+        hook = self._hook
+        if hook is not None:
+            copy.dropped_records += hook.lost()
+        return copy
+
+    def file_stats(self) -> FileStats:
+        with self.files._lock:
+            stats = self.files.stats
+            return FileStats(stats.bytes_written, stats.files, stats.deleted_files, dict(stats.errors),
+                             stats.dropped_records)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        hook, self._hook = self._hook, None
+        if hook is not None:
+            with self._lock:
+                self._stats.dropped_records += hook.lost()
+            hook.close()
+        self._reader.close()
+
+    # --- the archive thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        next_poll = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                wait = next_poll - time.monotonic()
+                if wait > 0:
+                    if self._hook is None:
+                        self._stop.wait(wait)
+                    elif self._hook.poll(min(max(1, int(wait * 1000)), _FINAL_LATENCY_MS)):
+                        self._flush()  # finals go out within about _FINAL_LATENCY_MS, whatever the interval
+                    continue
+                next_poll += self.interval
+                if next_poll < time.monotonic():  # fell behind (a slow disk): skip, do not burst
+                    next_poll = time.monotonic() + self.interval
+                if self._hook is not None:
+                    self._hook.poll(0)  # finals first: a connection that just closed is not "changed"
+                self._poll()
+                self._flush()
+            except Exception:  # the archive must not die; the next poll tries again
+                log.exception("tcp archive: poll failed")
+                self._stop.wait(self.interval)
+        if self._hook is not None:
+            try:
+                self._hook.poll(0)
+                self._flush()
+            except Exception:
+                log.exception("tcp archive: last flush failed")
+
+    def _poll(self) -> None:
+        begin = time.perf_counter()
+        connections = self._reader.dump()
+        now = time.time()
+        seen = set()
+        for connection in connections:
+            cookie = connection.cookie
+            if cookie in self._finished or not connection.tcp_info:
+                continue  # closed already, or TIME_WAIT / a request socket: nothing left to record
+            seen.add(cookie)
+            known = self._live.get(cookie)
+            if known is None:
+                known = self._live[cookie] = self._open(connection, now)
+            fingerprint = (connection.state, connection.tcp_info[:_TIMERS.start] + connection.tcp_info[_TIMERS.stop:],
+                           connection.congestion, connection.meminfo)
+            if fingerprint != known.fingerprint:
+                known.fingerprint = fingerprint
+                known.last = self._change(connection, known.uuid, now)
+                self._queue(known, known.last)
+        if self._hook is None:  # without the close hook, leaving the dump is the end
+            for cookie in [cookie for cookie in self._live if cookie not in seen]:
+                connection = self._live[cookie]
+                final = dict(connection.last, kind="final", timestamp=_timestamp(now), source="poll")
+                self._queue(connection, final)
+                self._finish(cookie)
+        elapsed = time.perf_counter() - begin
+        with self._lock:
+            self._stats.poll_count += 1
+            self._stats.poll_seconds += elapsed
+            self._stats.poll_buckets[bisect_left(POLL_BUCKETS, elapsed)] += 1
+
+    def _open(self, connection: Connection, now: float) -> _Connection:
+        uuid = f"{self._boot}_{connection.cookie:016x}"
+        header = {"kind": "header", "timestamp": _timestamp(now), "uuid": uuid, "cookie": connection.cookie,
+                  "family": FAMILIES.get(connection.family, str(connection.family)),
+                  "local_address": connection.local_address, "local_port": connection.local_port,
+                  "remote_address": connection.remote_address, "remote_port": connection.remote_port,
+                  "start": _timestamp(now), "start_source": "first_seen"}
+        with self._lock:
+            self._stats.records["header"] += 1
+        return _Connection(uuid, _line(header))
+
+    def _change(self, connection: Connection, uuid: str, now: float) -> dict:
+        return {"kind": "change", "timestamp": _timestamp(now), "uuid": uuid,
+                "state": STATE_NAMES.get(connection.state, str(connection.state)),
+                "congestion": connection.congestion, "tcp_info": tcp_info.decode(connection.tcp_info),
+                "meminfo": dict(zip(MEMINFO_NAMES, connection.meminfo))}
+
+    def _on_final(self, final) -> None:
+        """A connection reached TCP_CLOSE (called from the ring buffer poll, on the archive thread)."""
+        from .kernel import FINAL_COUNTERS
+        if final.cookie in self._finished:
+            return
+        connection = self._live.get(final.cookie)
+        if connection is None:  # never polled: the kernel's record is all there is
+            uuid = f"{self._boot}_{final.cookie:016x}"
+            start = final.start_ns / 1e9 + self._wall_offset if final.start_ns else time.time()
+            header = {"kind": "header", "timestamp": _timestamp(start), "uuid": uuid, "cookie": final.cookie,
+                      "family": FAMILIES.get(final.family, str(final.family)),
+                      "local_address": final.local_address, "local_port": final.local_port,
+                      "remote_address": final.remote_address, "remote_port": final.remote_port,
+                      "start": _timestamp(start), "start_source": "kernel" if final.start_ns else "first_seen"}
+            connection = self._live[final.cookie] = _Connection(uuid, _line(header))
+            with self._lock:
+                self._stats.records["header"] += 1
+        record = {"kind": "final", "timestamp": _timestamp(final.end_ns / 1e9 + self._wall_offset),
+                  "uuid": connection.uuid, "state": "close",
+                  "old_state": STATE_NAMES.get(final.old_state, str(final.old_state)),
+                  "start": _timestamp(final.start_ns / 1e9 + self._wall_offset) if final.start_ns else None,
+                  "source": "kernel", "tcp_info": dict(zip(FINAL_COUNTERS, final.counters))}
+        self._queue(connection, record)
+        self._finish(final.cookie)
+
+    def _queue(self, connection: _Connection, record: dict) -> None:
+        connection.pending.append(_line(record))
+        if record["kind"] != "header":
+            with self._lock:
+                self._stats.records[record["kind"]] += 1
+
+    def _finish(self, cookie: int) -> None:
+        self._finished[cookie] = None
+        if len(self._finished) > _FINISHED_MEMORY:
+            del self._finished[next(iter(self._finished))]
+        self._closing.append(cookie)
+
+    def _flush(self) -> None:
+        closing = self._closing
+        for connection in self._live.values():
+            if connection.pending:
+                lines = b"".join(connection.pending)
+                count = len(connection.pending)
+                connection.pending.clear()
+                self.files.append(connection.uuid, connection.header, lines, count)
+        for cookie in closing:
+            connection = self._live.pop(cookie, None)
+            if connection is not None:
+                self.files.forget(connection.uuid)
+        closing.clear()
+
+
+def _line(record: dict) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"

@@ -1,0 +1,172 @@
+"""The archive's files: one per connection and sequence, each a run of independent zstd frames.
+
+``DIR/YYYY/MM/DD/<uuid>.<seq>.jsonl.zst`` (UTC date of the file's first write). Nothing is held open:
+each flush appends one frame per connection (open, write, close), so 2,000 connections cost no open
+file and no compressor each, and a reader only ever sees whole frames (a frame cut short by a full disk
+is truncated away at once). A connection that lives past ``rotate_seconds`` moves on to its next
+sequence file, which starts with the header record again. The oldest files go first when the archive
+would pass ``max_bytes``. Write errors are counted by kind and logged once per kind; they never raise.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+log = logging.getLogger("netio_exporter")
+
+SUFFIX = ".jsonl.zst"
+_ERROR_KINDS = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EACCES: "permission",
+                errno.EPERM: "permission", errno.EROFS: "read_only"}
+
+
+def error_kind(error: OSError) -> str:
+    return _ERROR_KINDS.get(error.errno, "io")
+
+
+@dataclass
+class FileStats:
+    bytes_written: int = 0
+    files: int = 0
+    deleted_files: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    dropped_records: int = 0
+
+
+@dataclass
+class _Open:
+    """Where a connection's records go now (no file handle: just the path and its sequence)."""
+    path: str
+    sequence: int
+    since: float  # time.monotonic() of the sequence's first write
+
+
+class ArchiveFiles:
+    """Appends frames to per-connection files under ``directory``; thread-safe for one writer."""
+
+    def __init__(self, directory: str, rotate_seconds: float, max_bytes: int, compress):
+        self.directory = os.path.abspath(directory)
+        self.rotate_seconds = rotate_seconds
+        self.max_bytes = max_bytes
+        self._compress = compress  # bytes -> one complete zstd frame
+        self.stats = FileStats()
+        self._lock = threading.Lock()  # stats are read by scrapes
+        self._current: dict[str, _Open] = {}  # uuid -> its current file
+        self._sizes: OrderedDict[str, int] = OrderedDict()  # every archive file, oldest first
+        self._total = 0
+        self._logged: set[str] = set()
+        os.makedirs(self.directory, exist_ok=True)
+        self._scan()
+
+    def _scan(self) -> None:
+        """Every file already in the archive, oldest first (by modification time), for retention."""
+        found = []
+        for root, _, names in os.walk(self.directory):
+            for name in names:
+                if name.endswith(SUFFIX):
+                    path = os.path.join(root, name)
+                    try:
+                        status = os.stat(path)
+                    except OSError:
+                        continue
+                    found.append((status.st_mtime, path, status.st_size))
+        for _, path, size in sorted(found):
+            self._sizes[path] = size
+            self._total += size
+
+    @property
+    def total_bytes(self) -> int:
+        return self._total
+
+    def append(self, uuid: str, header: bytes, lines: bytes, records: int) -> None:
+        """Append ``lines`` (JSON lines of ``records`` records) to the connection's current file as one
+        frame; a new file (first, rotated, or deleted by retention) starts with ``header``."""
+        current = self._current.get(uuid)
+        now = time.monotonic()
+        if current is None or now - current.since >= self.rotate_seconds:
+            sequence = 0 if current is None else current.sequence + 1
+            current = self._current[uuid] = _Open(self._path(uuid, sequence), sequence, now)
+        self._make_room(len(header) + len(lines))  # an upper bound of the frame: it is compressed
+        fresh = current.path not in self._sizes  # also when retention just took it
+        frame = self._compress(header + lines if fresh else lines)
+        if not self._write(current.path, frame, fresh):
+            with self._lock:
+                self.stats.dropped_records += records + (1 if fresh else 0)
+
+    def forget(self, uuid: str) -> None:
+        """The connection ended: its files stay, its place in memory goes."""
+        self._current.pop(uuid, None)
+
+    def _path(self, uuid: str, sequence: int) -> str:
+        day = time.strftime("%Y/%m/%d", time.gmtime())
+        return os.path.join(self.directory, day, f"{uuid}.{sequence}{SUFFIX}")
+
+    def _write(self, path: str, frame: bytes, fresh: bool) -> bool:
+        size = self._sizes.get(path, 0)
+        try:
+            if fresh:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        except OSError as error:
+            self._error(error, path)
+            return False
+        try:
+            written = 0
+            while written < len(frame):
+                written += os.write(fd, frame[written:])
+        except OSError as error:
+            try:
+                if fresh:
+                    os.unlink(path)  # no empty file: the next append starts it again, header first
+                else:
+                    os.ftruncate(fd, size)  # never leave a torn frame for a reader
+            except OSError:
+                pass
+            self._error(error, path)
+            return False
+        finally:
+            os.close(fd)
+        with self._lock:
+            self.stats.bytes_written += len(frame)
+            if fresh:
+                self.stats.files += 1
+        self._sizes[path] = size + len(frame)  # a new file goes last: the order is creation order
+        self._total += len(frame)
+        return True
+
+    def _make_room(self, incoming: int) -> None:
+        while self._sizes and self._total + incoming > self.max_bytes:
+            path, size = self._sizes.popitem(last=False)
+            self._total -= size
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                self._error(error, path)
+                continue
+            with self._lock:
+                self.stats.deleted_files += 1
+            self._remove_empty_directories(os.path.dirname(path))
+
+    def _remove_empty_directories(self, directory: str) -> None:
+        while directory.startswith(self.directory + os.sep):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                return
+            directory = os.path.dirname(directory)
+
+    def _error(self, error: OSError, path: str) -> None:
+        kind = error_kind(error)
+        with self._lock:
+            self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.error("tcp archive: cannot write %s: %s (counted in netio_tcp_archive_errors_total{kind=\"%s\"}; "
+                      "said once)", path, error.strerror or error, kind)

@@ -1,0 +1,92 @@
+"""The archive's kernel side: exporter/bpf/tcp_archive.bpf.c loaded and attached, its ring buffer of final
+records read. Needs what every tracing program needs (CAP_BPF and CAP_PERFMON, or root) and BTF."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import NamedTuple
+
+from ..bpf.build import object_path
+from ..bpf.libbpf import Attachment, BpfObject, RingBuffer
+
+SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h (Linux 5.14)
+_U64 = struct.Struct("=Q")
+
+# struct final_record in tcp_archive.bpf.c
+FINAL_RECORD = struct.Struct("=7Q15I3H2B16s16s4x")
+FINAL_COUNTERS = ("bytes_acked", "bytes_received", "bytes_sent", "bytes_retrans", "segs_in", "segs_out",
+                  "data_segs_in", "data_segs_out", "total_retrans", "rtt", "rttvar", "min_rtt", "snd_cwnd",
+                  "snd_ssthresh", "delivered", "delivered_ce", "dsack_dups", "reord_seen", "rcv_ooopack")
+"""The tcp_info fields a final record carries (what struct tcp_sock holds at TCP_CLOSE), in its order."""
+
+
+class Final(NamedTuple):
+    cookie: int
+    start_ns: int  # CLOCK_MONOTONIC; 0 if the connection began before the program was attached
+    end_ns: int
+    counters: tuple[int, ...]  # FINAL_COUNTERS
+    family: int
+    local_address: str
+    local_port: int
+    remote_address: str
+    remote_port: int
+    old_state: int
+
+
+def netns_cookie() -> int:
+    """The cookie of this process's network namespace (unique for the boot, unlike its inode number)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        return _U64.unpack(probe.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+
+
+def _address(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    text = socket.inet_ntop(socket.AF_INET6, raw)
+    return text
+
+
+def decode_final(raw: bytes) -> Final:
+    if len(raw) != FINAL_RECORD.size:
+        raise ValueError(f"tcp_archive final record of {len(raw)} bytes, the Python layout reads "
+                         f"{FINAL_RECORD.size}: the object and the exporter are out of step")
+    values = FINAL_RECORD.unpack(raw)
+    cookie, start, end = values[:3]
+    counters = values[3:3 + len(FINAL_COUNTERS)]
+    family, local_port, remote_port, old_state, _, local, remote = values[3 + len(FINAL_COUNTERS):]
+    return Final(cookie, start, end, counters, family, _address(family, local), local_port,
+                 _address(family, remote), remote_port, old_state)
+
+
+class CloseHook:
+    """The attached program and its ring buffer; ``poll(timeout_ms, handle)`` hands each Final over."""
+
+    def __init__(self, ring_bytes: int, handle):
+        self._object = BpfObject(str(object_path("tcp_archive")), max_entries={"finals": ring_bytes})
+        self._attachment = Attachment()
+        try:
+            self._object.map("config", key_size=4, value_size=8).update(
+                struct.pack("=I", 0), _U64.pack(netns_cookie()))
+            self._lost = self._object.map("lost", key_size=4, value_size=8)
+            self._ring = RingBuffer(self._object.map("finals"), lambda raw: handle(decode_final(raw)))
+            self._attachment.attach(self._object, "archive_state")
+        except BaseException:
+            self.close()
+            raise
+
+    def poll(self, timeout_ms: int) -> int:
+        return self._ring.poll(timeout_ms)
+
+    def lost(self) -> int:
+        """Final records the kernel could not queue (ring buffer full), over all CPUs."""
+        from ..bpf.libbpf import possible_cpus
+        raw = self._lost.lookup(struct.pack("=I", 0), 8 * possible_cpus()) or b""
+        return sum(value for (value,) in _U64.iter_unpack(raw))
+
+    def close(self) -> None:
+        self._attachment.close()
+        ring = getattr(self, "_ring", None)
+        if ring is not None:
+            ring.close()
+        self._object.close()

@@ -1,0 +1,98 @@
+"""Every field of ``struct tcp_info`` (include/uapi/linux/tcp.h, as of Linux 6.18) as one table, and a
+decoder for the prefix a kernel sends (older kernels send a shorter struct, newer ones a longer one: fields
+beyond what was sent are absent, bytes beyond the table are ignored).
+
+Names are the kernel's without ``tcpi_``; units are the kernel's: times in microseconds (``rto``, ``ato``,
+``rtt``, ``rttvar``, ``rcv_rtt``, ``min_rtt``, ``busy_time``, ``rwnd_limited``, ``sndbuf_limited``), the
+``last_*`` times and ``total_rto_time`` in milliseconds, rates in bytes per second, the rest in segments,
+bytes or counts. tests/test_tcp_info.py checks the offsets against the UAPI header with offsetof and the
+length against the running kernel's.
+"""
+
+from __future__ import annotations
+
+import struct
+
+# (name, struct format) in declaration order; offsets follow C's natural alignment. Two bytes hold bit
+# fields: "wscale" (snd_wscale:4, rcv_wscale:4) and "flags" (delivery_rate_app_limited:1,
+# fastopen_client_fail:2), split by decode().
+_DECLARED = (
+    ("state", "B"), ("ca_state", "B"), ("retransmits", "B"), ("probes", "B"), ("backoff", "B"),
+    ("options", "B"), ("wscale", "B"), ("flags", "B"),
+    ("rto", "I"), ("ato", "I"), ("snd_mss", "I"), ("rcv_mss", "I"),
+    ("unacked", "I"), ("sacked", "I"), ("lost", "I"), ("retrans", "I"), ("fackets", "I"),
+    ("last_data_sent", "I"), ("last_ack_sent", "I"), ("last_data_recv", "I"), ("last_ack_recv", "I"),
+    ("pmtu", "I"), ("rcv_ssthresh", "I"), ("rtt", "I"), ("rttvar", "I"), ("snd_ssthresh", "I"),
+    ("snd_cwnd", "I"), ("advmss", "I"), ("reordering", "I"),
+    ("rcv_rtt", "I"), ("rcv_space", "I"),
+    ("total_retrans", "I"),
+    ("pacing_rate", "Q"), ("max_pacing_rate", "Q"), ("bytes_acked", "Q"), ("bytes_received", "Q"),
+    ("segs_out", "I"), ("segs_in", "I"),
+    ("notsent_bytes", "I"), ("min_rtt", "I"), ("data_segs_in", "I"), ("data_segs_out", "I"),
+    ("delivery_rate", "Q"),
+    ("busy_time", "Q"), ("rwnd_limited", "Q"), ("sndbuf_limited", "Q"),
+    ("delivered", "I"), ("delivered_ce", "I"),
+    ("bytes_sent", "Q"), ("bytes_retrans", "Q"), ("dsack_dups", "I"), ("reord_seen", "I"),
+    ("rcv_ooopack", "I"),
+    ("snd_wnd", "I"),
+    ("rcv_wnd", "I"), ("rehash", "I"), ("total_rto", "H"), ("total_rto_recoveries", "H"),
+    ("total_rto_time", "I"),
+    ("received_ce", "I"), ("delivered_e1_bytes", "I"), ("delivered_e0_bytes", "I"),
+    ("delivered_ce_bytes", "I"), ("received_e1_bytes", "I"), ("received_e0_bytes", "I"),
+    ("received_ce_bytes", "I"), ("accecn_fail_mode", "H"), ("accecn_opt_seen", "H"),
+)
+
+
+def _layout() -> tuple[tuple[str, int, str], ...]:
+    fields, offset = [], 0
+    for name, fmt in _DECLARED:
+        size = struct.calcsize(fmt)
+        offset = (offset + size - 1) // size * size
+        fields.append((name, offset, fmt))
+        offset += size
+    return tuple(fields)
+
+
+FIELDS = _layout()
+"""(name, offset, format) of every field, in order (bit-field bytes as "wscale" and "flags")."""
+SIZE = FIELDS[-1][1] + struct.calcsize(FIELDS[-1][2])
+
+# Field names as decode() returns them: the bit-field bytes split into their members.
+_BITFIELDS = {"wscale": (("snd_wscale", 0, 4), ("rcv_wscale", 4, 4)),
+              "flags": (("delivery_rate_app_limited", 0, 1), ("fastopen_client_fail", 1, 2))}
+NAMES = tuple(member for name, _, _ in FIELDS
+              for member in ([bit[0] for bit in _BITFIELDS[name]] if name in _BITFIELDS else [name]))
+# Timers that move every millisecond while nothing else does: change detection ignores them.
+TIMERS = frozenset({"last_data_sent", "last_ack_sent", "last_data_recv", "last_ack_recv"})
+
+_PREFIX_STRUCTS: dict[int, tuple[struct.Struct, tuple[str, ...]]] = {}
+
+
+def _prefix(length: int) -> tuple[struct.Struct, tuple[str, ...]]:
+    """The Struct reading every whole field within ``length`` bytes, and those fields' names."""
+    entry = _PREFIX_STRUCTS.get(length)
+    if entry is None:
+        layout, position, names = "=", 0, []
+        for name, offset, fmt in FIELDS:
+            end = offset + struct.calcsize(fmt)
+            if end > length:
+                break
+            layout += f"{offset - position}x{fmt}" if offset > position else fmt
+            position = end
+            names.append(name)
+        entry = _PREFIX_STRUCTS[length] = (struct.Struct(layout), tuple(names))
+    return entry
+
+
+def decode(raw: bytes) -> dict[str, int]:
+    """The fields a kernel's tcp_info bytes hold, by name (``NAMES`` order)."""
+    parser, names = _prefix(min(len(raw), SIZE))
+    values: dict[str, int] = {}
+    for name, value in zip(names, parser.unpack_from(raw)):
+        bits = _BITFIELDS.get(name)
+        if bits is None:
+            values[name] = value
+        else:
+            for member, shift, width in bits:
+                values[member] = value >> shift & ((1 << width) - 1)
+    return values

@@ -1,0 +1,320 @@
+"""The per-connection archive: records, files, retention, write errors, tcp-csv. Real kernel: each test's
+connections live in a network namespace of its own, which is all the archive sees."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from exporter.archive import Archive
+from exporter.archive.files import ArchiveFiles
+from exporter.archive.reader import COLUMNS, frames, records, write_csv
+from exporter.netlink import tcp_info
+from tests.support import in_netns, require, run, samples, value
+
+INTERVAL = 0.05
+
+
+def _archive(ns: str, directory, **kwargs) -> Archive:
+    options = {"interval": INTERVAL, "rotate_seconds": 600.0, "max_bytes": 1 << 30, **kwargs}
+    with in_netns(ns):
+        archive = Archive(str(directory), **options)
+    require(archive.stats().method == "kernel", "the archive's close hook needs eBPF (root, BTF)")
+    return archive
+
+
+def _connection(ns: str, up: int, down: int, family=socket.AF_INET, host="127.0.0.1", hold: float = 0.0,
+                server_closes_first: bool = False) -> dict:
+    """One connection in ``ns``: ``up`` bytes client -> server, ``down`` back, then both close (the client
+    first unless told otherwise). Returns the two sockets' ports and their tcp_info just before closing."""
+    with in_netns(ns):
+        listener = socket.socket(family)
+        listener.bind((host, 0))
+        listener.listen()
+        client = socket.create_connection(listener.getsockname()[:2])
+        server, _ = listener.accept()
+    try:
+        client.sendall(b"u" * up)
+        got = 0
+        while got < up:
+            got += len(server.recv(1 << 16))
+        server.sendall(b"d" * down)
+        got = 0
+        while got < down:
+            got += len(client.recv(1 << 16))
+        time.sleep(hold)
+        ports = {"client": client.getsockname()[1], "server": server.getsockname()[1]}
+        first, second = (server, client) if server_closes_first else (client, server)
+        first.close()
+        time.sleep(0.002)
+        second.close()
+    finally:
+        listener.close()
+    return ports
+
+
+def _wait_finals(directory, count: int, timeout: float = 10) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = list(records([str(directory)]))
+        if sum(record["kind"] == "final" for record in found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(INTERVAL)
+
+
+def _by_connection(found: list[dict]) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = {}
+    for record in found:
+        grouped.setdefault(record["uuid"], []).append(record)
+    return grouped
+
+
+def test_a_connection_gets_a_header_changes_and_an_exact_final_record(netns, tmp_path):
+    ns = netns()
+    archive = _archive(ns, tmp_path)
+    try:
+        ports = _connection(ns, 20_000, 1_000, hold=4 * INTERVAL)  # long enough for polls to see it
+        found = _wait_finals(tmp_path, 2)
+    finally:
+        archive.close()
+    by_port = {}
+    for uuid, connection in _by_connection(found).items():
+        assert [record["kind"] for record in connection][0] == "header"
+        assert [record["kind"] for record in connection][-1] == "final"
+        assert sum(record["kind"] == "final" for record in connection) == 1
+        by_port[connection[0]["local_port"]] = connection
+    client, server = by_port[ports["client"]], by_port[ports["server"]]
+    assert any(record["kind"] == "change" and record["state"] == "established" for record in client)
+    # The kernel's rule (SYN and FIN count one each): the connecting side has its SYN and FIN in bytes_acked,
+    # each side's bytes_received has the peer's FIN but not its SYN; bytes_sent is data only.
+    final = client[-1]["tcp_info"]
+    assert (final["bytes_acked"], final["bytes_received"], final["bytes_sent"]) == (20_002, 1_001, 20_000)
+    final = server[-1]["tcp_info"]
+    assert (final["bytes_acked"], final["bytes_received"], final["bytes_sent"]) == (1_001, 20_001, 1_000)
+    assert client[-1]["old_state"] == "fin_wait2" and server[-1]["old_state"] == "last_ack"
+    header = client[0]
+    assert (header["family"], header["local_address"], header["remote_port"]) == ("ipv4", "127.0.0.1",
+                                                                                 ports["server"])
+    change = [record for record in client if record["kind"] == "change"][-1]
+    assert set(change["tcp_info"]) == set(tcp_info.NAMES[:len(change["tcp_info"])])
+    assert change["congestion"] and "rcvbuf" in change["meminfo"]
+    assert all(record["timestamp"].endswith("Z") and len(record["timestamp"]) == 27 for record in found)
+
+
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_connections_shorter_than_a_poll_get_a_header_and_an_exact_final(netns, tmp_path, family, host):
+    ns = netns()
+    archive = _archive(ns, tmp_path, interval=60.0)  # no poll sees them (the first one is over at once)
+    time.sleep(0.2)
+    try:
+        expected = {}
+        for index in range(50):
+            up, down = 1_000 + index, 500 + index
+            ports = _connection(ns, up, down, family=family, host=host)
+            expected[ports["client"]] = (up + 2, down + 1, up)
+            expected[ports["server"]] = (down + 1, up + 1, down)
+        found = _wait_finals(tmp_path, 100)
+    finally:
+        archive.close()
+    grouped = _by_connection(found)
+    assert len(grouped) == 100
+    for connection in grouped.values():
+        assert [record["kind"] for record in connection] == ["header", "final"]
+        header, final = connection
+        assert header["start_source"] == "kernel" and header["family"] == ("ipv4" if family == socket.AF_INET
+                                                                          else "ipv6")
+        counters = final["tcp_info"]
+        assert (counters["bytes_acked"], counters["bytes_received"], counters["bytes_sent"]) == \
+            expected[header["local_port"]]
+    assert archive.stats().records["final"] == 100
+
+
+def test_without_ebpf_the_last_poll_is_the_final_record(netns, tmp_path, monkeypatch):
+    """The close hook cannot be had (simulated: its loader raises, as it does without CAP_BPF)."""
+    from exporter.archive import kernel
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("bpf: Operation not permitted (simulated)")
+
+    monkeypatch.setattr(kernel, "CloseHook", refuse)
+    ns = netns()
+    with in_netns(ns):
+        archive = Archive(str(tmp_path), INTERVAL, 600.0, 1 << 30)
+    try:
+        assert archive.stats().method == "polling"
+        _connection(ns, 3_000, 300, hold=4 * INTERVAL)
+        found = _wait_finals(tmp_path, 2)
+    finally:
+        archive.close()
+    for connection in _by_connection(found).values():
+        kinds = [record["kind"] for record in connection]
+        assert kinds[0] == "header" and kinds[-1] == "final" and "change" in kinds
+        assert connection[-1]["source"] == "poll"
+
+
+def test_rotation_unique_uuids_and_the_zstd_tool(netns, tmp_path):
+    ns = netns()
+    archive = _archive(ns, tmp_path, rotate_seconds=0.15)
+    try:
+        with in_netns(ns):
+            listener = socket.socket()
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            client = socket.create_connection(listener.getsockname())
+            server, _ = listener.accept()
+        for _ in range(8):  # a change every poll or so, for 0.5 s
+            client.sendall(b"x" * 1000)
+            server.recv(1 << 16)
+            time.sleep(INTERVAL)
+        client.close()
+        server.close()
+        listener.close()
+        found = _wait_finals(tmp_path, 2)
+    finally:
+        archive.close()
+    paths = sorted(str(path) for path in tmp_path.rglob("*.jsonl.zst"))
+    uuids = {os.path.basename(path).split(".")[0] for path in paths}
+    assert len(uuids) == 2 and len(paths) > 2  # two connections, rotated
+    for path in paths:
+        assert os.path.dirname(path).endswith(time.strftime("%Y/%m/%d", time.gmtime()))
+        text = run("zstd", "-dc", path).stdout  # the command-line tool reads the frames too
+        lines = [json.loads(line) for line in text.splitlines()]
+        assert lines[0]["kind"] == "header"  # every sequence file starts with the header
+        assert lines == [record for record in records([path])]
+    assert len({record["uuid"] for record in found}) == 2
+
+
+def test_retention_deletes_the_oldest_first_and_stays_under_the_limit(tmp_path):
+    import zstandard
+    files = ArchiveFiles(str(tmp_path), 600, 64 << 10, zstandard.ZstdCompressor().compress)
+    noise = os.urandom(4096).hex().encode()  # incompressible enough: every frame is a few KB
+    for index in range(100):
+        files.append(f"c{index:03d}", b'{"kind":"header"}\n', noise + b"\n", 1)
+        assert files.total_bytes <= 64 << 10
+    left = sorted(path.name for path in tmp_path.rglob("*.zst"))
+    assert left and left[-1] == "c099.0.jsonl.zst"  # the newest stay
+    assert left == [f"c{index:03d}.0.jsonl.zst" for index in range(100 - len(left), 100)]  # oldest went first
+    assert files.stats.deleted_files == 100 - len(left)
+    assert sum(path.stat().st_size for path in tmp_path.rglob("*.zst")) == files.total_bytes
+
+
+def test_a_full_disk_counts_errors_loses_no_written_record_and_resumes(netns, tmp_path):
+    require(os.geteuid() == 0, "mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    run("mount", "-t", "tmpfs", "-o", "size=256k", "netio-test", str(mount))
+    try:
+        ns = netns()
+        archive = _archive(ns, mount, interval=INTERVAL)
+        try:
+            filler = mount / "filler"
+            with open(filler, "wb") as file:  # the disk is full before the connections start
+                try:
+                    file.write(b"\0" * (512 << 10))
+                except OSError:
+                    pass
+            for _ in range(5):
+                _connection(ns, 100, 100)
+            time.sleep(4 * INTERVAL)
+            full = archive.file_stats()
+            assert full.errors.get("disk_full", 0) > 0 and full.dropped_records > 0
+            for path in mount.rglob("*.zst"):  # whatever made it is whole
+                assert list(frames(path.read_bytes()))
+                assert sum(len(content) for content in frames(path.read_bytes())) > 0
+            filler.unlink()
+            _connection(ns, 300, 300)
+            time.sleep(4 * INTERVAL)
+        finally:
+            archive.close()
+        assert archive.file_stats().bytes_written > full.bytes_written  # writing resumed
+        finals = [record for record in records([str(mount)]) if record["kind"] == "final"]
+        assert any(record["tcp_info"]["bytes_sent"] == 300 for record in finals)
+    finally:
+        run("umount", str(mount), check=False)
+
+
+# --- tcp-csv ------------------------------------------------------------------------------------
+
+def _archive_file(path, lines: list[dict], truncate: int = 0) -> None:
+    import zstandard
+    compressor = zstandard.ZstdCompressor()
+    data = b"".join(compressor.compress(json.dumps(line).encode() + b"\n") for line in lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[:len(data) - truncate] if truncate else data)
+
+
+_HEADER = {"kind": "header", "timestamp": "2026-12-01T00:00:00.000001Z", "uuid": "b_1", "family": "ipv4",
+           "local_address": "10.0.0.1", "local_port": 80, "remote_address": "10.0.0.2", "remote_port": 5000,
+           "start": "2026-12-01T00:00:00.000001Z", "start_source": "first_seen"}
+_CHANGE = {"kind": "change", "timestamp": "2026-12-01T00:00:01.000000Z", "uuid": "b_1", "state": "established",
+           "congestion": "cubic", "tcp_info": {"rtt": 100, "bytes_acked": 7}, "meminfo": {"rcvbuf": 9}}
+_FINAL = {"kind": "final", "timestamp": "2026-12-01T00:00:02.000000Z", "uuid": "b_1", "state": "close",
+          "old_state": "fin_wait2", "source": "kernel", "tcp_info": {"bytes_acked": 9}}
+
+
+def _tcp_csv(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exporter", "tcp-csv", *args], input=stdin, capture_output=True,
+                          timeout=30)
+
+
+def test_tcp_csv_writes_a_header_row_and_one_row_per_record(tmp_path):
+    _archive_file(tmp_path / "2026/12/01/b_1.0.jsonl.zst", [_HEADER, _CHANGE, _FINAL])
+    result = _tcp_csv(str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.reader(io.StringIO(result.stdout.decode())))
+    assert tuple(rows[0]) == COLUMNS
+    assert [row[1] for row in rows[1:]] == ["header", "change", "final"]
+    change = dict(zip(rows[0], rows[2]))
+    assert (change["state"], change["local_port"], change["rtt"], change["bytes_acked"], change["meminfo_rcvbuf"]) \
+        == ("established", "80", "100", "7", "9")
+    final = dict(zip(rows[0], rows[3]))
+    assert (final["bytes_acked"], final["old_state"], final["remote_address"]) == ("9", "fin_wait2", "10.0.0.2")
+
+
+def test_tcp_csv_reads_what_is_whole_of_a_file_being_written_and_stdin(tmp_path):
+    path = tmp_path / "b_1.0.jsonl.zst"
+    _archive_file(path, [_HEADER, _CHANGE, _FINAL], truncate=5)  # the last frame is cut short
+    result = _tcp_csv("--fields", "kind,uuid,bytes_acked", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().splitlines() == ["kind,uuid,bytes_acked", "header,b_1,", "change,b_1,7"]
+    result = _tcp_csv("--fields", "kind", stdin=path.read_bytes())
+    assert result.stdout.decode().splitlines() == ["kind", "header", "change"]
+
+
+def test_tcp_csv_bad_input_is_one_clear_line(tmp_path):
+    result = _tcp_csv("--fields", "kind,nonsense")
+    assert result.returncode == 2 and b"--fields: unknown column 'nonsense'" in result.stderr
+    result = _tcp_csv(str(tmp_path / "missing.jsonl.zst"))
+    assert result.returncode == 1 and result.stderr.count(b"\n") == 1 and b"No such file" in result.stderr
+
+
+# --- the exporter with the archive --------------------------------------------------------------
+
+def test_the_exporter_archives_and_reports_it(netns, exporter, tmp_path):
+    ns = netns()
+    running = exporter(ns, "--collector.tcp.archive", str(tmp_path), "--collector.tcp.archive-interval", "50")
+    _connection(ns, 5_000, 500)
+    deadline = time.monotonic() + 10
+    while True:  # the exporter's own HTTP connections are archived too: wait for ours
+        finals = [record for record in records([str(tmp_path)]) if record["kind"] == "final"]
+        if {5_000, 500} <= {record["tcp_info"]["bytes_sent"] for record in finals} or time.monotonic() > deadline:
+            break
+        time.sleep(INTERVAL)
+    parsed = running.scrape()
+    assert {record["tcp_info"]["bytes_sent"] for record in finals} >= {5_000, 500}
+    assert value(parsed, "netio_scrape_collector_success", collector="tcp_archive") == 1
+    assert value(parsed, "netio_tcp_archive_records_total", kind="final") >= len(finals)
+    assert value(parsed, "netio_tcp_archive_method_info", method="kernel") == 1
+    assert value(parsed, "netio_tcp_archive_files_total") >= 2
+    assert value(parsed, "netio_tcp_archive_poll_duration_seconds_count") > 0
+    assert value(parsed, "netio_tcp_archive_dropped_records_total") == 0

@@ -1,0 +1,39 @@
+"""struct tcp_info's table (exporter/netlink/tcp_info.py) against the UAPI header and the running kernel."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+
+from exporter.netlink import tcp_info
+from tests.support import require
+
+
+def test_offsets_match_the_uapi_header(tmp_path):
+    require(shutil.which("cc") is not None, "needs a C compiler (apt-get install gcc)")
+    fields = [name for name, _, _ in tcp_info.FIELDS if name not in ("wscale", "flags")]
+    header = open("/usr/include/linux/tcp.h").read()
+    present = [name for name in fields if f"tcpi_{name};" in header or f"tcpi_{name} " in header]
+    source = tmp_path / "offsets.c"
+    source.write_text("#include <stdio.h>\n#include <stddef.h>\n#include <linux/tcp.h>\nint main(void) {\n"
+                      + "".join(f'printf("{name} %zu\\n", offsetof(struct tcp_info, tcpi_{name}));\n'
+                                for name in present) + "return 0; }\n")
+    subprocess.run(["cc", str(source), "-o", str(tmp_path / "offsets")], check=True)
+    printed = subprocess.run([str(tmp_path / "offsets")], capture_output=True, text=True, check=True).stdout
+    offsets = {name: offset for name, offset, _ in tcp_info.FIELDS}
+    assert len(present) > 50
+    for line in printed.splitlines():
+        name, offset = line.split()
+        assert offsets[name] == int(offset), name
+
+
+def test_the_table_covers_this_kernels_struct_and_decodes_a_prefix():
+    with socket.socket() as probe:
+        raw = probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1024)
+    assert len(raw) <= tcp_info.SIZE  # every field this kernel sends has a name
+    decoded = tcp_info.decode(raw)
+    assert decoded["state"] == 7 and decoded["snd_cwnd"] > 0  # TCP_CLOSE, the initial window
+    short = tcp_info.decode(raw[:104])  # a 4.1-era kernel's length: fields past it are absent
+    assert "total_retrans" in short and "bytes_acked" not in short
+    assert tuple(decoded) == tcp_info.NAMES[:len(decoded)]
