@@ -121,8 +121,8 @@ def test_connections_shorter_than_a_poll_get_a_header_and_an_exact_final(netns, 
         for index in range(50):
             up, down = 1_000 + index, 500 + index
             ports = _connection(ns, up, down, family=family, host=host)
-            expected[ports["client"]] = (up + 2, down + 1, up)
-            expected[ports["server"]] = (down + 1, up + 1, down)
+            expected[ports["client"], ports["server"]] = (up + 2, down + 1, up)  # ports repeat over 50
+            expected[ports["server"], ports["client"]] = (down + 1, up + 1, down)
         found = _wait_finals(tmp_path, 100)
     finally:
         archive.close()
@@ -135,7 +135,7 @@ def test_connections_shorter_than_a_poll_get_a_header_and_an_exact_final(netns, 
                                                                           else "ipv6")
         counters = final["tcp_info"]
         assert (counters["bytes_acked"], counters["bytes_received"], counters["bytes_sent"]) == \
-            expected[header["local_port"]]
+            expected[header["local_port"], header["remote_port"]]
     assert archive.stats().records["final"] == 100
 
 
