@@ -97,13 +97,14 @@ class Archive:
         self._live: dict[int, _Connection] = {}
         self._finished: dict[int, None] = {}  # insertion-ordered set, bounded
         self._closing: list[int] = []  # finished since the last flush
+        self._starts: dict[int, int] = {}  # cookie -> the kernel's start (CLOCK_MONOTONIC ns), until first seen
         self._stats = ArchiveStats()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._hook = None
         try:
             from .kernel import CloseHook
-            self._hook = CloseHook(_RING_BYTES, self._on_final)
+            self._hook = CloseHook(_RING_BYTES, self._on_kernel_record)
             self._stats.method = "kernel"
         except Exception as error:  # the archive still runs, from polls alone
             log.warning("tcp archive: no final records from the kernel (%s); final records come from the last "
@@ -200,11 +201,13 @@ class Archive:
 
     def _open(self, connection: Connection, now: float) -> _Connection:
         uuid = f"{self._boot}_{connection.cookie:016x}"
+        start_ns = self._starts.pop(connection.cookie, 0)
+        start = start_ns / 1e9 + self._wall_offset if start_ns else now
         header = {"kind": "header", "timestamp": _timestamp(now), "uuid": uuid, "cookie": connection.cookie,
                   "family": FAMILIES.get(connection.family, str(connection.family)),
                   "local_address": connection.local_address, "local_port": connection.local_port,
                   "remote_address": connection.remote_address, "remote_port": connection.remote_port,
-                  "start": _timestamp(now), "start_source": "first_seen"}
+                  "start": _timestamp(start), "start_source": "kernel" if start_ns else "first_seen"}
         with self._lock:
             self._stats.records["header"] += 1
         return _Connection(uuid, _line(header))
@@ -215,9 +218,19 @@ class Archive:
                 "congestion": connection.congestion, "tcp_info": tcp_info.decode(connection.tcp_info),
                 "meminfo": dict(zip(MEMINFO_NAMES, connection.meminfo))}
 
+    def _on_kernel_record(self, record) -> None:
+        """A connection began or reached TCP_CLOSE (from the ring buffer poll, on the archive thread)."""
+        from .kernel import Start
+        if isinstance(record, Start):
+            if len(self._starts) >= _FINISHED_MEMORY:  # never polled nor closed (the ring lost its final)
+                del self._starts[next(iter(self._starts))]
+            self._starts[record.cookie] = record.start_ns
+        else:
+            self._on_final(record)
+
     def _on_final(self, final) -> None:
-        """A connection reached TCP_CLOSE (called from the ring buffer poll, on the archive thread)."""
         from .kernel import FINAL_COUNTERS
+        self._starts.pop(final.cookie, None)
         if final.cookie in self._finished:
             return
         connection = self._live.get(final.cookie)

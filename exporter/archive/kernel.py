@@ -13,7 +13,8 @@ from ..bpf.libbpf import Attachment, BpfObject, RingBuffer
 SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h (Linux 5.14)
 _U64 = struct.Struct("=Q")
 
-# struct final_record in tcp_archive.bpf.c
+# struct start_record and struct final_record in tcp_archive.bpf.c, told apart by their size
+START_RECORD = struct.Struct("=QQ")
 FINAL_RECORD = struct.Struct("=7Q15I3H2B16s16s4x")
 FINAL_COUNTERS = ("bytes_acked", "bytes_received", "bytes_sent", "bytes_retrans", "segs_in", "segs_out",
                   "data_segs_in", "data_segs_out", "total_retrans", "rtt", "rttvar", "min_rtt", "snd_cwnd",
@@ -47,10 +48,17 @@ def _address(family: int, raw: bytes) -> str:
     return text
 
 
-def decode_final(raw: bytes) -> Final:
+class Start(NamedTuple):
+    cookie: int
+    start_ns: int  # CLOCK_MONOTONIC at the connection's first state change
+
+
+def decode(raw: bytes) -> Start | Final:
+    if len(raw) == START_RECORD.size:
+        return Start(*START_RECORD.unpack(raw))
     if len(raw) != FINAL_RECORD.size:
-        raise ValueError(f"tcp_archive final record of {len(raw)} bytes, the Python layout reads "
-                         f"{FINAL_RECORD.size}: the object and the exporter are out of step")
+        raise ValueError(f"tcp_archive record of {len(raw)} bytes, the Python layouts read "
+                         f"{START_RECORD.size} or {FINAL_RECORD.size}: the object and the exporter are out of step")
     values = FINAL_RECORD.unpack(raw)
     cookie, start, end = values[:3]
     counters = values[3:3 + len(FINAL_COUNTERS)]
@@ -60,7 +68,8 @@ def decode_final(raw: bytes) -> Final:
 
 
 class CloseHook:
-    """The attached program and its ring buffer; ``poll(timeout_ms, handle)`` hands each Final over."""
+    """The attached program and its ring buffer; ``poll(timeout_ms)`` hands each Start and Final to
+    ``handle``, in the order the kernel queued them."""
 
     def __init__(self, ring_bytes: int, handle):
         self._object = BpfObject(str(object_path("tcp_archive")), max_entries={"finals": ring_bytes})
@@ -69,7 +78,7 @@ class CloseHook:
             self._object.map("config", key_size=4, value_size=8).update(
                 struct.pack("=I", 0), _U64.pack(netns_cookie()))
             self._lost = self._object.map("lost", key_size=4, value_size=8)
-            self._ring = RingBuffer(self._object.map("finals"), lambda raw: handle(decode_final(raw)))
+            self._ring = RingBuffer(self._object.map("finals"), lambda raw: handle(decode(raw)))
             self._attachment.attach(self._object, "archive_state")
         except BaseException:
             self.close()

@@ -6,7 +6,8 @@
  *
  * tp_btf/inet_sock_set_state fires on every TCP state change. The first change of a socket (CLOSE ->
  * SYN_SENT for connect(), LISTEN -> SYN_RECV for the child of an accepted connection) stamps its start
- * time in socket-local storage; the change to TCP_CLOSE (it happens once per socket: FIN_WAIT2 at
+ * time in socket-local storage and sends a `struct start_record` (so the archive's header carries the
+ * kernel's start time); the change to TCP_CLOSE (it happens once per socket: FIN_WAIT2 at
  * TIME_WAIT, LAST_ACK, CLOSING, a reset, a refused or timed-out connect) sends one `struct final_record`
  * with the socket's counters from struct tcp_sock (the fields tcp_get_info() reports them from) into the
  * ring buffer `finals`. At TCP_CLOSE the local port is already released (skc_num is 0): it comes from
@@ -63,7 +64,12 @@ struct tcp_sock {
 	struct minmax rtt_min;
 } __attribute__((preserve_access_index));
 
-/* Read by exporter/archive/kernel.py (FINAL_RECORD): keep the two in step. */
+/* Read by exporter/archive/kernel.py (START_RECORD, FINAL_RECORD; told apart by size): keep them in step. */
+struct start_record {
+	__u64 cookie;
+	__u64 start_ns;
+};
+
 struct final_record {
 	__u64 cookie;
 	__u64 start_ns;  /* CLOCK_MONOTONIC at the socket's first state change; 0: before this program */
@@ -135,8 +141,19 @@ int BPF_PROG(archive_state, struct sock *sk, int old_state, int new_state)
 		return 0; /* a listener is not a connection */
 	if (new_state != TCP_CLOSE) {
 		__u64 *start = bpf_sk_storage_get(&starts, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (start && !*start)
-			*start = bpf_ktime_get_ns();
+		if (!start || *start)
+			return 0;
+		*start = bpf_ktime_get_ns();
+		struct start_record *begun = bpf_ringbuf_reserve(&finals, sizeof(*begun), 0);
+		if (!begun) {
+			__u64 *count = bpf_map_lookup_elem(&lost, &zero);
+			if (count)
+				*count += 1;
+			return 0;
+		}
+		begun->cookie = bpf_get_socket_cookie(sk);
+		begun->start_ns = *start;
+		bpf_ringbuf_submit(begun, 0);
 		return 0;
 	}
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
