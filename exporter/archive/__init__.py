@@ -40,7 +40,6 @@ STATE_NAMES = {1: "established", 2: "syn_sent", 3: "syn_recv", 4: "fin_wait1", 5
 FAMILIES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
 # Poll durations (seconds) for netio_tcp_archive_poll_duration_seconds.
 POLL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-_TIMERS = slice(44, 60)  # tcpi_last_data_sent .. tcpi_last_ack_recv: masked for change detection
 _FINISHED_MEMORY = 65536  # cookies of connections already given their final record
 _RING_BYTES = 1 << 22  # 4 MiB: about 26,000 final records between two reads
 _FINAL_LATENCY_MS = 100  # at most this long between reads of the ring buffer
@@ -70,14 +69,13 @@ def _boot_id() -> str:
 
 
 class _Connection:
-    """What the archive remembers of a live connection: its identity and the last record's fingerprint."""
+    """What the archive remembers of a live connection: its header, last change record, pending lines."""
 
-    __slots__ = ("uuid", "header", "fingerprint", "last", "pending")
+    __slots__ = ("uuid", "header", "last", "pending")
 
     def __init__(self, uuid: str, header: bytes):
         self.uuid = uuid
         self.header = header
-        self.fingerprint = None
         self.last: dict | None = None  # the last change record (the final record without eBPF)
         self.pending: list[bytes] = []
 
@@ -95,6 +93,7 @@ class Archive:
         self._boot = _boot_id()
         self._wall_offset = time.time() - time.monotonic()  # CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall
         self._live: dict[int, _Connection] = {}
+        self._fingerprints: dict[int, bytes] = {}  # cookie -> what the last record saw (ConnectionReader)
         self._finished: dict[int, None] = {}  # insertion-ordered set, bounded
         self._closing: list[int] = []  # finished since the last flush
         self._starts: dict[int, int] = {}  # cookie -> the kernel's start (CLOCK_MONOTONIC ns), until first seen
@@ -113,6 +112,11 @@ class Archive:
         self._thread.start()
 
     # --- reading from other threads ------------------------------------------------------------------
+    @property
+    def thread_id(self) -> int:
+        """The archive thread's kernel thread id (its CPU time is in /proc/self/task/ID/stat)."""
+        return self._thread.native_id
+
     def stats(self) -> ArchiveStats:
         with self._lock:
             copy = ArchiveStats(dict(self._stats.records), self._stats.dropped_records,
@@ -170,28 +174,23 @@ class Archive:
 
     def _poll(self) -> None:
         begin = time.perf_counter()
-        connections = self._reader.dump()
+        changed, present = self._reader.changed(self._fingerprints)
         now = time.time()
-        seen = set()
-        for connection in connections:
+        stamp = _timestamp(now)
+        for connection in changed:
             cookie = connection.cookie
-            if cookie in self._finished or not connection.tcp_info:
-                continue  # closed already, or TIME_WAIT / a request socket: nothing left to record
-            seen.add(cookie)
+            if cookie in self._finished:
+                continue  # closed already (still in the dump as CLOSE until its owner closes it)
             known = self._live.get(cookie)
             if known is None:
                 known = self._live[cookie] = self._open(connection, now)
-            fingerprint = (connection.state, connection.tcp_info[:_TIMERS.start] + connection.tcp_info[_TIMERS.stop:],
-                           connection.congestion, connection.meminfo)
-            if fingerprint != known.fingerprint:
-                known.fingerprint = fingerprint
-                known.last = self._change(connection, known.uuid, now)
-                self._queue(known, known.last)
-        if self._hook is None:  # without the close hook, leaving the dump is the end
-            for cookie in [cookie for cookie in self._live if cookie not in seen]:
+            known.last = self._change(connection, known.uuid, stamp)
+            self._queue(known, known.last)
+        for cookie in [cookie for cookie in self._fingerprints if cookie not in present]:
+            del self._fingerprints[cookie]  # left the dump (or lost its tcp_info: TIME_WAIT)
+            if self._hook is None and cookie in self._live:  # without the close hook, that is the end
                 connection = self._live[cookie]
-                final = dict(connection.last, kind="final", timestamp=_timestamp(now), source="poll")
-                self._queue(connection, final)
+                self._queue(connection, dict(connection.last, kind="final", timestamp=stamp, source="poll"))
                 self._finish(cookie)
         elapsed = time.perf_counter() - begin
         with self._lock:
@@ -212,8 +211,8 @@ class Archive:
             self._stats.records["header"] += 1
         return _Connection(uuid, _line(header))
 
-    def _change(self, connection: Connection, uuid: str, now: float) -> dict:
-        return {"kind": "change", "timestamp": _timestamp(now), "uuid": uuid,
+    def _change(self, connection: Connection, uuid: str, stamp: str) -> dict:
+        return {"kind": "change", "timestamp": stamp, "uuid": uuid,
                 "state": STATE_NAMES.get(connection.state, str(connection.state)),
                 "congestion": connection.congestion, "tcp_info": tcp_info.decode(connection.tcp_info),
                 "meminfo": dict(zip(MEMINFO_NAMES, connection.meminfo))}
@@ -280,5 +279,8 @@ class Archive:
         closing.clear()
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)  # one encoder: json.dumps makes one a call
+
+
 def _line(record: dict) -> bytes:
-    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+    return _ENCODER.encode(record).encode() + b"\n"

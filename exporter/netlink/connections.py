@@ -14,6 +14,7 @@ import struct
 from typing import NamedTuple
 
 from .core import NETLINK_SOCK_DIAG, NetlinkSocket, attr_string, iter_attrs
+from .tcp_info import TIMER_BYTES
 
 SOCK_DIAG_BY_FAMILY = 20
 INET_DIAG_INFO = 2
@@ -31,6 +32,9 @@ _EXTENSIONS = 1 << (INET_DIAG_INFO - 1) | 1 << (INET_DIAG_CONG - 1) | 1 << (INET
 # u32 if, u32 cookie[2]}; expires, rqueue, wqueue, uid, inode: 72 bytes.
 _MESSAGE = struct.Struct("=BBxx2s2s16s16s4xQ20x")
 _MESSAGE_SIZE = 72
+_COOKIE_OFFSET = 44
+_ATTR = struct.Struct("=HH")
+TIMERS_START, TIMERS_END = TIMER_BYTES  # tcp_info's last_* times
 
 
 class Connection(NamedTuple):
@@ -55,9 +59,7 @@ def _address(family: int, raw: bytes) -> str:
     return str(address)
 
 
-def _parse(kind, buf, offset, end):
-    if end - offset < _MESSAGE_SIZE:
-        return None
+def _decode(buf, offset: int, end: int) -> Connection:
     family, state, sport, dport, src, dst, cookie = _MESSAGE.unpack_from(buf, offset)
     info, congestion, meminfo = b"", "", ()
     for attr, start, length in iter_attrs(buf, offset + _MESSAGE_SIZE, end):
@@ -71,6 +73,40 @@ def _parse(kind, buf, offset, end):
                       _address(family, dst), int.from_bytes(dport, "big"), info, congestion, meminfo)
 
 
+class _Shape:
+    """Where a message of one attribute layout keeps what change detection compares: read with one Struct
+    (state, cookie, every attribute header) and two slices; used only while every header matches."""
+
+    __slots__ = ("unpack_from", "headers", "cut", "resume")
+
+    def __init__(self, chain: list[tuple[int, int]], info: int):
+        layout, position = "=", 0
+        for field_offset, fmt in [(1, "B"), (_COOKIE_OFFSET, "Q"), *((at, "I") for at, _ in chain)]:
+            layout += f"{field_offset - position}x{fmt}" if field_offset > position else fmt
+            position = field_offset + struct.calcsize(fmt)
+        self.unpack_from = struct.Struct(layout).unpack_from
+        self.headers = tuple(header for _, header in chain)
+        # Compared: the queues, uid and inode, the attributes up to tcp_info's timers, and all after them
+        # (the socket memory before tcp_info, the congestion control after it). Not compared: idiag_timer,
+        # idiag_retrans and idiag_expires (timer state) and tcp_info's last_* times, which move every ms.
+        self.cut = info + TIMERS_START
+        self.resume = info + TIMERS_END
+
+
+def _chain(buf, offset: int, end: int) -> tuple[list[tuple[int, int]], int | None]:
+    """The attribute headers (offset in the message, ``length | type << 16``) and tcp_info's offset."""
+    chain, info, position = [], None, offset + _MESSAGE_SIZE
+    while position + 4 <= end:
+        length, attr = _ATTR.unpack_from(buf, position)
+        if length < 4 or position + length > end:
+            break
+        chain.append((position - offset, length | attr << 16))
+        if attr & 0x3FFF == INET_DIAG_INFO and length - 4 >= TIMERS_END:
+            info = position + 4 - offset
+        position += (length + 3) & ~3
+    return chain, info
+
+
 class ConnectionReader:
     """Dumps the TCP connections (not listeners) of the network namespace it was created in."""
 
@@ -78,12 +114,43 @@ class ConnectionReader:
         self._netlink = NetlinkSocket(NETLINK_SOCK_DIAG)
         self._requests = tuple(_REQUEST.pack(family, socket.IPPROTO_TCP, _EXTENSIONS, CONNECTION_STATES)
                                for family in (socket.AF_INET, socket.AF_INET6))
+        self._shapes: dict[int, _Shape] = {}  # by message length
 
-    def dump(self) -> list[Connection]:
-        connections: list[Connection] = []
+    def changed(self, fingerprints: dict[int, bytes]) -> tuple[list[Connection], set[int]]:
+        """The connections with tcp_info whose fingerprint (everything but timers) differs from
+        ``fingerprints[cookie]``, decoded in full, and the cookies of every connection with tcp_info seen.
+        ``fingerprints`` is updated in place. Unchanged connections cost a Struct read and a comparison."""
+        changed: list[Connection] = []
+        present: set[int] = set()
+        shapes = self._shapes
+        recall = fingerprints.get
+
+        def parse(kind, buf, offset, end):
+            shape = shapes.get(end - offset)
+            if shape is not None:
+                values = shape.unpack_from(buf, offset)
+                if values[2:] != shape.headers:
+                    shape = None
+            if shape is None:
+                if end - offset < _MESSAGE_SIZE:
+                    return None
+                chain, info = _chain(buf, offset, end)
+                if info is None:  # no tcp_info (TIME_WAIT, request sockets): nothing to archive
+                    return None
+                shape = shapes[end - offset] = _Shape(chain, info)
+                values = shape.unpack_from(buf, offset)
+            cookie = values[1]
+            present.add(cookie)
+            fingerprint = bytes(buf[offset + 1:offset + 2]) + buf[offset + 60:offset + shape.cut] \
+                + buf[offset + shape.resume:end]
+            if recall(cookie) != fingerprint:
+                fingerprints[cookie] = fingerprint
+                changed.append(_decode(buf, offset, end))
+            return None
+
         for request in self._requests:
-            connections += self._netlink.dump(SOCK_DIAG_BY_FAMILY, request, _parse)
-        return connections
+            self._netlink.dump(SOCK_DIAG_BY_FAMILY, request, parse)
+        return changed, present
 
     def close(self) -> None:
         self._netlink.close()

@@ -57,13 +57,19 @@ FIELDS = _layout()
 """(name, offset, format) of every field, in order (bit-field bytes as "wscale" and "flags")."""
 SIZE = FIELDS[-1][1] + struct.calcsize(FIELDS[-1][2])
 
-# Field names as decode() returns them: the bit-field bytes split into their members.
-_BITFIELDS = {"wscale": (("snd_wscale", 0, 4), ("rcv_wscale", 4, 4)),
-              "flags": (("delivery_rate_app_limited", 0, 1), ("fastopen_client_fail", 1, 2))}
-NAMES = tuple(member for name, _, _ in FIELDS
-              for member in ([bit[0] for bit in _BITFIELDS[name]] if name in _BITFIELDS else [name]))
-# Timers that move every millisecond while nothing else does: change detection ignores them.
-TIMERS = frozenset({"last_data_sent", "last_ack_sent", "last_data_recv", "last_ack_recv"})
+# Field names as decode() returns them: the bit-field bytes split into their members (snd_wscale:4,
+# rcv_wscale:4 and delivery_rate_app_limited:1, fastopen_client_fail:2, low bits first on the
+# little-endian machines this runs on).
+_HEAD = ("state", "ca_state", "retransmits", "probes", "backoff", "options", "snd_wscale", "rcv_wscale",
+         "delivery_rate_app_limited", "fastopen_client_fail")
+NAMES = _HEAD + tuple(name for name, _, _ in FIELDS[8:])
+# Timers that move every millisecond while nothing else does: change detection ignores them. They are
+# adjacent: TIMER_BYTES is the byte range they take.
+TIMERS = ("last_data_sent", "last_ack_sent", "last_data_recv", "last_ack_recv")
+
+_OFFSETS = {name: offset for name, offset, _ in FIELDS}
+TIMER_BYTES = (_OFFSETS[TIMERS[0]], _OFFSETS[TIMERS[-1]] + 4)
+assert TIMER_BYTES[1] - TIMER_BYTES[0] == 4 * len(TIMERS)
 
 _PREFIX_STRUCTS: dict[int, tuple[struct.Struct, tuple[str, ...]]] = {}
 
@@ -87,12 +93,13 @@ def _prefix(length: int) -> tuple[struct.Struct, tuple[str, ...]]:
 def decode(raw: bytes) -> dict[str, int]:
     """The fields a kernel's tcp_info bytes hold, by name (``NAMES`` order)."""
     parser, names = _prefix(min(len(raw), SIZE))
-    values: dict[str, int] = {}
-    for name, value in zip(names, parser.unpack_from(raw)):
-        bits = _BITFIELDS.get(name)
-        if bits is None:
-            values[name] = value
-        else:
-            for member, shift, width in bits:
-                values[member] = value >> shift & ((1 << width) - 1)
-    return values
+    values = dict(zip(names, parser.unpack_from(raw)))
+    if "flags" not in values:  # shorter than 8 bytes: no kernel sends that
+        return values
+    wscale, flags = values["wscale"], values["flags"]
+    decoded = dict(zip(_HEAD, (values["state"], values["ca_state"], values["retransmits"], values["probes"],
+                               values["backoff"], values["options"], wscale & 15, wscale >> 4, flags & 1,
+                               flags >> 1 & 3)))
+    del values["wscale"], values["flags"]
+    decoded.update(values)  # the head's keys keep their place; the rest follow in order
+    return decoded
