@@ -1,0 +1,162 @@
+"""The host's network namespaces: found, named, and entered (only to open sockets there).
+
+Found under /run/netns (``ip netns add`` names) and through every process's /proc/PID/ns/net, one entry
+per namespace (by the nsfs inode); the exporter's own namespace is not among them. Named by the
+/run/netns name where there is one, else by the container or Kubernetes pod that owns its first process
+(from /proc/PID/cgroup: ``pod:<uid>`` for kubepods, ``container:<id>`` with the 12-digit id for docker,
+containerd, CRI-O and podman), else ``inode:<n>``.
+
+A socket stays in the namespace it was made in, so a reader made once in a namespace reads it for good:
+``Opener.run_in(namespace, factory)`` makes it on one helper thread that enters the namespace with
+setns(2), calls ``factory``, and returns to the exporter's namespace; no other thread ever leaves home.
+Entering needs CAP_SYS_ADMIN; another user's /proc/PID/ns/net needs CAP_SYS_PTRACE.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import re
+import threading
+from dataclasses import dataclass
+
+CLONE_NEWNET = 0x40000000
+RUN_NETNS = "/run/netns"
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# Kubernetes pod uids in cgroup paths: cgroupfs ".../kubepods/burstable/pod<uid>/..." with dashes, systemd
+# ".../kubepods-burstable-pod<uid>.slice/..." with underscores.
+_POD = re.compile(r"kubepods.*?pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+# Container ids: "/docker/<id>", "docker-<id>.scope", "cri-containerd-<id>.scope", "crio-<id>.scope",
+# "libpod-<id>.scope", and cgroupfs ".../<id>" under a kubepods pod.
+_CONTAINER = re.compile(r"(?:docker|containerd|crio|libpod)[-/]([0-9a-f]{64})(?:\.scope)?(?:/|$)")
+
+
+@dataclass(frozen=True)
+class Namespace:
+    inode: int
+    label: str
+    path: str  # what setns opens: /run/netns/NAME or /proc/PID/ns/net
+    pid: int | None  # a process inside it, for /proc/PID/net/*; None for a named namespace with none
+
+
+def label_from_cgroup(text: str) -> str | None:
+    """``pod:<uid>`` or ``container:<12 hex digits>`` from a /proc/PID/cgroup text, or None."""
+    pod = _POD.search(text)
+    if pod:
+        return "pod:" + pod.group(1).replace("_", "-")
+    container = _CONTAINER.search(text)
+    if container:
+        return "container:" + container.group(1)[:12]
+    return None
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def own_inode() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def discover(proc: str = "/proc", run_netns: str = RUN_NETNS) -> tuple[list[Namespace], dict[str, int]]:
+    """Every other network namespace, by label, and what was skipped by reason (``permission``: processes
+    whose namespace this process may not look at, so their namespaces may be missing)."""
+    home = own_inode()
+    skipped: dict[str, int] = {}
+    found: dict[int, Namespace] = {}
+    processes: dict[int, int] = {}  # inode -> first pid seen in it
+    try:
+        pids = sorted(int(name) for name in os.listdir(proc) if name.isdigit())
+    except OSError:
+        pids = []
+    for pid in pids:
+        try:
+            inode = os.stat(f"{proc}/{pid}/ns/net").st_ino
+        except PermissionError:
+            skipped["permission"] = skipped.get("permission", 0) + 1
+            continue
+        except OSError:  # gone, or a kernel thread
+            continue
+        if inode != home:
+            processes.setdefault(inode, pid)
+    try:
+        names = sorted(os.listdir(run_netns))
+    except OSError:
+        names = []
+    for name in names:
+        inode = _inode(os.path.join(run_netns, name))
+        if inode is not None and inode != home and inode not in found:
+            found[inode] = Namespace(inode, name, os.path.join(run_netns, name), processes.get(inode))
+    for inode, pid in processes.items():
+        if inode not in found:
+            found[inode] = Namespace(inode, _process_label(proc, pid) or f"inode:{inode}", f"{proc}/{pid}/ns/net",
+                                     pid)
+    return sorted(found.values(), key=lambda namespace: namespace.label), skipped
+
+
+def _process_label(proc: str, pid: int) -> str | None:
+    try:
+        with open(f"{proc}/{pid}/cgroup") as file:
+            return label_from_cgroup(file.read())
+    except OSError:
+        return None
+
+
+class Opener:
+    """One thread that enters namespaces to run factories there (see the module's text)."""
+
+    def __init__(self):
+        self._requests: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, name="netio-netns", daemon=True)
+        self._thread.start()
+
+    def run_in(self, namespace: Namespace, factory):
+        """``factory()`` called with the helper thread in ``namespace``; its result, or its exception."""
+        answer: queue.Queue = queue.Queue(maxsize=1)
+        self._requests.put((namespace.path, factory, answer))
+        ok, value = answer.get()
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._thread.join(timeout=5)
+
+    def _serve(self) -> None:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            while True:
+                request = self._requests.get()
+                if request is None:
+                    return
+                path, factory, answer = request
+                try:
+                    answer.put((True, self._call_in(path, factory, home)))
+                except BaseException as error:  # handed to the caller
+                    answer.put((False, error))
+        finally:
+            os.close(home)
+
+    @staticmethod
+    def _call_in(path: str, factory, home: int):
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target, path)
+        finally:
+            os.close(target)
+        try:
+            return factory()
+        finally:
+            _setns(home, "the exporter's own namespace")  # never stay away
+
+
+def _setns(fd: int, what: str) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"setns into {what}: {os.strerror(error)}")
