@@ -144,7 +144,7 @@ def format_value(value) -> str:
 # so no other object can take its id while the entry lives. Cleared when full: label sets that
 # change every scrape cost what they would without the cache.
 _row_text_cache: dict[int, tuple[Rows, tuple[str, ...]]] = {}
-_ROW_TEXT_CACHE_ENTRIES = 64
+_ROW_TEXT_CACHE_ENTRIES = 1024  # room for per-namespace label rows (--collector.netns)
 
 
 def _row_texts(rows: Rows) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ from ..exposition import Family, to_metric
 log = logging.getLogger("netio_exporter")
 
 # The collectors with flags, in the order of --help, /metrics and the landing page.
-COLLECTORS = ("link", "tcp", "tcp_archive", "netstack", "mac")
+COLLECTORS = ("link", "tcp", "tcp_archive", "netstack", "mac", "netns")
 # Always on, no flag and no success series: the exporter's own figures.
 SELF_COLLECTORS = ("process", "bpf_programs")
 
@@ -94,6 +94,18 @@ class Registration:
 def registrations() -> list[Registration]:
     """The registered collectors, in ``COLLECTORS`` order."""
     return [importlib.import_module(f"{__name__}.{name}").REGISTRATION for name in COLLECTORS]
+
+
+def namespaces(args: argparse.Namespace):
+    """The network namespaces every collector that reports per namespace shares (one discovery, one
+    opener thread), when ``--collector.netns`` is on; else None."""
+    if not getattr(args, "collector_netns", None):
+        return None
+    shared = getattr(args, "_namespaces", None)
+    if shared is None:
+        from ..netlink.namespaces import Namespaces
+        shared = args._namespaces = Namespaces(args.netns_include)
+    return shared
 
 
 def self_collectors() -> list[Collector]:

@@ -6,10 +6,10 @@ import re
 from itertools import compress
 from typing import NamedTuple
 
-from ..exposition import Family, Rows
+from ..exposition import Family, Labels, Rows
 from ..netlink.rtnl import STATS64_FIELDS, Link, LinkReader
 from .. import flags
-from . import Collector, Flags, Registration
+from . import Collector, Flags, Registration, namespaces
 
 # rtnl_link_stats64 field -> (metric name without netio_network_ and _total, help)
 COUNTERS = {
@@ -86,10 +86,10 @@ class _Layout(NamedTuple):
     info_rows: Rows
 
 
-def _layout(links: tuple[Link, ...], select: DeviceFilter) -> _Layout:
+def _layout(links: tuple[Link, ...], select: DeviceFilter, netns: Labels = ()) -> _Layout:
     selected = tuple(select(link.name) for link in links)
     chosen = list(compress(links, selected))
-    rows = tuple((("device", link.name),) for link in chosen)
+    rows = tuple(netns + (("device", link.name),) for link in chosen)
     with_carrier = [link.carrier_changes is not None for link in chosen]
     return _Layout(
         links, selected, rows,
@@ -97,20 +97,26 @@ def _layout(links: tuple[Link, ...], select: DeviceFilter) -> _Layout:
         mtu=tuple(link.mtu for link in chosen),
         carrier_rows=tuple(compress(rows, with_carrier)),
         carrier=tuple(link.carrier_changes for link in compress(chosen, with_carrier)),
-        info_rows=tuple((("device", link.name), ("address", link.address), ("operstate", link.operstate),
-                         ("ifalias", link.ifalias), ("kind", link.kind)) for link in chosen))
+        info_rows=tuple(netns + (("device", link.name), ("address", link.address), ("operstate", link.operstate),
+                                 ("ifalias", link.ifalias), ("kind", link.kind)) for link in chosen))
 
 
 class LinkCollector(Collector):
     """Families in columns: one label-rows tuple per layout, shared by every column and by every
-    scrape until an interface's attributes change."""
+    scrape until an interface's attributes change.
+
+    With ``namespaces`` (``--collector.netns``) the same families also cover every other network
+    namespace, each with a reader made inside it and a ``netns`` label before ``device``; a namespace
+    that vanished, or cannot be read, has no series.
+    """
 
     name = "link"
 
-    def __init__(self, device_filter: DeviceFilter | None = None):
+    def __init__(self, device_filter: DeviceFilter | None = None, namespaces=None):
         self._select = device_filter or DeviceFilter()
         self._reader = LinkReader()
-        self._layout = _layout((), self._select)
+        self._namespaces = namespaces
+        self._layouts: dict[int | None, _Layout] = {}  # by namespace inode; None: our own
 
     def close(self) -> None:
         self._reader.close()
@@ -120,14 +126,32 @@ class LinkCollector(Collector):
         return counters + list(attributes.values())
 
     def read(self) -> list[Family]:
-        readings = self._reader.read()
+        families, attributes = _families()
+        self._add(self._reader.read(), None, (), families, attributes)
+        if self._namespaces is not None:
+            alive = {None}
+            for namespace in self._namespaces.current():
+                reader = self._namespaces.reader(namespace, "link", LinkReader)
+                if reader is None:
+                    continue
+                try:
+                    readings = reader.read()
+                except OSError:  # it went away between discovery and now: no series
+                    continue
+                alive.add(namespace.inode)
+                self._add(readings, namespace.inode, (("netns", namespace.label),), families, attributes)
+            for inode in [inode for inode in self._layouts if inode not in alive]:
+                del self._layouts[inode]
+        return families + list(attributes.values())
+
+    def _add(self, readings: list, key: int | None, netns: Labels, families: list[Family],
+             attributes: dict[str, Family]) -> None:
         links = tuple(reading.link for reading in readings)
-        layout = self._layout
-        if links != layout.links:  # the reader keeps Link objects while unchanged: compared by identity
-            layout = self._layout = _layout(links, self._select)
+        layout = self._layouts.get(key)
+        if layout is None or links != layout.links:  # Link objects are kept while unchanged: compared by identity
+            layout = self._layouts[key] = _layout(links, self._select, netns)
         counters = [reading.counters for reading in compress(readings, layout.selected)]
         rows = layout.rows
-        families, attributes = _families()
         if len(set(map(len, counters))) == 1:  # every interface sent the same fields: one column each
             for family, values in zip(families, zip(*counters)):
                 family.add_column(rows, values)
@@ -139,7 +163,6 @@ class LinkCollector(Collector):
         attributes["mtu"].add_column(rows, layout.mtu)
         attributes["carrier"].add_column(layout.carrier_rows, layout.carrier)
         attributes["info"].add_column(layout.info_rows, (1,) * len(rows))
-        return families + list(attributes.values())
 
 
 def _add_arguments(options: Flags) -> None:
@@ -153,4 +176,4 @@ def _add_arguments(options: Flags) -> None:
 REGISTRATION = Registration(
     name="link", help="interface counters and attributes over rtnetlink", log_mode=True,
     add_arguments=_add_arguments,
-    build=lambda args: LinkCollector(DeviceFilter(args.device_include, args.device_exclude)))
+    build=lambda args: LinkCollector(DeviceFilter(args.device_include, args.device_exclude), namespaces(args)))

@@ -19,6 +19,7 @@ import os
 import queue
 import re
 import threading
+import time
 from dataclasses import dataclass
 
 CLONE_NEWNET = 0x40000000
@@ -160,3 +161,72 @@ def _setns(fd: int, what: str) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"setns into {what}: {os.strerror(error)}")
+
+
+class Namespaces:
+    """The namespaces a scrape covers, each with readers made inside it once and kept while it lives.
+
+    Shared by every collector that reports per namespace (``--collector.netns``): ``current()`` runs
+    discovery at most once a second, so the collectors of one scrape see the same set; ``reader(namespace,
+    kind, factory)`` returns the reader of that kind made in the namespace (``factory`` runs there on the
+    opener thread), or None when the namespace cannot be entered (counted in ``skipped``). Readers of a
+    namespace that vanished are closed at the next discovery (a kept socket would keep it alive).
+    """
+
+    REFRESH_SECONDS = 1.0
+
+    def __init__(self, include: str | None = None, discover_namespaces=discover):
+        self._include = re.compile(include) if include else None
+        self._discover = discover_namespaces
+        self._opener = Opener()
+        self._lock = threading.Lock()
+        self._namespaces: list[Namespace] = []
+        self._when = float("-inf")
+        self._readers: dict[tuple[int, str], object] = {}  # (inode, kind) -> reader
+        self._refused: set[int] = set()  # inodes that could not be entered: counted once
+        self.skipped: dict[str, int] = {}
+
+    def current(self) -> list[Namespace]:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._when >= self.REFRESH_SECONDS:
+                self._when = now
+                found, skipped = self._discover()
+                if self._include is not None:
+                    found = [namespace for namespace in found if self._include.fullmatch(namespace.label)]
+                for reason, count in skipped.items():
+                    self.skipped[reason] = self.skipped.get(reason, 0) + count
+                alive = {namespace.inode for namespace in found}
+                for key in [key for key in self._readers if key[0] not in alive]:
+                    _close(self._readers.pop(key))
+                self._refused &= alive
+                self._namespaces = found
+            return list(self._namespaces)
+
+    def reader(self, namespace: Namespace, kind: str, factory):
+        key = (namespace.inode, kind)
+        with self._lock:
+            reader = self._readers.get(key)
+            if reader is not None or namespace.inode in self._refused:
+                return reader
+            try:
+                reader = self._readers[key] = self._opener.run_in(namespace, factory)
+            except OSError as error:
+                self._refused.add(namespace.inode)
+                reason = "permission" if error.errno in (1, 13) else "gone" if error.errno == 2 else "error"
+                self.skipped[reason] = self.skipped.get(reason, 0) + 1
+                return None
+            return reader
+
+    def close(self) -> None:
+        with self._lock:
+            for reader in self._readers.values():
+                _close(reader)
+            self._readers.clear()
+        self._opener.close()
+
+
+def _close(reader) -> None:
+    close = getattr(reader, "close", None)
+    if close is not None:
+        close()
