@@ -146,7 +146,7 @@ def test_every_variable_used_is_defined():
     used = set().union(*(variables_used(text) for text in _strings(dashboard["panels"])),
                        *(variables_used(text) for text in _strings(dashboard["templating"])))
     assert used - defined - GRAFANA_MACROS == set()
-    assert {"datasource", "host", "device", "device_exclude"} <= used
+    assert {"datasource", "job", "host", "device", "device_exclude"} <= used
 
 
 def test_no_fixed_datasource_uid():
@@ -175,8 +175,12 @@ def test_no_fixed_datasource_uid():
 
 def test_variables_key_on_host_and_exclude_loopback_and_veth_by_default():
     variables = {variable["name"]: variable for variable in load_dashboard()["templating"]["list"]}
+    job = variables["job"]
+    assert job["query"]["query"] == job["definition"] == "label_values(netio_exporter_build_info, job)"
+    assert not job["multi"] and not job["includeAll"]
+    # Hosts from up{}, so a host whose exporter is down stays selectable (and in "All").
     host = variables["host"]
-    assert host["query"]["query"] == host["definition"] == "label_values(netio_exporter_build_info, host)"
+    assert host["query"]["query"] == host["definition"] == 'label_values(up{job="$job"}, host)'
     assert host["multi"] and host["includeAll"]
     exclude = variables["device_exclude"]
     assert exclude["type"] == "textbox" and exclude["current"]["value"] == exclude["query"]
@@ -222,13 +226,161 @@ def test_rows_repeat_per_host_and_cover_every_collector():
     assert covered == {"link", "tcp", "netstack", "mac", None}
 
 
+def test_per_host_rows_are_collapsed_so_all_hosts_cost_few_queries():
+    """Grafana runs the queries of a collapsed row's panels only when it is opened: with "All" over 50 hosts
+    the dashboard opens with the overview's queries, not 50 times every row's (Node Exporter Full's way)."""
+    dashboard = load_dashboard()
+    hosts = 50
+    at_load = 0
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            assert not panel.get("repeat") or panel.get("collapsed"), f"{panel['title']}: repeated and open"
+            if panel.get("repeat") and panel.get("collapsed"):
+                assert panel["panels"], panel["title"]  # a collapsed row holds its panels
+            continue
+        at_load += len(panel["targets"])  # top level: the overview, one query for all hosts
+    assert at_load <= 10, at_load
+    opened_one_row = max(sum(len(p["targets"]) for p in row.get("panels", []))
+                         for row in dashboard["panels"] if row["type"] == "row")
+    assert at_load + opened_one_row < hosts  # opening a host's row adds that row's queries only
+
+
+def _top_level(expr: str, separator: str) -> list[str]:
+    """``expr`` split at ``separator`` (a regex) outside parentheses, brackets and braces."""
+    parts, depth, start = [], 0, 0
+    index = 0
+    while index < len(expr):
+        char = expr[index]
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif depth == 0:
+            match = re.match(separator, expr[index:])
+            if match:
+                parts.append(expr[start:index])
+                index += match.end()
+                start = index
+                continue
+        index += 1
+    return parts + [expr[start:]]
+
+
+def _operand_after_division(right: str) -> str:
+    """The denominator: what follows ``/`` and its vector-matching modifiers."""
+    right = re.sub(r"^\s*(?:(?:on|ignoring|group_left|group_right)\s*(?:\([^)]*\))?\s*)*", "", right)
+    if right.startswith("("):
+        depth = 0
+        for index, char in enumerate(right):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                return right[:index + 1]
+    return right
+
+
+def test_every_ratio_is_guarded_against_division_by_zero():
+    """``x / (y > 0)``: an idle host shows no value instead of NaN (``count`` is never 0). Quantiles of an
+    empty gauge histogram are NaN too: they carry ``and on () (sum(..._gcount) > 0)``."""
+    for panel in query_panels(load_dashboard()):
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for right in _top_level(expr, r"/")[1:]:
+                denominator = _operand_after_division(right)
+                assert re.fullmatch(r"\((?s:.*)>\s*0\)", denominator) or denominator.startswith("count"), \
+                    f"{panel['title']} {target['refId']}: unguarded denominator {denominator!r}"
+            if "histogram_quantile" in expr:
+                assert re.search(r"and on \(\) \(sum\(netio_tcp_rtt_seconds_gcount\{[^}]*\}\) > 0\)", expr), expr
+
+
+# The kind of value a query returns, and the Grafana units that show it.
+UNITS = {"bits/s": {"bps"}, "bytes/s": {"Bps", "binBps"}, "per second": {"pps", "ops", "cps", "reqps"},
+         "ratio": {"percentunit"}, "seconds": {"s"}, "bytes": {"bytes", "decbytes"}, "count": {"short", "none"}}
+GAUGE_SUFFIXES = ("_gcount", "_gsum", "_bucket")
+
+
+def _base(name: str) -> str:
+    if name.endswith("_gcount"):
+        return "count"
+    return "bytes" if "_bytes" in name else "seconds" if "_seconds" in name else "count"
+
+
+def value_kind(expr: str) -> str:
+    expr = _top_level(expr, r"\s(?:and|unless)\s")[0]  # a filter does not change what is shown
+    legs = _top_level(expr, r"\sor\s")
+    if len(legs) > 1:
+        kinds = {value_kind(leg) for leg in legs}
+        assert len(kinds) == 1, (expr, kinds)
+        return kinds.pop()
+    parts = _top_level(expr, r"/")
+    if len(parts) > 1:
+        numerator, denominator = value_kind(parts[0]), value_kind(_operand_after_division(parts[1]))
+        if numerator == denominator:
+            return "ratio"
+        assert denominator == "count", (expr, numerator, denominator)
+        return numerator
+    if expr.lstrip().startswith("count"):
+        return "count"
+    bases = {_base(name) for name in metric_names(expr)}
+    assert len(bases) == 1, (expr, bases)
+    base = bases.pop()
+    if re.search(r"\b(?:rate|irate|increase)\(", expr):
+        return {"bytes": "bits/s" if re.search(r"\*\s*8\b", expr) else "bytes/s", "seconds": "ratio",
+                "count": "per second"}[base]
+    return base
+
+
+def test_no_rate_on_gauges():
+    for panel in query_panels(load_dashboard()):
+        for target in panel["targets"]:
+            for argument in re.findall(r"\b(?:rate|irate|increase)\(([^\[]*)\[", target["expr"]):
+                for name in metric_names(argument):
+                    assert name.endswith("_total"), f"{panel['title']}: rate of the gauge {name}"
+
+
+def test_one_unit_per_axis():
+    """Every time series of a panel is shown in the unit its query returns: the panel's unit, or an
+    override for its query (which Grafana then gives its own axis)."""
+    for panel in query_panels(load_dashboard()):
+        if panel["type"] != "timeseries":
+            continue
+        overrides = {override["matcher"]["options"]: prop["value"] for override in panel["fieldConfig"]["overrides"]
+                     if override["matcher"]["id"] == "byFrameRefID"
+                     for prop in override["properties"] if prop["id"] == "unit"}
+        for target in panel["targets"]:
+            unit = overrides.get(target["refId"], panel["fieldConfig"]["defaults"].get("unit"))
+            kind = value_kind(target["expr"])
+            assert unit in UNITS[kind], f"{panel['title']} {target['refId']}: {kind} shown as {unit!r}"
+
+
+def test_value_kinds():
+    assert value_kind('rate(netio_network_receive_bytes_total{a="b"}[1m]) * 8') == "bits/s"
+    assert value_kind("sum(rate(netio_tcp_retransmitted_bytes_total[1m])) / (sum(rate(netio_tcp_sent_bytes_total[1m])) > 0)") == "ratio"
+    assert value_kind("sum(netio_tcp_rtt_seconds_gsum) / (sum(netio_tcp_rtt_seconds_gcount) > 0)") == "seconds"
+    assert value_kind("rate(process_cpu_seconds_total[1m]) and on (instance) netio_exporter_build_info") == "ratio"
+    assert value_kind("sum(rate(netio_mac_untracked_packets_total[1m]))") == "per second"
+
+
+def test_top_ten_panels_choose_their_ten_once_over_the_range():
+    """topk per step shows a different ten at each step (up to hundreds of series over the range): the ten
+    are chosen once, over $__range at its end, and the per-step series joined to them."""
+    for panel in query_panels(load_dashboard()):
+        for target in panel["targets"]:
+            expr = target["expr"]
+            if "topk" not in expr:
+                continue
+            assert re.search(r"topk\(10, sum by \(host, device, mac\) \(increase\(\w+\{[^}]*\}\[\$__range\]", expr), expr
+            if panel["type"] == "timeseries":
+                assert "[$__range] @ end())" in expr and "and on (host, device, mac)" in expr, expr
+                assert "{{device}}" in target["legendFormat"], panel["title"]
+
+
 def test_every_expression_is_valid_promql(tmp_path):
     """promtool parses each substituted expression as a recording rule (no Prometheus needed)."""
     promtool = shutil.which("promtool")
     require(promtool is not None, "promtool not installed (apt-get install prometheus)")
     dashboard = load_dashboard()
     macros = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h", "__range_s": "3600"}
-    values = {"host": ["a.example", "10.0.0.1"], "device": "$__all", "device_exclude": "lo|veth.*"}
+    values = {"job": "netio", "host": ["a.example", "10.0.0.1"], "device": "$__all", "device_exclude": "lo|veth.*"}
     rules = [{"record": f"dashboard:panel_{panel['id']}_{target['refId']}",
               "expr": interpolate(target["expr"], dashboard, values, macros)}
              for panel in query_panels(dashboard) for target in panel["targets"]]
