@@ -508,8 +508,12 @@ def _wait_for(condition, timeout: float, what: str):
 
 def test_every_panel_returns_data_for_two_hosts(netns, exporter, prometheus_process, tmp_path):
     """Two exporters, one Prometheus (in B) reaching A over the veth: hosts "netio-a" (file_sd label) and
-    "127.0.0.1" (from the address), as prometheus-multi-host.yml derives them. Every panel query of the
-    dashboard, for each host, is accepted and returns data unless its collector is not exported there."""
+    "127.0.0.1" (from the address), as prometheus-multi-host.yml derives them, and a third target where
+    nothing listens ("netio-down"). Every panel query of the dashboard, for each live host, is accepted and
+    returns data unless its collector is not exported there. Exporter B runs with the netstack syscall entries
+    when the CLI has them (A with the default: none), so the netstack panels are checked in both cases.
+    The tables are merged as Grafana's merge transformation does: one Interfaces row per device, and an
+    Exporters row for the target that is down."""
     require(yaml is not None, "PyYAML not installed (it is in the test extra: pip install -e '.[test]')")
     pair = veth_pair(netns(), netns())
     ns_a, dev_a, ip_a, _ = pair["a"]
@@ -517,16 +521,20 @@ def test_every_panel_returns_data_for_two_hosts(netns, exporter, prometheus_proc
     assert dev_a == dev_b
     options = {option for action in build_parser()._actions for option in action.option_strings}
     extra = ["--collector.mac.device", dev_a] if "--collector.mac.device" in options else []
+    syscalls = ["--collector.netstack.syscalls"] if "--collector.netstack.syscalls" in options else []
     exporter_a = exporter(ns_a, *extra, address=ip_a)
-    exporter_b = exporter(ns_b, *extra)
+    exporter_b = exporter(ns_b, *extra, *syscalls)
     hosts = {"netio-a": ns_a, "127.0.0.1": ns_b}
 
     targets_file = tmp_path / "netio-targets.json"
-    targets_file.write_text(json.dumps([{"targets": [f"{ip_a}:{exporter_a.port}"], "labels": {"host": "netio-a"}}]))
+    targets_file.write_text(json.dumps([
+        {"targets": [f"{ip_a}:{exporter_a.port}"], "labels": {"host": "netio-a"}},
+        {"targets": [f"127.0.0.1:{free_port(ns_b)}"], "labels": {"host": "netio-down"}}]))
     config = yaml.safe_load(MULTI_HOST_CONFIG.read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(ALERTS)]
-    (job,) = config["scrape_configs"]
+    job = next(job for job in config["scrape_configs"] if job["job_name"] == "netio")
+    config["scrape_configs"] = [job]
     job["static_configs"] = [{"targets": [f"127.0.0.1:{exporter_b.port}"]}]
     job["file_sd_configs"] = [{"files": [str(targets_file)]}]
     traffic = _Traffic(ns_a, ns_b, ip_b)
@@ -536,28 +544,130 @@ def test_every_panel_returns_data_for_two_hosts(netns, exporter, prometheus_proc
         _wait_for(lambda: {r["metric"]["host"] for r in _query(ns_b, port, rate)} == set(hosts), 40,
                   "non-zero receive rate from both hosts")
         time.sleep(2)  # a few more scrapes for every rate() window
-        report = _run_every_panel(load_dashboard(), ns_b, port, hosts, dev_a)
+        dashboard = load_dashboard()
+        report = _run_every_panel(dashboard, ns_b, port, hosts, dev_a)
+        interfaces = {host: _table(dashboard, "Interfaces", ns_b, port, [host]) for host in hosts}
+        exporters = _table(dashboard, "Exporters", ns_b, port, [*hosts, "netio-down"])
+        entries = {host: _answer(dashboard, "Network stack invocations by entry", ns_b, port, [host])
+                   for host in hosts}
         rules = _api(ns_b, port, "rules")["data"]["groups"]
     finally:
         traffic.close()
 
     print("\n" + "\n".join(f"{status:<15} {host:<10} {title} [{ref}]{': ' + reason if reason else ''}"
                            for title, ref, host, status, reason in report))
-    failures = [line for line in report if line[3] in ("EMPTY", "REFUSED")]
+    failures = [line for line in report if line[3] in ("EMPTY", "REFUSED", "NaN")]
     assert not failures, "\n".join(map(str, failures))
     alert_rules = [rule for group in rules for rule in group["rules"]]
-    assert len(alert_rules) == 7 and all(rule["health"] in ("ok", "unknown") for rule in alert_rules), alert_rules
+    expected = sum(len(group["rules"]) for group in yaml.safe_load(ALERTS.read_text())["groups"])
+    assert len(alert_rules) == expected and all(rule["health"] in ("ok", "unknown") for rule in alert_rules), \
+        alert_rules
+
+    for host, rows in interfaces.items():
+        devices = [row["device"] for row in rows]
+        assert len(devices) == len(set(devices)) and dev_a in devices, (host, rows)
+        for row in rows:  # every column filled on the one row
+            assert {"operstate", "address", "kind", "Value #B", "Value #C"} <= set(row), (host, row)
+    by_host = {row["host"]: row for row in exporters}
+    assert sorted(by_host) == sorted([*hosts, "netio-down"]) and len(exporters) == 3, exporters
+    assert by_host["netio-down"]["Value #A"] == 0 and "Value #C" not in by_host["netio-down"]
+    for host in hosts:
+        row = by_host[host]
+        assert row["Value #A"] == 1 and row["version"] and 0 < row["Value #C"] <= row["Value #D"], row
+    for host, answer in entries.items():
+        found = {r["metric"]["entry"] for r in answer}
+        if found:  # (netstack runs there)
+            assert {"net_rx_softirq", "net_tx_softirq"} <= found, found
+            if syscalls:  # the flag exists: syscall entries only where it is given
+                assert bool(found & {"tx_syscall", "rx_syscall"}) == (host == "127.0.0.1"), (host, found)
+
+
+LIVE_MACROS = {"__rate_interval": "5s", "__interval": "1s", "__interval_ms": "1000", "__range": "1m",
+               "__range_s": "60", "__range_ms": "60000"}
+
+
+def _selection(dashboard: dict, hosts: list[str]) -> dict:
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    return {"job": "netio", "host": hosts, "device": "$__all", "device_exclude": variables["device_exclude"]["query"]}
+
+
+def _panel(dashboard: dict, title: str) -> dict:
+    (panel,) = [panel for panel in query_panels(dashboard) if panel["title"] == title]
+    return panel
+
+
+def _answer(dashboard: dict, title: str, ns: str, port: int, hosts: list[str]) -> list:
+    (target,) = _panel(dashboard, title)["targets"]
+    return _query(ns, port, interpolate(target["expr"], dashboard, _selection(dashboard, hosts), LIVE_MACROS))
+
+
+def _table(dashboard: dict, title: str, ns: str, port: int, hosts: list[str]) -> list[dict]:
+    """The rows a table panel shows before its organize step: every target an instant query at one time,
+    one frame per target as Grafana's Prometheus data source builds it, then the panel's merge."""
+    panel = _panel(dashboard, title)
+    at = time.time()
+    frames = []
+    for target in panel["targets"]:
+        expr = interpolate(target["expr"], dashboard, _selection(dashboard, hosts), LIVE_MACROS)
+        answer = _api(ns, port, "query", query=expr, time=at)
+        assert answer["status"] == "success", answer
+        frames.append(grafana_table_frame(answer["data"]["result"], target["refId"], len(panel["targets"])))
+    assert [step["id"] for step in panel["transformations"]][:1] == (["merge"] if len(frames) > 1 else ["organize"])
+    return grafana_merge(frames) if len(frames) > 1 else frames[0][1]
+
+
+def grafana_table_frame(result: list, ref_id: str, targets: int) -> tuple[list[str], list[dict]]:
+    """Grafana's table frame of an instant query: Time, one field per label (the union over the series,
+    empty where a series lacks it), and the value as "Value", or "Value #<refId>" when a panel has several."""
+    if not result:
+        return [], []
+    labels = sorted(set().union(*(series["metric"] for series in result)))
+    value = f"Value #{ref_id}" if targets > 1 else "Value"
+    rows = [{"Time": series["value"][0], **{label: series["metric"].get(label, "") for label in labels},
+             value: float(series["value"][1])} for series in result]
+    return ["Time", *labels, value], rows
+
+
+def grafana_merge(frames: list[tuple[list[str], list[dict]]]) -> list[dict]:
+    """Grafana's merge transformation (packages/grafana-data/.../transformers/merge.ts): the fields present
+    in every frame are the key; a row joins an earlier row of the same key unless a field they share differs."""
+    frames = [frame for frame in frames if frame[0]]
+    key_fields = [name for name in frames[-1][0] if all(name in fields for fields, _ in frames)]
+    merged: dict[tuple, list[dict]] = {}
+    order: list[dict] = []
+    for _, rows in frames:
+        for row in rows:
+            key = tuple(row[name] for name in key_fields)
+            for existing in merged.get(key, []):
+                if all(existing.get(name) in (None, row[name]) for name in row):
+                    existing.update(row)
+                    break
+            else:
+                merged.setdefault(key, []).append(dict(row))
+                order.append(merged[key][-1])
+    return order
+
+
+def test_grafana_merge_joins_on_the_fields_every_frame_has():
+    a = grafana_table_frame([{"metric": {"__name__": "x", "device": "eth0"}, "value": [1, "1"]},
+                             {"metric": {"__name__": "x", "device": "eth1"}, "value": [1, "1"]}], "A", 2)
+    b = grafana_table_frame([{"metric": {"__name__": "y", "device": "eth0"}, "value": [1, "1500"]}], "B", 2)
+    assert len(grafana_merge([a, b])) == 3  # __name__ is a key field that differs: no row merges
+    b = grafana_table_frame([{"metric": {"device": "eth0"}, "value": [1, "1500"]}], "B", 2)
+    a = grafana_table_frame([{"metric": {"device": "eth0", "operstate": "up"}, "value": [1, "1"]}], "A", 2)
+    assert grafana_merge([a, b]) == [{"Time": 1, "device": "eth0", "operstate": "up", "Value #A": 1.0,
+                                      "Value #B": 1500.0}]
 
 
 def _run_every_panel(dashboard: dict, ns: str, port: int, hosts: dict, device: str) -> list[tuple]:
     """(panel title, refId, host, status, reason) for every panel target and host."""
-    macros = {"__rate_interval": "5s", "__interval": "1s", "__interval_ms": "1000", "__range": "1m",
-              "__range_s": "60", "__range_ms": "60000"}
+    macros = LIVE_MACROS
     variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
-    assert set(hosts) <= {r["metric"]["host"] for r in _query(ns, port, _label_values(variables["host"]))}
+    host_query = interpolate(_label_values(variables["host"]), dashboard, _selection(dashboard, []), macros)
+    assert set(hosts) <= {r["metric"]["host"] for r in _query(ns, port, host_query)}
     report = []
     for host in hosts:
-        values = {"host": [host], "device": "$__all", "device_exclude": variables["device_exclude"]["query"]}
+        values = _selection(dashboard, [host])
         device_query = interpolate(_label_values(variables["device"]), dashboard, values, macros)
         assert device in {r["metric"]["device"] for r in _query(ns, port, device_query)}
         success = {r["metric"]["collector"]: r["value"][1]
@@ -572,6 +682,8 @@ def _run_every_panel(dashboard: dict, ns: str, port: int, hosts: dict, device: s
                 answer = _api(ns, port, "query", query=interpolate(target["expr"], dashboard, values, macros))
                 if answer["status"] != "success":
                     status, reason = "REFUSED", answer.get("error", "")
+                elif any(r["value"][1] == "NaN" for r in answer["data"]["result"]):
+                    status = "NaN"
                 elif answer["data"]["result"]:
                     status = f"{len(answer['data']['result'])} series"
                     if target["expr"].startswith("rate(netio_network_receive_bytes_total"):
@@ -581,7 +693,7 @@ def _run_every_panel(dashboard: dict, ns: str, port: int, hosts: dict, device: s
                     status = "expected-empty" if missing else "EMPTY"
                 report.append((panel["title"], target["refId"], host, status, reason))
     # The overview row (before the per-host rows) with "All" hosts selected: one answer naming both hosts.
-    values = {"host": list(hosts), "device": "$__all", "device_exclude": variables["device_exclude"]["query"]}
+    values = _selection(dashboard, list(hosts))
     for panel in _overview_panels(dashboard):
         for target in panel["targets"]:
             answer = _api(ns, port, "query", query=interpolate(target["expr"], dashboard, values, macros))
