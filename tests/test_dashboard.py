@@ -715,3 +715,149 @@ def _label_values(variable: dict) -> str:
     """``label_values(selector, label)`` as an instant query returning one series per value."""
     match = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", variable["query"]["query"])
     return f"group by ({match.group(2)}) ({match.group(1)})"
+
+
+# ------------------------------------------------------------------------------------------ synthetic hour
+
+SYNTHETIC_START = 1_700_000_000  # any past hour: Prometheus reads the backfilled block as it is
+SYNTHETIC_STEP = 15
+SYNTHETIC_POINTS = 240  # one hour
+CLIENTS = [f"02:00:00:00:00:{i:02x}" for i in range(12)]
+DEPARTED = CLIENTS[0]  # the heaviest client, gone (from the counters and netio_mac_info) after half an hour
+
+
+def _client_rate(index: int, t: int) -> float | None:
+    """Bytes/s of client ``index`` at second ``t``: clients 0-5 heavy in the first half hour, 6-11 in the
+    second, so the ten largest at each step are not the ten largest over the hour."""
+    first_half = t < SYNTHETIC_POINTS * SYNTHETIC_STEP // 2
+    if index == 0:
+        return 2e6 if first_half else None
+    heavy = (index < 6) == first_half
+    return 1e6 if heavy else 1000 + index
+
+
+def _synthetic_openmetrics() -> str:
+    """One hour of series for the cases a live exporter cannot show on demand: twelve clients on a gateway
+    ("h"), a WireGuard link whose operstate is unknown, and a host that sends no TCP and samples no NET_RX
+    ("idle"), whose ratios are 0/0."""
+    times = [SYNTHETIC_START + i * SYNTHETIC_STEP for i in range(SYNTHETIC_POINTS)]
+    families: dict[str, tuple[str, list[str]]] = {}
+
+    def add(family: str, kind: str, sample: str, labels: dict, values: list) -> None:
+        text = ",".join(f'{key}="{value}"' for key, value in {"job": "netio", **labels}.items())
+        lines = families.setdefault(family, (kind, []))[1]
+        lines.extend(f"{sample}{{{text}}} {value} {t}" for t, value in zip(times, values) if value is not None)
+
+    for direction in ("download", "upload"):
+        for index, mac in enumerate(CLIENTS):
+            total, values = 0.0, []
+            for t in times:
+                rate = _client_rate(index, t - SYNTHETIC_START)
+                total += (rate or 0) * SYNTHETIC_STEP
+                values.append(None if rate is None else total)
+            add(f"netio_mac_{direction}_bytes", "counter", f"netio_mac_{direction}_bytes_total",
+                {"instance": "h:7070", "host": "h", "device": "eth1", "mac": mac}, values)
+    for index, mac in enumerate(CLIENTS):
+        values = [None if _client_rate(index, t - SYNTHETIC_START) is None else 1 for t in times]
+        add("netio_mac_info", "gauge", "netio_mac_info", {"instance": "h:7070", "host": "h", "device": "eth1",
+            "mac": mac, "ipv4": f"192.168.1.{index + 10}", "ipv6": ""}, values)
+    for device, operstate, kind, up in (("eth0", "up", "", 1), ("eth2", "down", "", 0), ("wg0", "unknown", "wireguard", 0)):
+        labels = {"instance": "h:7070", "host": "h", "device": device}
+        add("netio_network_info", "gauge", "netio_network_info",
+            {**labels, "address": "", "operstate": operstate, "ifalias": "", "kind": kind}, [1] * len(times))
+        add("netio_network_up", "gauge", "netio_network_up", labels, [up] * len(times))
+    idle = {"instance": "idle:7070", "host": "idle"}
+    for name in ("netio_tcp_sent_bytes", "netio_tcp_retransmitted_bytes", "netio_tcp_sent_segments",
+                 "netio_tcp_retransmitted_segments"):
+        add(name, "counter", name + "_total", idle, [1000] * len(times))
+    for le in ("0.001", "0.01", "+Inf"):
+        add("netio_tcp_rtt_seconds", "gaugehistogram", "netio_tcp_rtt_seconds_bucket", {**idle, "le": le},
+            [0] * len(times))
+    add("netio_tcp_rtt_seconds", "gaugehistogram", "netio_tcp_rtt_seconds_gcount", idle, [0] * len(times))
+    add("netio_tcp_rtt_seconds", "gaugehistogram", "netio_tcp_rtt_seconds_gsum", idle, [0] * len(times))
+    for category in ("driver_poll", "gro"):
+        add("netio_netstack_rx_samples", "counter", "netio_netstack_rx_samples_total", {**idle, "category": category},
+            [500] * len(times))
+    text = []
+    for family, (kind, lines) in families.items():
+        text += [f"# TYPE {family} {kind}", *lines]
+    return "\n".join(text + ["# EOF"]) + "\n"
+
+
+@pytest.fixture
+def synthetic_prometheus(netns, prometheus_process, tmp_path):
+    """A Prometheus in its own namespace on one backfilled hour (promtool tsdb create-blocks-from)."""
+    promtool = shutil.which("promtool")
+    require(promtool is not None, "promtool not installed (apt-get install prometheus)")
+    (tmp_path / "hour.om").write_text(_synthetic_openmetrics())
+    result = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(tmp_path / "hour.om"),
+                             str(tmp_path / "data")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ns = netns()
+    port = prometheus_process(ns, {"global": {"scrape_interval": "15s"}})
+    _wait_for(lambda: _api(ns, port, "query", query="count(netio_mac_info)", time=SYNTHETIC_START + 60)
+              ["data"]["result"], 40, "backfilled series")
+    return ns, port
+
+
+SYNTHETIC_END = SYNTHETIC_START + (SYNTHETIC_POINTS - 1) * SYNTHETIC_STEP
+SYNTHETIC_FROM = SYNTHETIC_START + 300
+SYNTHETIC_MACROS = {"__rate_interval": "1m", "__interval": "15s", "__range": f"{SYNTHETIC_END - SYNTHETIC_FROM}s",
+                    "__range_s": str(SYNTHETIC_END - SYNTHETIC_FROM)}
+
+
+def _over_the_hour(ns: str, port: int, dashboard: dict, expr: str, host: str) -> list:
+    """The range query Grafana sends for a time series panel over the dashboard's range."""
+    query = interpolate(expr, dashboard, _selection(dashboard, [host]), SYNTHETIC_MACROS)
+    answer = _api(ns, port, "query_range", query=query, start=SYNTHETIC_FROM, end=SYNTHETIC_END, step=60)
+    assert answer["status"] == "success", f"{query}: {answer.get('error')}"
+    return answer["data"]["result"]
+
+
+def _at_the_end(ns: str, port: int, dashboard: dict, expr: str, host: str) -> list:
+    query = interpolate(expr, dashboard, _selection(dashboard, [host]), SYNTHETIC_MACROS)
+    answer = _api(ns, port, "query", query=query, time=SYNTHETIC_END)
+    assert answer["status"] == "success", f"{query}: {answer.get('error')}"
+    return answer["data"]["result"]
+
+
+def test_top_ten_over_the_range_and_departed_clients(synthetic_prometheus):
+    ns, port = synthetic_prometheus
+    dashboard = load_dashboard()
+    for target in _panel(dashboard, "Client throughput (top 10)")["targets"]:
+        series = _over_the_hour(ns, port, dashboard, target["expr"], "h")
+        shown = {s["metric"]["mac"] for s in series}
+        assert len(shown) == 10 and DEPARTED in shown, (target["refId"], sorted(shown))
+        assert all(s["metric"]["device"] == "eth1" for s in series)
+    for title in ("Top clients by download", "Top clients by upload"):
+        (target,) = _panel(dashboard, title)["targets"]
+        rows = _at_the_end(ns, port, dashboard, target["expr"], "h")
+        by_mac = {row["metric"]["mac"]: row["metric"] for row in rows}
+        assert len(rows) == 10 and len(by_mac) == 10, rows
+        assert DEPARTED in by_mac and not by_mac[DEPARTED].get("ipv4"), by_mac.get(DEPARTED)
+        assert all(labels.get("ipv4") for mac, labels in by_mac.items() if mac != DEPARTED), by_mac
+
+
+def test_ratios_of_an_idle_host_show_no_value(synthetic_prometheus):
+    ns, port = synthetic_prometheus
+    dashboard = load_dashboard()
+    for title in ("Retransmission ratio", "RTT: mean, median, p99", "NET_RX breakdown"):
+        for target in _panel(dashboard, title)["targets"]:
+            series = _over_the_hour(ns, port, dashboard, target["expr"], "idle")
+            values = {value for s in series for _, value in s["values"]}
+            assert "NaN" not in values, (title, target["refId"], series)
+
+
+def test_link_state_paints_unknown_operstate_as_healthy(synthetic_prometheus):
+    """WireGuard and tun report operstate "unknown" (netio_network_up 0): not red."""
+    ns, port = synthetic_prometheus
+    dashboard = load_dashboard()
+    panel = _panel(dashboard, "Link up/down")
+    (target,) = panel["targets"]
+    mappings = {value: option for mapping in panel["fieldConfig"]["defaults"]["mappings"]
+                for value, option in mapping["options"].items()}
+    colors = {}
+    for series in _over_the_hour(ns, port, dashboard, target["expr"], "h"):
+        (value,) = {value for _, value in series["values"]}
+        colors[series["metric"]["device"]] = mappings[value]["color"]
+    assert colors["eth0"] == "green" and colors["eth2"] == "red" and colors["wg0"] not in ("red", "green"), colors
