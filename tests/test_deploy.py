@@ -228,17 +228,20 @@ def test_alert_rules_use_the_metric_contract():
             assert flag in _options() | PLANNED_FLAGS or flag == "--no-collector", flag  # --no-collector.{{ ... }}
 
 
-def test_multi_host_config_derives_host_like_prometheus_yml():
-    multi = _yaml(PROMETHEUS_DIR / "prometheus-multi-host.yml")["scrape_configs"]
+def test_every_job_sets_host_with_the_same_relabelling():
+    """prometheus.yml and prometheus-multi-host.yml, netio and node jobs: one relabelling, so the jobs join on
+    `host` (tests/test_prometheus.py runs it on a real Prometheus)."""
     single = _yaml(ROOT / "prometheus.yml")["scrape_configs"]
-    assert [job["job_name"] for job in multi] == ["netio"] and "netio" in [job["job_name"] for job in single]
-    (relabel,) = multi[0]["relabel_configs"]
-    assert relabel["target_label"] == "host" and relabel["source_labels"] == ["host", "__address__"]
-    pattern = re.compile(relabel["regex"])
-    # No host label yet: the address without the port (as prometheus.yml does); a host label: kept.
-    assert pattern.fullmatch(";web-1.example.net:7070").expand(relabel["replacement"].replace("$1", r"\1")) \
-        == "web-1.example.net"
-    assert not pattern.fullmatch("gateway;192.0.2.1:7070")
+    multi = _yaml(PROMETHEUS_DIR / "prometheus-multi-host.yml")["scrape_configs"]
+    assert [job["job_name"] for job in single] == ["netio"] and [job["job_name"] for job in multi] == ["netio", "node"]
+    relabelling = single[0]["relabel_configs"]
+    assert all(job["relabel_configs"] == relabelling for job in multi)
+    (rule,) = relabelling
+    assert rule["target_label"] == "host" and rule["source_labels"] == ["host", "__address__"]
+    assert "*host_label" in (ROOT / "prometheus.yml").read_text()  # the node job documented, commented out
+    # a single-host install names its machine
+    ((static,),) = [job["static_configs"] for job in single]
+    assert static["targets"] == ["localhost:7070"] and static["labels"]["host"]
     for group in _yaml(PROMETHEUS_DIR / multi[0]["file_sd_configs"][0]["files"][0]):
         assert all(target.endswith(f":{PORT}") for target in group["targets"])
     for static in multi[0]["static_configs"]:
