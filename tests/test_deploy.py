@@ -250,13 +250,26 @@ def test_every_job_sets_host_with_the_same_relabelling():
 
 # ------------------------------------------------------------------------------------------ docker compose
 
-def test_compose_runs_the_exporter_privileged_on_the_host_network():
+def test_compose_runs_the_exporter_with_capabilities_on_the_host_network():
     services = _yaml(COMPOSE)["services"]
     exporter = services["netio-exporter"]
-    assert exporter["network_mode"] == "host" and exporter["privileged"] is True and exporter["build"] == "."
+    assert exporter["network_mode"] == "host" and exporter["build"] == "."
+    assert "privileged" not in exporter
+    assert exporter["cap_drop"] == ["ALL"] and set(exporter["cap_add"]) == CAPABILITIES
     assert_runs_the_exporter_on_7070(exporter["command"], "docker-compose.yml")
     for name in ("prometheus", "grafana"):
         assert services[name]["network_mode"] == "host", name
+
+
+def test_compose_listens_on_loopback_only_and_grafana_has_no_default_password():
+    """On the host network a port is the host's: a gateway's faces the WAN."""
+    services = _yaml(COMPOSE)["services"]
+    assert build_parser().parse_args(services["netio-exporter"]["command"]).address == "127.0.0.1"
+    assert "--web.listen-address=127.0.0.1:9090" in services["prometheus"]["command"]
+    environment = services["grafana"]["environment"]
+    assert environment["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+    # compose's ${VAR:?message}: no start without a password of the user's
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", environment["GF_SECURITY_ADMIN_PASSWORD"])
 
 
 def test_compose_mounts_the_files_of_this_repository():
@@ -324,6 +337,25 @@ def test_daemonset_runs_the_exporter_on_the_host_network_with_few_capabilities()
     assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
     assert set(security["capabilities"]["add"]) <= CAPABILITIES
+    # the runtime's default seccomp profile (bpf and perf_event_open gated by CAP_BPF/CAP_PERFMON)
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"} and "seccompProfile" not in security
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert spec["priorityClassName"] == "system-node-critical"
+    text = KUBERNETES.read_text()
+    assert "pod-security.kubernetes.io/enforce=privileged" in text and "CRI-O" in text  # documented
+
+
+def test_kubernetes_manifests_pass_kubernetes_validate_strict():
+    """kubernetes-validate (PyPI, the test extra) against the newest Kubernetes schemas it has; the
+    PodMonitor is a CRD it has no schema for."""
+    validate = Path(sys.executable).parent / "kubernetes-validate"
+    require(validate.exists(), "kubernetes-validate not installed (it is in the test extra: pip install -e '.[test]')")
+    result = subprocess.run([str(validate), "--strict", str(KUBERNETES)], capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    for kind in ("daemonset", "service"):
+        assert f"passed for resource {kind}/netio-exporter" in output, output
+    assert "ERROR" not in output, output
 
 
 def test_service_and_podmonitor_select_the_pods_and_label_the_host():
