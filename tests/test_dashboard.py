@@ -25,7 +25,7 @@ import pytest
 
 from exporter.cli import build_parser
 from tests.support import free_port, in_netns, require, veth_pair
-from tests.support.contract import COLLECTOR_OF, CONTRACT, CONTRACT_LABELS, label_names, metric_names
+from tests.support.contract import COLLECTOR_OF, CONTRACT_LABELS, label_names, metric_names
 
 try:
     import yaml
@@ -295,7 +295,6 @@ def test_every_ratio_is_guarded_against_division_by_zero():
 # The kind of value a query returns, and the Grafana units that show it.
 UNITS = {"bits/s": {"bps"}, "bytes/s": {"Bps", "binBps"}, "per second": {"pps", "ops", "cps", "reqps"},
          "ratio": {"percentunit"}, "seconds": {"s"}, "bytes": {"bytes", "decbytes"}, "count": {"short", "none"}}
-GAUGE_SUFFIXES = ("_gcount", "_gsum", "_bucket")
 
 
 def _base(name: str) -> str:
