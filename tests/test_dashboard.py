@@ -290,6 +290,11 @@ def test_every_ratio_is_guarded_against_division_by_zero():
                     f"{panel['title']} {target['refId']}: unguarded denominator {denominator!r}"
             if "histogram_quantile" in expr:
                 assert re.search(r"and on \(\) \(sum\(netio_tcp_rtt_seconds_gcount\{[^}]*\}\) > 0\)", expr), expr
+    # the mean RTT leans to loopback's microseconds: the median and p99 beside it
+    rtt = [target["expr"] for target in _panel(load_dashboard(), "RTT: mean, median, p99")["targets"]]
+    for quantile in ("0.5", "0.99"):
+        assert any(expr.startswith(f"histogram_quantile({quantile}, sum by (le) (netio_tcp_rtt_seconds_bucket{{")
+                   for expr in rtt), rtt
 
 
 # The kind of value a query returns, and the Grafana units that show it.
