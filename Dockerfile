@@ -1,7 +1,8 @@
 # netio-exporter. Run it in the host's network namespace, with the capabilities of the collectors you use
 # (link and tcp need none; netstack CAP_BPF + CAP_PERFMON + CAP_SYSLOG; mac CAP_BPF + CAP_NET_ADMIN):
 #   docker build -t netio-exporter .
-#   docker run --network host --cap-add BPF --cap-add PERFMON --cap-add SYSLOG --cap-add NET_ADMIN netio-exporter
+#   docker run --network host --cap-drop ALL --cap-add BPF --cap-add PERFMON --cap-add SYSLOG --cap-add NET_ADMIN netio-exporter
+# (Docker >= 23: its default seccomp profile allows bpf() and perf_event_open() with CAP_BPF and CAP_PERFMON)
 
 # The wheel's build compiles the eBPF programs with clang (setup.py), so they ship inside it.
 FROM python:3.11-slim AS build

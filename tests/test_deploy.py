@@ -75,7 +75,7 @@ def _flags_mentioned(text: str) -> set[str]:
 def test_multi_host_config_and_its_rules_pass_promtool():
     result = _promtool("check", "config", "prometheus-multi-host.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "7 rules found" in result.stdout
+    assert f"{len(_rules())} rules found" in result.stdout
 
 
 def test_alert_rules_pass_promtool_check():
@@ -89,25 +89,135 @@ def test_alert_rules_pass_their_unit_tests():
     assert "SUCCESS" in result.stdout
 
 
-def test_every_alert_is_tested_firing_and_quiet():
-    rules = [rule for group in _yaml(ALERTS)["groups"] for rule in group["rules"]]
+# The topics of alerts_test.yml (the start of each test's name) and the rules a topic does not apply to.
+ALERT_TEST_TOPICS = ("for", "reset", "NaN", "intermittent")
+NOT_APPLICABLE = {
+    # gauges: nothing to reset
+    "reset": {"NetioExporterDown", "NetioExporterAbsent", "NetioExporterRestarting", "NetioScrapesSlow",
+              "NetioCollectorFailing", "NetioPhysicalLinkDown", "NetioExporterPodsUnavailable"},
+    # no division
+    "NaN": {"NetioExporterDown", "NetioExporterAbsent", "NetioExporterRestarting", "NetioScrapesSlow",
+            "NetioCollectorFailing", "NetioNICRingDrops", "NetioLinkFlapping", "NetioPhysicalLinkDown",
+            "NetioNetstackCPUHigh", "NetioMACTableFull", "NetioExporterPodsUnavailable"},
+}
+LINK_DEVICE_MATCHER = 'device!~"lo|veth.*|cali.*|lxc.*|tap.*|vnet.*"'
+RUNBOOK_BASE = "https://github.com/netio-exporter/netio-exporter/blob/main/README.md#"
+
+
+def _rules() -> list[dict]:
+    return [rule for group in _yaml(ALERTS)["groups"] for rule in group["rules"]]
+
+
+def _alert_tests() -> list[dict]:
     tests = _yaml(PROMETHEUS_DIR / "alerts_test.yml")
-    assert tests["rule_files"] == ["alerts.yml"]
-    cases = [case for test in tests["tests"] for case in test["alert_rule_test"]]
-    for rule in rules:
-        assert rule["labels"]["severity"] in ("critical", "warning", "info")
-        assert {"summary", "description"} <= set(rule["annotations"])
-        mine = [case for case in cases if case["alertname"] == rule["alert"]]
-        assert any(case["exp_alerts"] for case in mine), f"{rule['alert']}: no test where it fires"
-        assert any(not case["exp_alerts"] for case in mine), f"{rule['alert']}: no test where it stays quiet"
-        assert all(alert["exp_labels"].get("host") for case in mine for alert in case["exp_alerts"])
+    assert tests["rule_files"] == ["alerts.yml"] and tests["evaluation_interval"] == "1m"
+    return tests["tests"]
+
+
+def _minutes(duration: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([mhd])", duration).groups()
+    return int(number) * {"m": 1, "h": 60, "d": 1440}[unit]
+
+
+def test_every_alert_is_tested_on_every_topic_that_applies():
+    tests = _alert_tests()
+    for test in tests:
+        assert test["name"].split(":")[0] in ALERT_TEST_TOPICS, test["name"]
+    for rule in _rules():
+        assert rule["labels"]["severity"] == "warning", rule["alert"]
+        for topic in ALERT_TEST_TOPICS:
+            cases = [case for test in tests if test["name"].startswith(topic + ":")
+                     for case in test.get("alert_rule_test", []) if case["alertname"] == rule["alert"]]
+            if rule["alert"] in NOT_APPLICABLE.get(topic, ()):
+                assert not cases, f"{rule['alert']}: {topic} tested but listed as not applicable"
+            else:
+                assert cases, f"{rule['alert']}: no {topic!r} test"
+        firing = [alert for test in tests for case in test.get("alert_rule_test", [])
+                  if case["alertname"] == rule["alert"] for alert in case["exp_alerts"]]
+        assert firing, f"{rule['alert']}: no test where it fires"
+        metric_labels = {"namespace", "daemonset"} if rule["alert"] == "NetioExporterPodsUnavailable" else {"host"}
+        if rule["alert"] == "NetioExporterAbsent":
+            metric_labels = {"job"}  # absent() knows only the selector's labels
+        for alert in firing:
+            assert metric_labels <= set(alert["exp_labels"]), rule["alert"]
+
+
+def test_every_for_is_pinned_to_the_minute(tmp_path):
+    """Each "for:" test expects an alert quiet at T - 1m and firing at T. The same inputs against the rules
+    without `for` must fire at T - for and be quiet one minute earlier: the condition starts exactly `for`
+    before the alert fires, so neither the wait nor the threshold can drift unnoticed."""
+    rules = {rule["alert"]: rule for rule in _rules()}
+    stripped_groups = []
+    for group in _yaml(ALERTS)["groups"]:
+        stripped_groups.append({"name": group["name"], "rules": [
+            {key: value for key, value in rule.items() if key not in ("for", "annotations")}
+            for rule in group["rules"]]})
+    (tmp_path / "stripped.yml").write_text(json.dumps({"groups": stripped_groups}))
+    shifted_tests, pinned = [], set()
+    for test in _alert_tests():
+        if not test["name"].startswith("for:"):
+            continue
+        cases = []
+        for name in dict.fromkeys(case["alertname"] for case in test["alert_rule_test"]):
+            mine = sorted(((_minutes(case["eval_time"]), case) for case in test["alert_rule_test"]
+                           if case["alertname"] == name), key=lambda pair: pair[0])
+            fired = [(minute, case) for minute, case in mine if case["exp_alerts"]]
+            if not fired:
+                continue  # quiet cases of another rule's test
+            ((fire_at, firing),) = fired
+            assert any(minute == fire_at - 1 and not case["exp_alerts"] for minute, case in mine), \
+                f"{name}: not tested quiet at {fire_at - 1}m, one evaluation before it fires"
+            wait = _minutes(rules[name].get("for", "0m"))
+            labels = [{"exp_labels": alert["exp_labels"]} for alert in firing["exp_alerts"]]
+            cases += [{"alertname": name, "eval_time": f"{fire_at - wait - 1}m", "exp_alerts": []},
+                      {"alertname": name, "eval_time": f"{fire_at - wait}m", "exp_alerts": labels}]
+            pinned.add(name)
+        shifted_tests.append({**test, "alert_rule_test": cases})
+    assert pinned == set(rules), f"no for: test fires {set(rules) - pinned}"
+    (tmp_path / "shifted_test.yml").write_text(json.dumps(
+        {"rule_files": ["stripped.yml"], "evaluation_interval": "1m", "tests": shifted_tests}))
+    promtool = shutil.which("promtool")
+    require(promtool is not None, "promtool not installed (apt-get install prometheus)")
+    result = subprocess.run([promtool, "test", "rules", "shifted_test.yml"], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_described_with_its_labels_and_a_runbook_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    anchors = {_github_anchor(heading) for heading in re.findall(r"^#+ (.+)$", readme, flags=re.M)}
+    for rule in _rules():
+        annotations = rule["annotations"]
+        assert set(annotations) == {"summary", "description", "runbook_url"}, rule["alert"]
+        assert "{{ $labels." in annotations["description"], f"{rule['alert']}: the description names no label"
+        url = annotations["runbook_url"]
+        assert url.startswith(RUNBOOK_BASE), url
+        anchor = url.removeprefix(RUNBOOK_BASE)
+        assert anchor == rule["alert"].lower() and anchor in anchors, f"{rule['alert']}: no README section #{anchor}"
+
+
+def _github_anchor(heading: str) -> str:
+    """The id GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_link_alerts_skip_virtual_devices_with_one_documented_matcher():
+    readme = (ROOT / "README.md").read_text()
+    assert LINK_DEVICE_MATCHER in ALERTS.read_text().split("groups:")[0] and LINK_DEVICE_MATCHER in readme
+    for rule in _rules():
+        for selector in re.findall(r"\b(netio_network_\w+)(\{[^}]*\})?", rule["expr"]):
+            name, matchers = selector
+            if name != "netio_network_info":
+                assert LINK_DEVICE_MATCHER in matchers, f"{rule['alert']}: {name}{matchers}"
 
 
 def test_alert_rules_use_the_metric_contract():
-    rules = [rule for group in _yaml(ALERTS)["groups"] for rule in group["rules"]]
+    rules = _rules()
     alerts = {rule["alert"] for rule in rules}
-    assert {"NetioExporterDown", "NetioCollectorFailing", "NetioInterfaceErrors", "NetioInterfaceDrops",
-            "NetioTCPRetransmissionRatioHigh", "NetioNetstackCPUHigh"} <= alerts
+    assert {"NetioExporterDown", "NetioExporterAbsent", "NetioCollectorFailing", "NetioInterfaceReceiveErrors",
+            "NetioInterfaceTransmitErrors", "NetioInterfaceReceiveDrops", "NetioInterfaceTransmitDrops",
+            "NetioNICRingDrops", "NetioLinkFlapping", "NetioPhysicalLinkDown", "NetioExporterRestarting",
+            "NetioScrapesSlow", "NetioTCPRetransmissionRatioHigh", "NetioNetstackCPUHigh"} <= alerts
     for rule in rules:
         names = metric_names(rule["expr"])
         assert names and names <= set(COLLECTOR_OF), f"{rule['alert']}: {names - set(COLLECTOR_OF)}"
@@ -118,17 +228,20 @@ def test_alert_rules_use_the_metric_contract():
             assert flag in _options() | PLANNED_FLAGS or flag == "--no-collector", flag  # --no-collector.{{ ... }}
 
 
-def test_multi_host_config_derives_host_like_prometheus_yml():
-    multi = _yaml(PROMETHEUS_DIR / "prometheus-multi-host.yml")["scrape_configs"]
+def test_every_job_sets_host_with_the_same_relabelling():
+    """prometheus.yml and prometheus-multi-host.yml, netio and node jobs: one relabelling, so the jobs join on
+    `host` (tests/test_prometheus.py runs it on a real Prometheus)."""
     single = _yaml(ROOT / "prometheus.yml")["scrape_configs"]
-    assert [job["job_name"] for job in multi] == ["netio"] and "netio" in [job["job_name"] for job in single]
-    (relabel,) = multi[0]["relabel_configs"]
-    assert relabel["target_label"] == "host" and relabel["source_labels"] == ["host", "__address__"]
-    pattern = re.compile(relabel["regex"])
-    # No host label yet: the address without the port (as prometheus.yml does); a host label: kept.
-    assert pattern.fullmatch(";web-1.example.net:7070").expand(relabel["replacement"].replace("$1", r"\1")) \
-        == "web-1.example.net"
-    assert not pattern.fullmatch("gateway;192.0.2.1:7070")
+    multi = _yaml(PROMETHEUS_DIR / "prometheus-multi-host.yml")["scrape_configs"]
+    assert [job["job_name"] for job in single] == ["netio"] and [job["job_name"] for job in multi] == ["netio", "node"]
+    relabelling = single[0]["relabel_configs"]
+    assert all(job["relabel_configs"] == relabelling for job in multi)
+    (rule,) = relabelling
+    assert rule["target_label"] == "host" and rule["source_labels"] == ["host", "__address__"]
+    assert "*host_label" in (ROOT / "prometheus.yml").read_text()  # the node job documented, commented out
+    # a single-host install names its machine
+    ((static,),) = [job["static_configs"] for job in single]
+    assert static["targets"] == ["localhost:7070"] and static["labels"]["host"]
     for group in _yaml(PROMETHEUS_DIR / multi[0]["file_sd_configs"][0]["files"][0]):
         assert all(target.endswith(f":{PORT}") for target in group["targets"])
     for static in multi[0]["static_configs"]:
@@ -137,13 +250,26 @@ def test_multi_host_config_derives_host_like_prometheus_yml():
 
 # ------------------------------------------------------------------------------------------ docker compose
 
-def test_compose_runs_the_exporter_privileged_on_the_host_network():
+def test_compose_runs_the_exporter_with_capabilities_on_the_host_network():
     services = _yaml(COMPOSE)["services"]
     exporter = services["netio-exporter"]
-    assert exporter["network_mode"] == "host" and exporter["privileged"] is True and exporter["build"] == "."
+    assert exporter["network_mode"] == "host" and exporter["build"] == "."
+    assert "privileged" not in exporter
+    assert exporter["cap_drop"] == ["ALL"] and set(exporter["cap_add"]) == CAPABILITIES
     assert_runs_the_exporter_on_7070(exporter["command"], "docker-compose.yml")
     for name in ("prometheus", "grafana"):
         assert services[name]["network_mode"] == "host", name
+
+
+def test_compose_listens_on_loopback_only_and_grafana_has_no_default_password():
+    """On the host network a port is the host's: a gateway's faces the WAN."""
+    services = _yaml(COMPOSE)["services"]
+    assert build_parser().parse_args(services["netio-exporter"]["command"]).address == "127.0.0.1"
+    assert "--web.listen-address=127.0.0.1:9090" in services["prometheus"]["command"]
+    environment = services["grafana"]["environment"]
+    assert environment["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+    # compose's ${VAR:?message}: no start without a password of the user's
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", environment["GF_SECURITY_ADMIN_PASSWORD"])
 
 
 def test_compose_mounts_the_files_of_this_repository():
@@ -211,6 +337,25 @@ def test_daemonset_runs_the_exporter_on_the_host_network_with_few_capabilities()
     assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
     assert set(security["capabilities"]["add"]) <= CAPABILITIES
+    # the runtime's default seccomp profile (bpf and perf_event_open gated by CAP_BPF/CAP_PERFMON)
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"} and "seccompProfile" not in security
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert spec["priorityClassName"] == "system-node-critical"
+    text = KUBERNETES.read_text()
+    assert "pod-security.kubernetes.io/enforce=privileged" in text and "CRI-O" in text  # documented
+
+
+def test_kubernetes_manifests_pass_kubernetes_validate_strict():
+    """kubernetes-validate (PyPI, the test extra) against the newest Kubernetes schemas it has; the
+    PodMonitor is a CRD it has no schema for."""
+    validate = Path(sys.executable).parent / "kubernetes-validate"
+    require(validate.exists(), "kubernetes-validate not installed (it is in the test extra: pip install -e '.[test]')")
+    result = subprocess.run([str(validate), "--strict", str(KUBERNETES)], capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    for kind in ("daemonset", "service"):
+        assert f"passed for resource {kind}/netio-exporter" in output, output
+    assert "ERROR" not in output, output
 
 
 def test_service_and_podmonitor_select_the_pods_and_label_the_host():

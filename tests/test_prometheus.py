@@ -15,6 +15,11 @@ import pytest
 
 from tests.support import free_port, in_netns, require, veth_pair
 
+try:
+    import yaml
+except ImportError:  # only the tests use PyYAML (the test extra)
+    yaml = None
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -76,10 +81,52 @@ def test_prometheus_scrapes_rate_with_host_label(netns, exporter, prometheus):
     sender.close()
     assert result, "no rate() result within 60 s"
     labels = result[0]["metric"]
-    assert labels["host"] == "127.0.0.1" and labels["device"] == dev_b and labels["job"] == "netio"
+    # prometheus.yml names its one target: the explicit label wins over the address
+    assert labels["host"] == "localhost" and labels["device"] == dev_b and labels["job"] == "netio"
     assert float(result[0]["value"][1]) > 0
     up = _query(ns_b, port, 'netio_scrape_collector_success{collector="link"}')
     assert up and up[0]["value"][1] == "1"
+
+
+def test_host_label_for_every_kind_of_target(netns, tmp_path):
+    """prometheus.yml's netio job and prometheus-multi-host.yml's node job, on a real Prometheus: `host` is
+    the address without its port, for names, IPv4, bracketed IPv6 and targets without a port (Prometheus adds
+    the port after relabelling), and an explicit `host` label wins. Nothing listens: the targets' labels are
+    what counts."""
+    binary = shutil.which("prometheus")
+    require(binary is not None and yaml is not None, "prometheus or PyYAML not installed")
+    expected = {"web-1.example.net:7070": "web-1.example.net", "localhost": "localhost",
+                "192.0.2.1:7070": "192.0.2.1", "[::1]:7070": "::1", "[2001:db8::1]": "2001:db8::1",
+                "web-1.example.net:9100": "web-1.example.net", "198.51.100.7:7070": "edge-router"}
+    config = yaml.safe_load((ROOT / "prometheus.yml").read_text())
+    (netio,) = config["scrape_configs"]
+    node = next(job for job in yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus-multi-host.yml")
+                                              .read_text())["scrape_configs"] if job["job_name"] == "node")
+    netio["static_configs"] = [{"targets": [t for t in expected if not t.endswith((":9100", "100.7:7070"))]},
+                               {"targets": ["198.51.100.7:7070"], "labels": {"host": "edge-router"}}]
+    node["static_configs"] = [{"targets": ["web-1.example.net:9100"]}]
+    config.update(scrape_configs=[netio, node], rule_files=[])
+    (tmp_path / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    ns = netns()
+    port = free_port(ns)
+    process = subprocess.Popen(["ip", "netns", "exec", ns, binary, f"--config.file={tmp_path}/prometheus.yml",
+                                f"--storage.tsdb.path={tmp_path}/data", f"--web.listen-address=127.0.0.1:{port}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 40
+        found = {}
+        while time.monotonic() < deadline and len(found) < len(expected):
+            try:
+                with in_netns(ns), urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5) as r:
+                    targets = json.load(r)["data"]["activeTargets"]
+                found = {target["discoveredLabels"]["__address__"]: target["labels"].get("host") for target in targets}
+            except OSError:  # still starting
+                pass
+            time.sleep(0.5)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    assert found == expected
 
 
 def test_prometheus_yml_is_valid():

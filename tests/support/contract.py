@@ -32,27 +32,34 @@ CONTRACT: dict[str | None, set[str]] = {
         "netio_tcp_connections", "netio_tcp_{sent,acked,received,retransmitted}_bytes_total",
         "netio_tcp_{sent,received,retransmitted}_segments_total",
         "netio_tcp_{busy,rwnd_limited,sndbuf_limited}_seconds_total", "netio_tcp_connections_closed_total",
-        "netio_tcp_rtt_seconds_{bucket,gcount,gsum}"),
+        "netio_tcp_rtt_seconds_{bucket,gcount,gsum}", "netio_tcp_accounting_info"),
     "netstack": _expand("netio_netstack_{cpu_seconds,invocations,rx_samples}_total"),
     "mac": _expand("netio_mac_{download,upload}_{bytes,packets}_total", "netio_mac_info",
                    "netio_mac_untracked_{bytes,packets}_total"),
     None: _expand("netio_exporter_build_info", "netio_scrape_collector_{success,duration_seconds}",
                   "process_{cpu_seconds_total,resident_memory_bytes,virtual_memory_bytes,open_fds,max_fds}",
-                  "process_start_time_seconds", "up"),
+                  "process_start_time_seconds", "up", "scrape_duration_seconds"),
+    # Always on, but without series while no eBPF program is loaded.
+    "bpf_programs": {"netio_bpf_program_missed_runs_total"},
+    # Not the exporter's: kube-state-metrics, for the DaemonSet's alert.
+    "kube-state-metrics": {"kube_daemonset_status_number_unavailable"},
 }
 CONTRACT_LABELS = {
     "device", "address", "operstate", "ifalias", "kind",  # link
     "state", "local_port", "le",  # tcp
     "cpu", "entry", "category",  # netstack
     "mac", "ipv4", "ipv6",  # mac
-    "version", "collector",  # self
+    "method",  # tcp accounting
+    "version", "collector", "program",  # self
+    "namespace", "daemonset",  # kube-state-metrics
     "host", "instance", "job",  # Prometheus: the target's labels (host by relabelling)
 }
 COLLECTOR_OF = {name: collector for collector, names in CONTRACT.items() for name in names}
+
+
 def metric_names(expr: str) -> set[str]:
-    names = set(re.findall(r"\b((?:netio|process)_[a-z0-9_]+)\b", expr))
-    if re.search(r"(?<![\w.])up\s*[{\[]", expr):
-        names.add("up")
+    names = set(re.findall(r"\b((?:netio|process|kube)_[a-z0-9_]+)\b", expr))
+    names.update(re.findall(r"(?<![\w.])(up|scrape_duration_seconds)\s*[{\[]", expr))
     return names
 
 
