@@ -128,11 +128,11 @@ def _unprivileged_port_start() -> int:
         return 1024
 
 
-def drop_after_start(collectors, port: int | None = None) -> list[str]:
-    """Once the collectors are built: keep what their ``capabilities_after_start`` name, and
+def drop_after_start(collectors, port: int | None = None, keep=()) -> list[str]:
+    """Once the collectors are built: keep what their ``capabilities_after_start`` and ``keep`` name, and
     CAP_NET_BIND_SERVICE for a ``port`` below net.ipv4.ip_unprivileged_port_start (the server binds it
     after this). A kernel that refuses is logged once and the exporter runs on as it is."""
-    keep = {name for collector in collectors for name in collector.capabilities_after_start}
+    keep = {*keep, *(name for collector in collectors for name in collector.capabilities_after_start)}
     if port is not None and port < _unprivileged_port_start():
         keep.add("CAP_NET_BIND_SERVICE")
     try:
