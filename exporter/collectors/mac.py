@@ -162,7 +162,7 @@ class _Device:
         self._attach(ifindex)
         self.ifindex = ifindex
         if self._missing_said:
-            log.info("mac: interface %s is back; attached again (%s)", self.name, self.method)
+            log.info("mac: interface %s is present now; attached (%s)", self.name, self.method)
             self._missing_said = False
         elif lost:
             log.warning("mac: the programs on %s were detached (interface re-created, tc qdisc or filter deleted, "
