@@ -1,8 +1,10 @@
-"""Build hook: compile exporter/bpf/*.bpf.c with clang into the built package.
+"""Build hook: compile exporter/bpf/*.bpf.c with clang at install time, for every install path.
 
-pyproject.toml holds the project's metadata; this file only adds the compile step to build_py
-and ships the sources and objects as package data. Without clang the build still succeeds (the
-netstack collector then reports itself unavailable and says how to fix it).
+pyproject.toml holds the project's metadata; this file only adds the compile step to build_py and
+ships the sources and objects as package data. A wheel (``pip wheel .``, ``pip install .``) gets the
+objects inside its package; an editable install (``pip install -e .``: run.sh, test.sh) gets them next
+to the sources in the checkout, as ``build_ext --inplace`` does for C extensions. Without clang the
+build still succeeds (the eBPF collectors then report themselves unavailable and say how to fix it).
 """
 
 import importlib.util
@@ -23,10 +25,11 @@ def _load_bpf_build():
 class BuildPyWithBpf(build_py):
     def run(self):
         super().run()
-        if getattr(self, "editable_mode", False):
-            return  # editable installs compile on demand into a cache (see exporter/bpf/build.py)
         bpf_build = _load_bpf_build()
-        destination = Path(self.build_lib) / "exporter" / "bpf"
+        if getattr(self, "editable_mode", False):
+            destination = bpf_build.SOURCE_DIR  # the checkout the editable install points at
+        else:
+            destination = Path(self.build_lib) / "exporter" / "bpf"
         objects, failures = bpf_build.compile_all(destination)
         for path in objects:
             self.announce(f"compiled {path}", level=2)

@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     from .server import MetricsApp, serve
     scrape = Scrape([registration.build(args) for registration in enabled], self_collectors())
     address, port = args.address or DEFAULT_ADDRESS, args.port or DEFAULT_PORT
+    from .privileges import drop_after_start
+    drop_after_start(scrape.collectors, port)  # the collectors are loaded: keep only what they still use
     try:
         serve(MetricsApp(scrape), address, port)
     except OSError as error:

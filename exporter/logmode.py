@@ -1,8 +1,10 @@
 """Log mode (-l): link counter deltas per interval, as CSV (netio-logger compatible) or JSON lines.
 
 Standard output (or the file) carries only data lines; everything said to the operator goes to
-stderr. Each line is written whole with one write(2), so SIGTERM never leaves half a line, and
-SIGHUP reopens the file for log rotation.
+stderr. Lines are written whole or not at all: a short write is continued, and a write that fails
+part-way (a full disk) cuts the file back to where the line began before the exporter exits, so the
+next run appends to whole lines. SIGTERM is only acted on between lines. SIGHUP reopens the file for
+log rotation.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import re
 import signal
+import stat
 import sys
 import threading
 import time
@@ -74,15 +77,22 @@ class _Sink:
         self.is_new = False
         self.open()
 
+    @property
+    def _where(self) -> str:
+        return "standard output" if self.path == "-" else self.path
+
     def open(self) -> None:
         try:
             self._open()
         except OSError as error:
-            raise SinkError(f"cannot open {self.path}: {error.strerror or error}") from None
+            raise SinkError(f"cannot open {self._where}: {error.strerror or error}") from None
 
     def _open(self) -> None:
         if self.path == "-":
+            if sys.stdout is None:  # closed when we started: fd 1 may be any file opened since
+                raise OSError(0, "it is closed")
             self.fd, self.is_new = sys.stdout.fileno(), self.fd == -1
+            os.fstat(self.fd)  # EBADF if it was closed under Python
             return
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         if self.fd != -1:
@@ -91,12 +101,33 @@ class _Sink:
 
     def write(self, line: str) -> None:
         data = line.encode()
+        start = self._end()
+        written = 0
         try:
-            while data:
-                data = data[os.write(self.fd, data):]
+            while written < len(data):
+                written += os.write(self.fd, data[written:])
         except OSError as error:
-            where = "standard output" if self.path == "-" else self.path
-            raise SinkError(f"cannot write to {where}: {error.strerror or error}") from None
+            if written and start is not None:
+                self._cut(start, start + written)
+            raise SinkError(f"cannot write to {self._where}: {error.strerror or error}") from None
+
+    def _end(self) -> int | None:
+        """Where the next line begins, for a regular file (a pipe or a terminal cannot be cut back)."""
+        try:
+            if stat.S_ISREG(os.fstat(self.fd).st_mode):
+                return os.lseek(self.fd, 0, os.SEEK_END)
+        except OSError:
+            pass
+        return None
+
+    def _cut(self, start: int, end: int) -> None:
+        """Remove the part of a line written from ``start`` to ``end``, unless someone wrote after it."""
+        try:
+            if os.fstat(self.fd).st_size == end:
+                os.ftruncate(self.fd, start)
+                os.lseek(self.fd, start, os.SEEK_SET)
+        except OSError:
+            pass
 
     def close(self) -> None:
         if self.path != "-" and self.fd != -1:
@@ -203,6 +234,10 @@ class LogMode:
             self.sink.write(line)
 
     def run(self) -> int:
+        from .privileges import drop_after_start
+        # Reading links needs no capability; a file keeps CAP_DAC_OVERRIDE (if it was there) so that
+        # SIGHUP can reopen it wherever the first open could.
+        drop_after_start([], keep=["CAP_DAC_OVERRIDE"] if self.sink.path != "-" else [])
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reopen.set())

@@ -1,6 +1,8 @@
 # Sourced by run.sh and test.sh: installs what a fresh Debian machine lacks, as root.
 #   ensure_packages PKG...   apt-get install the Debian packages not yet installed
-#   ensure_venv [EXTRA]      ./.venv with netio-exporter installed (editable, with the pip extra)
+#   ensure_venv [EXTRA]      ./.venv with netio-exporter installed (editable, with the pip extra); the
+#                            install compiles the eBPF objects into exporter/bpf/ (setup.py), again
+#                            whenever the metadata or an eBPF source changed since the last install
 
 ensure_packages() {
     missing=""
@@ -22,7 +24,8 @@ ensure_venv() {
         python3 -m venv .venv
     fi
     stamp=".venv/.installed${extra:+-$extra}"
-    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py exporter/bpf -newer "$stamp" \
+            \( -name pyproject.toml -o -name setup.py -o -name '*.bpf.c' -o -name '*.h' \) -print)" ]; then
         .venv/bin/pip install -q -e ".${extra:+[$extra]}"
         touch "$stamp"
     fi

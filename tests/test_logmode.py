@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from tests.support import in_netns, run, veth_pair
+from tests.support import in_netns, require, run, veth_pair
 from exporter.logmode import ConfigError, DeltaTracker, interface_from_metrics_request
 
 PAYLOAD = 200
@@ -233,3 +234,60 @@ def test_unwritable_file_is_a_clear_error(tmp_path):
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 1
     assert "cannot open" in result.stderr and "No such file or directory" in result.stderr
+
+
+# A csv file that already holds whole lines and leaves 70 bytes of the tmpfs's only page: the 18th
+# "0,0" line from a quiet namespace is cut by the full disk.
+_CSV_SEED = "elapsedRx,elapsedTx\n" + "0,0\n" * 1000 + "12,34\n"
+
+
+@pytest.mark.parametrize("log_format", ["csv", "jsonl"])
+def test_a_full_disk_leaves_only_whole_lines(netns, tmp_path, log_format):
+    """A 4 KiB tmpfs mounted (and unmounted) by the test in a mount namespace of its own fills up: the
+    last write is short, the retry fails with ENOSPC, and the partial line is cut away before exit."""
+    require(shutil.which("unshare") is not None, "unshare not installed (util-linux)")
+    ns = netns()
+    mount = tmp_path / "small"
+    mount.mkdir()
+    seed = _CSV_SEED if log_format == "csv" else ""
+    script = (f'mount -t tmpfs -o size=4k netio-test {mount} || exit 90\n'
+              f'printf %s "$SEED" > {mount}/log\n'
+              f'ip netns exec {ns} {sys.executable} -m exporter -l {mount}/log --interval 0.01 '
+              f'--log-format {log_format}\n'
+              f'echo "exit=$?" >&2\n'
+              f'cat {mount}/log\n'
+              f'umount {mount}\n')
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            env={**os.environ, "SEED": seed, "METRICS_REQUEST": "networkStats/(lo)"},
+                            capture_output=True, text=True, timeout=120)
+    assert "exit=1" in result.stderr, result.stderr
+    assert f"cannot write to {mount}/log: No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr
+    content = result.stdout
+    assert content.startswith(seed) and content.endswith("\n") and len(content) > len(seed)
+    assert 4096 - len(content.encode()) < (70 if log_format == "csv" else 2000)  # the disk did fill
+    lines = content.splitlines()
+    if log_format == "csv":
+        assert lines[0] == "elapsedRx,elapsedTx" and all(re.fullmatch(r"\d+,\d+", line) for line in lines[1:])
+    else:
+        assert all(json.loads(line)["interfaces"] for line in lines)
+
+
+def test_closed_stdout_is_a_clear_error():
+    result = subprocess.run(["sh", "-c", f"exec {sys.executable} -m exporter -l - --interval 0.01 >&-"],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 1
+    assert result.stderr == "netio-exporter: cannot open standard output: it is closed\n"
+
+
+def test_stdout_whose_reader_left_is_a_clear_error():
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write gets EPIPE
+    try:
+        result = subprocess.run([sys.executable, "-m", "exporter", "-l", "-", "--interval", "0.01"],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=20)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1
+    assert "netio-exporter: cannot write to standard output: Broken pipe\n" in result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr

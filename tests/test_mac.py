@@ -7,6 +7,7 @@ off everywhere, so every frame that crosses a port is one the test sent and the 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import struct
@@ -152,6 +153,9 @@ def test_a_full_table_counts_the_rest_as_untracked(lan):
     assert _counts(last, "lan1", C3) == (None,) * 4
     assert value(last, "netio_mac_untracked_bytes_total", device="lan1") == 450
     assert value(last, "netio_mac_untracked_packets_total", device="lan1") == 3
+    assert value(last, "netio_mac_table_entries", device="lan1") == 2  # full: visible without the counters
+    assert value(last, "netio_mac_table_max_entries", device="lan1") == 2
+    assert value(last, "netio_mac_table_entries", device="lan2") == 0
     for before, after in zip(history, history[1:]):  # no counter ever decreases
         for key, number in before.items():
             if key[0].endswith("_total") and key in after:
@@ -270,3 +274,112 @@ def test_without_privileges_the_collector_reports_unavailable(lan):
     assert value(parsed, "netio_scrape_collector_success", collector="mac") == 0
     assert value(parsed, "netio_scrape_collector_success", collector="link") == 1
     assert "eBPF is not permitted" in result.stderr or "collector mac failed" in result.stderr
+
+
+def _readd_lan1(gw: str, c1: str, index: int | None = None) -> None:
+    """lan1 again (with ``index``: the ifindex it had), c1's eth0 on its other end, in the bridge."""
+    temp = unique_name("vm")
+    run("ip", "-n", gw, "link", "add", "lan1", *(("index", str(index)) if index else ()), "type", "veth",
+        "peer", "name", temp)
+    run("ip", "-n", gw, "link", "set", temp, "netns", c1)
+    run("ip", "-n", c1, "link", "set", temp, "name", "eth0", "address", C1, "up")
+    run("ip", "-n", gw, "link", "set", "lan1", "master", "br0", "up")
+
+
+def _ifindex(ns: str, device: str) -> int:
+    return int(run("ip", "-n", ns, "-o", "link", "show", device).stdout.split(":", 1)[0])
+
+
+def _detached_once(caplog) -> bool:
+    return sum("were detached" in record.getMessage() for record in caplog.records) == 1
+
+
+@pytest.mark.parametrize("attach", ["tcx", "clsact"])
+def test_an_interface_re_created_with_the_same_ifindex_is_attached_again(lan, attach, caplog):
+    """Between two scrapes lan1 goes and comes back with the same index: only our attachment tells."""
+    gw, c1 = lan["gw"], lan["c1"]
+    collector = _collector(gw, attach=attach)
+    try:
+        _send(c1, "eth0", [_frame(lan["gw_mac"], C1, 100)])
+        assert _counts(_scrape(collector, gw), "lan1", C1)[:2] == (100, 1)
+        index = _ifindex(gw, "lan1")
+        run("ip", "-n", gw, "link", "del", "lan1")
+        _readd_lan1(gw, c1, index)
+        assert _ifindex(gw, "lan1") == index
+        _scrape(collector, gw)  # notices and attaches again
+        _send(c1, "eth0", [_frame(lan["gw_mac"], C1, 100)] * 2)
+        parsed = _scrape(collector, gw)
+        _scrape(collector, gw)
+    finally:
+        collector.close()
+    assert _counts(parsed, "lan1", C1)[:2] == (300, 3)
+    assert _detached_once(caplog)
+
+
+@pytest.mark.parametrize("what", ["qdisc", "filter"])
+def test_a_deleted_clsact_qdisc_or_filter_is_attached_again(lan, what, caplog):
+    gw, c1 = lan["gw"], lan["c1"]
+    collector = _collector(gw, attach="clsact")
+    try:
+        _send(c1, "eth0", [_frame(lan["gw_mac"], C1, 100)])
+        _scrape(collector, gw)
+        if what == "qdisc":
+            run("tc", "-n", gw, "qdisc", "del", "dev", "lan1", "clsact")
+        else:  # only our ingress filter: egress still counts, upload would be lost
+            run("tc", "-n", gw, "filter", "del", "dev", "lan1", "ingress")
+        _scrape(collector, gw)
+        _send(c1, "eth0", [_frame(lan["gw_mac"], C1, 100)] * 2)
+        parsed = _scrape(collector, gw)
+        _scrape(collector, gw)
+        filters = _filters(gw, "lan1")
+    finally:
+        collector.close()
+    assert _counts(parsed, "lan1", C1)[:2] == (300, 3)
+    assert filters.count("netio_mac_ingress") == 1 and filters.count("netio_mac_egress") == 1
+    assert _detached_once(caplog)
+
+
+def _own_tcx_links(ifindex: int) -> list[str]:
+    """Ids of this process's TCX links on ``ifindex`` (from /proc/self/fdinfo): nobody else's."""
+    ids = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as file:
+                info = dict(line.split(":\t", 1) for line in file.read().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if info.get("link_type") == "tcx" and info.get("ifindex") == str(ifindex):
+            ids.append(info["link_id"])
+    return ids
+
+
+def test_a_detached_tcx_link_is_attached_again(lan, caplog):
+    gw, c1 = lan["gw"], lan["c1"]
+    collector = _collector(gw, attach="tcx")
+    try:
+        _scrape(collector, gw)
+        links = _own_tcx_links(_ifindex(gw, "lan1"))
+        assert len(links) == 2
+        run("bpftool", "link", "detach", "id", links[0])
+        _scrape(collector, gw)
+        _send(c1, "eth0", [_frame(lan["gw_mac"], C1, 100)] * 2)
+        _send(lan["gw"], "br0", [_frame(C1, lan["gw_mac"], 60)])
+        parsed = _scrape(collector, gw)
+    finally:
+        collector.close()
+    assert _counts(parsed, "lan1", C1) == (200, 2, 60, 1)
+    assert _detached_once(caplog)
+
+
+@pytest.mark.parametrize("mode", ["auto", "tcx"])
+def test_leftover_clsact_filters_are_removed_in_every_attach_mode(lan, foreign_filter, exporter, mode):
+    gw = lan["gw"]
+    first = exporter(gw, "--collector.mac.device", "lan1", "--collector.mac.attach", "clsact")
+    first.process.kill()  # SIGKILL: cls_bpf filters outlive the process
+    first.process.wait()
+    assert "netio_mac_ingress" in _filters(gw, "lan1")
+    second = exporter(gw, "--collector.mac.device", "lan1", "--collector.mac.attach", mode)
+    assert _filters(gw, "lan1") == foreign_filter  # the orphans are gone, the foreign filter stays
+    assert value(second.scrape(), "netio_scrape_collector_success", collector="mac") == 1
+    returncode, stderr = second.stop()
+    assert returncode == 0 and "removed 2 tc filters named netio_mac" in stderr

@@ -1,18 +1,17 @@
 """Compiling the ``*.bpf.c`` programs with clang, and finding the compiled objects.
 
-Two ways to get an object, tried in order by ``object_path()``:
-1. ``<name>.bpf.o`` next to its source: the package build (``setup.py``'s build_py hook, which calls
-   ``compile_all()``) puts the objects there inside the built package, so a wheel ships them.
-2. Compiled on demand into a cache directory (``$NETIO_EXPORTER_BPF_CACHE``, else
-   ``$XDG_CACHE_HOME/netio-exporter/bpf``, else ``~/.cache/netio-exporter/bpf``), named after a hash of
-   the source, the clang version and the flags, so an editable install (sources edited in place, no
-   build step) always runs what the source says.
-Without clang and without a shipped object, ``BpfObjectMissing`` says how to get one.
+Every install compiles the objects next to their sources, so the runtime needs neither clang nor a
+writable home: a wheel build (``pip wheel .``, ``pip install .``, the Docker image) puts them into the
+built package, and an editable install (``pip install -e .``, which ``run.sh`` and ``test.sh`` make)
+into the checkout's ``exporter/bpf/`` (setup.py's build_py hook calls ``compile_all()`` for both).
+``object_path()`` returns ``<name>.bpf.o``. An installed package's objects are what its build made;
+in a checkout (setup.py two levels up) an object older than its source or a header here is stale: a
+developer edited the source. Where clang is installed and the directory is writable (one's own
+checkout) it is compiled again in place, else ``BpfObjectMissing`` says how to rebuild it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
+_IN_CHECKOUT = (SOURCE_DIR.parent.parent / "setup.py").exists()
 # Every program in this directory, by name (netstack_time for netstack_time.bpf.c).
 SOURCES = tuple(sorted(path.name[:-len(".bpf.c")] for path in SOURCE_DIR.glob("*.bpf.c")))
 
@@ -80,38 +80,28 @@ def compile_all(destination: Path, clang: str | None = None) -> tuple[list[Path]
     return written, failures
 
 
-def _cache_dir() -> Path:
-    if os.environ.get("NETIO_EXPORTER_BPF_CACHE"):
-        return Path(os.environ["NETIO_EXPORTER_BPF_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "netio-exporter" / "bpf"
-
-
-def _clang_version(clang: str) -> str:
-    return subprocess.run([clang, "--version"], capture_output=True, text=True).stdout
+def _stale(shipped: Path, source: Path) -> bool:
+    """In a checkout: the object is older than its source or a header it may include from here."""
+    if not _IN_CHECKOUT or not source.exists():
+        return False
+    return shipped.stat().st_mtime < max(path.stat().st_mtime for path in (source, *SOURCE_DIR.glob("*.h")))
 
 
 def object_path(name: str) -> Path:
-    """The compiled object for ``name`` (``<name>.bpf.c`` here), compiling it on demand if needed."""
+    """The compiled object for ``name`` (``<name>.bpf.c`` here); compiled again in place only if stale."""
     shipped = SOURCE_DIR / f"{name}.bpf.o"
     source = SOURCE_DIR / f"{name}.bpf.c"
-    if shipped.exists() and (not source.exists() or shipped.stat().st_mtime >= source.stat().st_mtime):
+    if shipped.exists() and not _stale(shipped, source):
         return shipped
     clang = os.environ.get("CLANG") or shutil.which("clang")
-    if not source.exists() or not clang:
-        raise BpfObjectMissing(
-            f"no compiled eBPF object {name}.bpf.o in {SOURCE_DIR} and no clang to build it: install "
-            "clang (apt-get install clang libbpf-dev) and reinstall netio-exporter, or install a wheel "
-            "built where clang was present")
-    digest = hashlib.sha256(source.read_bytes())
-    for header in sorted(SOURCE_DIR.glob("*.h")):  # what the sources include from here
-        digest.update(header.read_bytes())
-    digest.update(_clang_version(clang).encode())
-    digest.update(" ".join(clang_command(Path("src"), Path("out"), "clang")).encode())
-    cached = _cache_dir() / f"{name}-{digest.hexdigest()[:16]}.bpf.o"
-    if not cached.exists():
-        compile_object(source, cached, clang)
-    return cached
+    if source.exists() and clang and os.access(SOURCE_DIR, os.W_OK):
+        compile_object(source, shipped, clang)  # a developer's edited checkout
+        return shipped
+    state = "is older than its source" if shipped.exists() else "is missing"
+    raise BpfObjectMissing(
+        f"the eBPF object {SOURCE_DIR}/{name}.bpf.o {state}: reinstall netio-exporter where clang is "
+        "installed (apt-get install clang libbpf-dev; ./run.sh --version, or pip install .), or install a "
+        "wheel built there")
 
 
 if __name__ == "__main__":  # python -m exporter.bpf.build [DIR]: compile into DIR (default: sources)

@@ -4,7 +4,11 @@ TCX (kernel 6.6+) links are created with a raw ``BPF_LINK_CREATE`` (Debian's lib
 them) and live as long as their fd: a killed exporter leaves nothing behind. A clsact qdisc's
 cls_bpf filter outlives the process instead, so filters are named ``FILTER_NAME`` and removed at
 start and on exit; filters and qdiscs of others are never touched. pyroute2 does the tc netlink
-work (control plane only; it is imported here and nowhere on the scrape path).
+work that changes things (control plane only; it is imported here and nowhere on the scrape path).
+
+Whether an attachment still holds is checked at every scrape, cheaply: a TCX link's info names the
+interface it runs on (0 once the interface went or the link was detached); a clsact hook is one
+stdlib netlink dump of its filters, searched for our program's id.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import ctypes
 import errno
 import struct
 
+from ..netlink.core import NetlinkSocket, attr_string, attr_u32, iter_attrs
 from .libbpf import raw_syscall
 
 FILTER_NAME = "netio_mac"
@@ -25,6 +30,19 @@ _TCX_ATTACH_TYPES = {"ingress": 46, "egress": 47}
 # relative_fd (u32) and expected_revision (u64, at offset 24).
 _LINK_CREATE = struct.Struct("=IIII")
 _ATTR_SIZE = 64
+# BPF_OBJ_GET_INFO_BY_FD: union bpf_attr info {bpf_fd, info_len, info (pointer)}. In struct bpf_prog_info
+# the id is at offset 4; in struct bpf_link_info the union after type, id and prog_id is 8-aligned, so
+# tcx.ifindex is at offset 16.
+_BPF_OBJ_GET_INFO_BY_FD = 15
+_INFO_ATTR = struct.Struct("=IIQ")
+_PROG_ID_OFFSET = 4
+_LINK_TCX_IFINDEX_OFFSET = 16
+# include/uapi/linux/rtnetlink.h: RTM_GETTFILTER, struct tcmsg (family, pads, ifindex, handle, parent,
+# info), TCA_KIND and TCA_OPTIONS; include/uapi/linux/pkt_cls.h: TCA_BPF_ID (the filter's program id).
+_RTM_GETTFILTER = 46
+_TCMSG = struct.Struct("=B3xiIII")
+_TCA_KIND, _TCA_OPTIONS = 1, 2
+_TCA_BPF_ID = 11
 # TC_H_CLSACT's minor handles (include/uapi/linux/pkt_sched.h) for the two filter parents.
 _CLSACT_PARENTS = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 
@@ -41,6 +59,41 @@ def tcx_attach(prog_fd: int, ifindex: int, direction: str) -> int:
         return raw_syscall("bpf", _BPF_LINK_CREATE, attr, _ATTR_SIZE)
     except OSError as error:
         raise AttachError(error.errno, f"TCX {direction} link on ifindex {ifindex}: {error.strerror}") from None
+
+
+def _object_info(fd: int, size: int) -> bytes:
+    info = ctypes.create_string_buffer(size)
+    attr = ctypes.create_string_buffer(_INFO_ATTR.pack(fd, size, ctypes.addressof(info)), _ATTR_SIZE)
+    raw_syscall("bpf", _BPF_OBJ_GET_INFO_BY_FD, attr, _ATTR_SIZE)
+    return info.raw
+
+
+def program_id(prog_fd: int) -> int:
+    """The kernel's id of a loaded program (what a cls_bpf filter reports as TCA_BPF_ID)."""
+    return struct.unpack_from("=I", _object_info(prog_fd, 8), _PROG_ID_OFFSET)[0]
+
+
+def tcx_link_ifindex(link_fd: int) -> int:
+    """The interface a TCX link runs on; 0 once the interface is gone or the link was detached."""
+    return struct.unpack_from("=I", _object_info(link_fd, 24), _LINK_TCX_IFINDEX_OFFSET)[0]
+
+
+def _bpf_filter_program(kind: int, buf, offset: int, end: int) -> int | None:
+    bpf, program = False, None
+    for attr, start, length in iter_attrs(buf, offset + _TCMSG.size, end):
+        if attr == _TCA_KIND:
+            bpf = attr_string(buf, start, length) == "bpf"
+        elif attr == _TCA_OPTIONS:
+            for option, option_start, option_length in iter_attrs(buf, start, start + length):
+                if option == _TCA_BPF_ID:
+                    program = attr_u32(buf, option_start, option_length)
+    return program if bpf else None
+
+
+def clsact_programs(sock: NetlinkSocket, ifindex: int, direction: str) -> list[int]:
+    """Ids of the programs of the bpf filters on an interface's clsact ``direction``; [] without clsact."""
+    request = _TCMSG.pack(0, ifindex, 0, _CLSACT_PARENTS[direction], 0)
+    return sock.dump(_RTM_GETTFILTER, request, _bpf_filter_program)
 
 
 def tcx_supported(code: int) -> bool:

@@ -120,6 +120,8 @@ class CollectorUnavailable(Exception):
 
 class Collector:
     name = ""
+    # Capabilities read() still uses once the collector is built; exporter.privileges drops the rest.
+    capabilities_after_start: tuple[str, ...] = ()
 
     def describe_families(self) -> list[Family]:
         raise NotImplementedError

@@ -4,9 +4,15 @@ What speedy did with libpcap in user space, counted in the kernel instead (expor
 ingress frames are the upload of their source MAC, egress frames the download of their destination
 MAC; bytes are the L2 frame length as tc sees it (Ethernet header included, FCS not). Each interface
 gets its own copy of the programs and its own table of ``max_entries`` clients; frames of clients that
-find it full are counted as untracked. Clients idle longer than ``idle_timeout`` are deleted here, and
-their series vanish. An interface that disappears is re-attached when a scrape finds it back; the
-table survives, so its clients' counters continue.
+find it full are counted as untracked; ``netio_mac_table_entries`` against ``netio_mac_table_max_entries``
+shows how full the table is. Clients idle longer than ``idle_timeout`` are deleted here, and their
+series vanish.
+
+Every scrape checks the attachment itself, not only the interface's index: a TCX link still running
+on that interface, or our program's id among the interface's clsact filters. An interface that went
+and came back (even with the same ifindex), a deleted clsact qdisc or filter, a detached link: the
+next scrape attaches again and logs it once; the table survives, so the clients' counters continue.
+Before attaching, in every mode, our filters left on the interface (a killed exporter's) are removed.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from ..bpf import tc
 from ..bpf.build import object_path
 from ..bpf.libbpf import BpfObject
 from ..exposition import Family
+from ..netlink.core import NETLINK_ROUTE, NetlinkSocket
 from ..netlink.rtnl import dump_links, format_address
 from .. import flags
 from . import Collector, CollectorUnavailable, Flags, Registration
@@ -74,6 +81,11 @@ def _families() -> dict[str, Family]:
                                   "L2 bytes of frames of clients the table had no room for."),
         "untracked_packets": Family.counter("netio_mac_untracked_packets",
                                     "Frames of clients the table had no room for."),
+        "table_entries": Family.gauge("netio_mac_table_entries",
+                                      "Clients in the interface's table; at max entries, new clients count as "
+                                      "untracked."),
+        "table_max_entries": Family.gauge("netio_mac_table_max_entries",
+                                          "Clients the interface's table can hold (--collector.mac.max-entries)."),
     }
 
 
@@ -87,11 +99,15 @@ class _Device:
         self.clients = self.object.map("clients")
         self.untracked = self.object.map("untracked")
         self.self_map = self.object.map("self")
+        self._program_fds = {direction: self.object.program_fd(f"mac_{direction}") for direction in tc.DIRECTIONS}
+        self._program_ids = {direction: tc.program_id(fd) for direction, fd in self._program_fds.items()}
+        self._netlink = NetlinkSocket(NETLINK_ROUTE)  # the per-scrape check of clsact filters
         self.ifindex: int | None = None
         self.method = ""
         self._links: list[int] = []
         self._clsact = None
         self._missing_said = False
+        self._leftovers_said = False
         # The label rows of the last scrape, reused (the same tuple objects) while the clients and their
         # addresses stay the same: render_text then keeps their label text between scrapes.
         self._keys = b""
@@ -124,13 +140,16 @@ class _Device:
         return False
 
     def ensure_attached(self) -> bool:
-        """Attach to the interface called ``name`` now (again if it was re-created); False if it is absent."""
+        """Attached to the interface called ``name`` now: again if our attachment is gone (the interface
+        re-created, even with the same ifindex; a qdisc or filter deleted; a link detached). False while
+        the interface is absent."""
         try:
             ifindex = socket.if_nametoindex(self.name)
         except OSError:
             ifindex = None
-        if ifindex is not None and ifindex == self.ifindex:
+        if ifindex is not None and ifindex == self.ifindex and self._still_attached():
             return True
+        lost = self.ifindex is not None
         self.detach()
         if ifindex is None:
             if not self._missing_said:
@@ -143,26 +162,39 @@ class _Device:
         self._attach(ifindex)
         self.ifindex = ifindex
         if self._missing_said:
-            log.info("mac: interface %s is back; attached again (%s)", self.name, self.method)
+            log.info("mac: interface %s is present now; attached (%s)", self.name, self.method)
             self._missing_said = False
+        elif lost:
+            log.warning("mac: the programs on %s were detached (interface re-created, tc qdisc or filter deleted, "
+                        "or link detached); attached again (%s)", self.name, self.method)
         return True
 
+    def _still_attached(self) -> bool:
+        if self.method == "tcx":
+            return all(tc.tcx_link_ifindex(fd) == self.ifindex for fd in self._links)
+        return all(self._program_ids[direction] in tc.clsact_programs(self._netlink, self.ifindex, direction)
+                   for direction in tc.DIRECTIONS)
+
     def _attach(self, ifindex: int) -> None:
-        programs = {"ingress": self.object.program_fd("mac_ingress"), "egress": self.object.program_fd("mac_egress")}
-        if self.attach_mode in ("auto", "tcx"):
-            try:
-                for direction, fd in programs.items():
-                    self._links.append(tc.tcx_attach(fd, ifindex, direction))
-                self.method = "tcx"
-                return
-            except tc.AttachError as error:
-                self.detach()
-                if self.attach_mode == "tcx" or tc.tcx_supported(error.errno):
-                    raise
         clsact = tc.Clsact(ifindex)
         try:
-            clsact.remove_ours()  # a killed exporter's leftovers
-            clsact.attach(programs)
+            removed = clsact.remove_ours()  # a killed exporter's leftovers, whatever the mode now
+            if removed and not self._leftovers_said:
+                log.info("mac: removed %d tc filters named %s* left on %s (a killed exporter's)", removed,
+                         tc.FILTER_NAME, self.name)
+            self._leftovers_said = True
+            if self.attach_mode in ("auto", "tcx"):
+                try:
+                    for direction in tc.DIRECTIONS:
+                        self._links.append(tc.tcx_attach(self._program_fds[direction], ifindex, direction))
+                    self.method = "tcx"
+                    clsact.close()
+                    return
+                except tc.AttachError as error:
+                    self.detach()
+                    if self.attach_mode == "tcx" or tc.tcx_supported(error.errno):
+                        raise
+            clsact.attach(self._program_fds)
         except BaseException:
             clsact.detach()
             clsact.close()
@@ -183,6 +215,7 @@ class _Device:
 
     def close(self) -> None:
         self.detach()
+        self._netlink.close()
         self.object.close()
 
 
@@ -205,6 +238,14 @@ class MacCollector(Collector):
         except Exception as error:  # reported by every read(); the other collectors keep working
             self._error = _unavailable(error)
             self.close()
+
+    @property
+    def capabilities_after_start(self) -> tuple[str, ...]:
+        """CAP_NET_ADMIN while an interface may need clsact (its qdisc and filters) to attach again. A TCX
+        link is made from the loaded programs' fds without capabilities (measured on kernel 6.18)."""
+        if self._error is None and any("tcx" not in (device.method, device.attach_mode) for device in self._devices):
+            return ("CAP_NET_ADMIN",)
+        return ()
 
     def close(self) -> None:
         with self._lock:
@@ -248,12 +289,13 @@ class MacCollector(Collector):
         labels = (("device", device.name),)
         families["untracked_bytes"].add(labels, lost_bytes)
         families["untracked_packets"].add(labels, lost_packets)
+        families["table_entries"].add(labels, len(rows))
+        families["table_max_entries"].add(labels, device.clients.max_entries)
 
 
 def _unavailable(error: Exception) -> str:
     if isinstance(error, PermissionError) or getattr(error, "errno", None) in (1, 13):
-        return (f"eBPF is not permitted here ({error}); run as root or with CAP_BPF, CAP_PERFMON and "
-                "CAP_NET_ADMIN")
+        return f"eBPF is not permitted here ({error}); run as root or with CAP_BPF and CAP_NET_ADMIN"
     return f"cannot count per-MAC traffic: {error}"
 
 
