@@ -27,7 +27,7 @@ log = logging.getLogger("netio_exporter")
 
 # include/uapi/linux/capability.h: the capabilities this project names (the rest by number).
 CAPABILITIES = {"CAP_DAC_OVERRIDE": 1, "CAP_SETPCAP": 8, "CAP_NET_BIND_SERVICE": 10, "CAP_NET_ADMIN": 12,
-                "CAP_SYS_ADMIN": 21, "CAP_SYSLOG": 34, "CAP_PERFMON": 38, "CAP_BPF": 39}
+                "CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21, "CAP_SYSLOG": 34, "CAP_PERFMON": 38, "CAP_BPF": 39}
 _NAMES = {number: name for name, number in CAPABILITIES.items()}
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 # include/uapi/linux/prctl.h

@@ -23,6 +23,9 @@ def _families() -> tuple[Family, Family]:
 
 class NetnsCollector(Collector):
     name = "netns"
+    # Discovery reads other users' /proc/PID/ns/net (CAP_SYS_PTRACE); a namespace found later is entered
+    # with setns (CAP_SYS_ADMIN).
+    capabilities_after_start = ("CAP_SYS_ADMIN", "CAP_SYS_PTRACE")
 
     def __init__(self, shared):
         self._namespaces = shared

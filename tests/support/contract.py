@@ -35,7 +35,11 @@ CONTRACT: dict[str | None, set[str]] = {
         "netio_tcp_rtt_seconds_{bucket,gcount,gsum}", "netio_tcp_accounting_info"),
     "netstack": _expand("netio_netstack_{cpu_seconds,invocations,rx_samples}_total"),
     "mac": _expand("netio_mac_{download,upload}_{bytes,packets}_total", "netio_mac_info",
-                   "netio_mac_untracked_{bytes,packets}_total"),
+                   "netio_mac_untracked_{bytes,packets}_total", "netio_mac_table_{entries,max_entries}"),
+    "netns": _expand("netio_netns_info", "netio_netns_skipped_total"),
+    "tcp_archive": _expand("netio_tcp_archive_{records,bytes_written,files,deleted_files,errors,dropped_records}_total",
+                           "netio_tcp_archive_size_bytes", "netio_tcp_archive_method_info",
+                           "netio_tcp_archive_poll_duration_seconds_{bucket,count,sum}"),
     None: _expand("netio_exporter_build_info", "netio_scrape_collector_{success,duration_seconds}",
                   "process_{cpu_seconds_total,resident_memory_bytes,virtual_memory_bytes,open_fds,max_fds}",
                   "process_start_time_seconds", "up", "scrape_duration_seconds"),
@@ -49,7 +53,8 @@ CONTRACT_LABELS = {
     "state", "local_port", "le",  # tcp
     "cpu", "entry", "category",  # netstack
     "mac", "ipv4", "ipv6",  # mac
-    "method",  # tcp accounting
+    "method",  # tcp accounting, tcp archive
+    "netns", "inode", "reason",  # netns
     "version", "collector", "program",  # self
     "namespace", "daemonset",  # kube-state-metrics
     "host", "instance", "job",  # Prometheus: the target's labels (host by relabelling)
