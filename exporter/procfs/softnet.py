@@ -41,14 +41,15 @@ class Softnet(NamedTuple):
 
 def parse_softnet(data: bytes) -> Softnet:
     rows = [line.split() for line in data.splitlines()]
-    widths = set(map(len, rows))
-    width = min(widths, default=_MIN_COLUMNS)
+    width = min(map(len, rows), default=_MIN_COLUMNS)
     if width < _MIN_COLUMNS:
         raise ValueError(f"softnet_stat: a row of {width} columns, expected at least {_MIN_COLUMNS}")
-    values = [tuple(int(column, 16) for column in row[:width]) for row in rows]
-    by_column = list(zip(*values)) if values else [()] * width
-    cpus = by_column[_CPU_COLUMN] if width > _CPU_COLUMN else tuple(range(len(rows)))
-    return Softnet(cpus, {name: by_column[index] for name, index in COLUMNS if index < width})
+
+    def column(index: int) -> tuple[int, ...]:
+        return tuple([int(row[index], 16) for row in rows])
+
+    cpus = column(_CPU_COLUMN) if width > _CPU_COLUMN else tuple(range(len(rows)))
+    return Softnet(cpus, {name: column(index) for name, index in COLUMNS if index < width})
 
 
 def read_softnet(net_dir: str = "/proc/net") -> Softnet:
