@@ -261,3 +261,17 @@ def test_a_bad_fields_regex_is_a_clear_error():
     assert result.returncode == 2
     assert "--collector.netstat.fields" in result.stderr.splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+# node_exporter's default --collector.netstat.fields (upstream since 1.6; Debian's 1.5.0 lacks
+# TCPOFOQueue and TCPRcvQDrop).
+NODE_EXPORTER_DEFAULT = (r"^(.*_(InErrors|InErrs)|Ip_Forwarding|Ip(6|Ext)_(InOctets|OutOctets)|Icmp6?_(InMsgs|OutMsgs)"
+                         r"|TcpExt_(Listen.*|Syncookies.*|TCPSynRetrans|TCPTimeouts|TCPOFOQueue|TCPRcvQDrop)"
+                         r"|Tcp_(ActiveOpens|InSegs|OutSegs|OutRsts|PassiveOpens|RetransSegs|CurrEstab)"
+                         r"|Udp6?_(InDatagrams|OutDatagrams|NoPorts|RcvbufErrors|SndbufErrors))$")
+
+
+def test_the_default_fields_hold_node_exporters_on_this_kernel():
+    ours = {family.name for family in NetstatCollector().read()}
+    theirs = {family.name for family in NetstatCollector(NODE_EXPORTER_DEFAULT).read()}
+    assert theirs and theirs <= ours

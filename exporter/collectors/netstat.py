@@ -27,8 +27,8 @@ DEFAULT_FIELDS = "|".join((
     r"Ip(6|Ext)_(InOctets|OutOctets)",
     r"Icmp6?_(InMsgs|OutMsgs)",
     r"Tcp_(ActiveOpens|PassiveOpens|AttemptFails|EstabResets|CurrEstab|InSegs|OutSegs|RetransSegs|OutRsts)",
-    r"TcpExt_(Listen.*|Syncookies.*|TCPSynRetrans|TCPTimeouts|TCPReqQFull(Drop|DoCookies)|TCPBacklogDrop"
-    r"|TCPRcvQDrop|TCPOFODrop|TCPZeroWindowDrop|PruneCalled|RcvPruned|OfoPruned|TCPAbortOn(Data|Close|Memory"
+    r"TcpExt_(Listen.*|Syncookies.*|TCPSynRetrans|TCPTimeouts|TCPOFOQueue|TCPRcvQDrop|TCPOFODrop|TCPBacklogDrop"
+    r"|TCPZeroWindowDrop|PruneCalled|RcvPruned|OfoPruned|TCPReqQFull(Drop|DoCookies)|TCPAbortOn(Data|Close|Memory"
     r"|Timeout|Linger)|TCPAbortFailed|TCPMemoryPressures)",
     r"Udp6?_(InDatagrams|OutDatagrams|NoPorts|RcvbufErrors|SndbufErrors|MemErrors)",
 ))
