@@ -8,13 +8,15 @@ import socket
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import in_netns, promtool_problems, samples, value
 from exporter.collectors import Scrape
 from exporter.collectors.netstat import DEFAULT_FIELDS, NetstatCollector
 from exporter.collectors.sockstat import SockstatCollector
 from exporter.collectors.softnet import SoftnetCollector
-from exporter.exposition import render_text
+from exporter.exposition import render_text, to_metric
 from exporter.procfs.snmp import Table, parse_snmp6, parse_tables, read_tables
 
 # Recorded on Linux 6.18 (Ip, Tcp, Udp: full lines), with IcmpMsg split over two pairs as the kernel
@@ -275,3 +277,20 @@ def test_the_default_fields_hold_node_exporters_on_this_kernel():
     ours = {family.name for family in NetstatCollector().read()}
     theirs = {family.name for family in NetstatCollector(NODE_EXPORTER_DEFAULT).read()}
     assert theirs and theirs <= ours
+
+
+def test_the_three_collectors_encode_like_generate_latest():
+    families = Scrape([NetstatCollector(".*"), SoftnetCollector(), SockstatCollector()]).families()
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Fixed:
+        def collect(self):
+            return [to_metric(family) for family in families]
+
+    registry.register(Fixed())
+    ours, reference = render_text(families).decode(), generate_latest(registry).decode()
+    assert samples(ours) == samples(reference)
+
+    def headers(text):
+        return [(family.name, family.type, family.documentation) for family in text_string_to_metric_families(text)]
+    assert headers(ours) == headers(reference)

@@ -30,19 +30,20 @@ class SoftnetCollector(Collector):
 
     def __init__(self, net_dir: str = "/proc/net"):
         self._net_dir = net_dir
-        self._cpus: tuple[int, ...] = ()
-        self._rows: Rows = ()
+        self._labels: tuple[tuple[int, ...], Rows] = ((), ())  # one attribute: scrapes may run in parallel
 
     def describe_families(self) -> list[Family]:
         return list(_families().values())
 
     def read(self) -> list[Family]:
         stat = read_softnet(self._net_dir)
-        if stat.cpus != self._cpus:
-            self._cpus, self._rows = stat.cpus, tuple((("cpu", str(cpu)),) for cpu in stat.cpus)
+        cpus, rows = self._labels
+        if stat.cpus != cpus:
+            rows = tuple((("cpu", str(cpu)),) for cpu in stat.cpus)
+            self._labels = (stat.cpus, rows)
         families = _families()
         for column, values in stat.columns.items():
-            families[column].add_column(self._rows, values)
+            families[column].add_column(rows, values)
         return [families[column] for column in stat.columns]  # columns this kernel lacks are absent
 
 

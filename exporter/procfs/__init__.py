@@ -11,8 +11,19 @@ Each ``parse_*`` function takes the file's bytes, so recorded files test the par
 
 from __future__ import annotations
 
+import os
+
+_CHUNK = 1 << 16
+
 
 def read_bytes(path: str) -> bytes:
-    """The whole file (a /proc seq file hands it over in several reads)."""
-    with open(path, "rb", buffering=0) as file:
-        return file.readall()
+    """The whole file: a /proc seq file hands over as many lines as fit in each read, until a read
+    returns nothing."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
