@@ -234,15 +234,21 @@ def test_a_scrape_of_the_three_collectors_passes_promtool(netns, exporter):
     assert value(parsed, "netio_softnet_processed_total", cpu="0") is not None
 
 
-@pytest.mark.parametrize("make", [NetstatCollector, SoftnetCollector, SockstatCollector])
-def test_a_missing_file_fails_the_collector_with_one_log_line(make, tmp_path, caplog):
-    collector = make(net_dir=str(tmp_path / "gone"))
+@pytest.mark.parametrize("make, file", [(NetstatCollector, "snmp"), (SoftnetCollector, "softnet_stat"),
+                                        (SockstatCollector, "sockstat")])
+@pytest.mark.parametrize("content, error", [(None, "No such file or directory"), (b"garbage\n", "ValueError")],
+                         ids=["missing", "malformed"])
+def test_a_missing_or_malformed_file_fails_the_collector_with_one_log_line(make, file, content, error, tmp_path,
+                                                                         caplog):
+    if content is not None:
+        (tmp_path / file).write_bytes(content)
+    collector = make(net_dir=str(tmp_path))
     scrape = Scrape([collector])
     for _ in range(3):
         parsed = samples(render_text(scrape.families()).decode())
     assert value(parsed, "netio_scrape_collector_success", collector=collector.name) == 0
     failures = [record.getMessage() for record in caplog.records if collector.name in record.getMessage()]
-    assert len(failures) == 1 and "No such file or directory" in failures[0]
+    assert len(failures) == 1 and error in failures[0]
 
 
 def test_ipv6_off_is_no_failure(tmp_path):
