@@ -20,6 +20,7 @@ Namespaces are named netio-bench-*, deleted at exit; the exporters are ended by 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -36,7 +37,9 @@ TARGETS = ("netio", "node_exporter")
 PREFIXES = {"netio": "netio_", "node_exporter": "node_"}
 
 
-def start(ns: str, fields: str | None, node_exporter: str) -> dict[str, Exporter]:
+@contextlib.contextmanager
+def running(ns: str, fields: str | None, node_exporter: str):
+    """Both exporters, listening in ``ns``; stopped by their pid at the end of the block."""
     netio_fields = ["--collector.netstat.fields", fields] if fields else []
     node_fields = [f"--collector.netstat.fields={fields}"] if fields else []
     exporters: dict[str, Exporter] = {}
@@ -49,11 +52,10 @@ def start(ns: str, fields: str | None, node_exporter: str) -> dict[str, Exporter
             "node_exporter", ns, NODE_PORT,
             [node_exporter, "--collector.disable-defaults", *(f"--collector.{name}" for name in COLLECTORS),
              *node_fields, f"--web.listen-address=127.0.0.1:{NODE_PORT}"], "node")
-    except BaseException:
+        yield exporters
+    finally:
         for exporter in exporters.values():
             exporter.stop()
-        raise
-    return exporters
 
 
 def series(body: bytes, prefix: str) -> dict[str, int]:
@@ -104,41 +106,7 @@ def bench(ns: str, exporters: dict[str, Exporter], rounds: int, warmup: int) -> 
             "memory": {target: exporter.memory_mib() for target, exporter in exporters.items()}}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=300, help="timed rounds per field set (default 300)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first (default 5)")
-    parser.add_argument("--node-exporter", default=NODE_EXPORTER, help=f"node_exporter binary ({NODE_EXPORTER})")
-    args = parser.parse_args()
-    if args.rounds < 1 or args.warmup < 0:
-        parser.error("--rounds must be positive and --warmup not negative")
-    if os.geteuid() != 0:
-        parser.exit(2, "bench_host: needs root (network namespaces)\n")
-
-    def terminate(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, terminate)
-
-    namespaces = Namespaces()
-    results = {}
-    started = time.monotonic()
-    try:
-        ns = namespaces.add(f"netio-bench-{os.getpid()}-host")
-        for label, fields in FIELD_SETS:
-            exporters = start(ns, fields, args.node_exporter)
-            try:
-                print(f"{label}: netio pid {exporters['netio'].pid}, node_exporter pid "
-                      f"{exporters['node_exporter'].pid}; {args.rounds} rounds", file=sys.stderr, flush=True)
-                results[label] = bench(ns, exporters, args.rounds, args.warmup)
-            finally:
-                for exporter in exporters.values():
-                    exporter.stop()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        namespaces.delete()
-
+def report(results: dict) -> None:
     print("| fields | case | median ms netio | median ms node_exporter | ratio netio/node_exporter |")
     print("|---|---|---:|---:|---:|")
     for label, _ in FIELD_SETS:
@@ -162,6 +130,36 @@ def main() -> int:
         (n_rss, n_hwm), (e_rss, e_hwm) = result["memory"]["netio"], result["memory"]["node_exporter"]
         print(f"| {label} | {n_rss:.1f} ({n_hwm:.1f}) | {e_rss:.1f} ({e_hwm:.1f}) | "
               f"{result['bytes']['netio']} / {result['bytes']['node_exporter']} |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=300, help="timed rounds per field set (default 300)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds first (default 5)")
+    parser.add_argument("--node-exporter", default=NODE_EXPORTER, help=f"node_exporter binary ({NODE_EXPORTER})")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.warmup < 0:
+        parser.error("--rounds must be positive and --warmup not negative")
+    if os.geteuid() != 0:
+        parser.exit(2, "bench_host: needs root (network namespaces)\n")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM as Ctrl-C: namespaces deleted
+
+    namespaces = Namespaces()
+    results = {}
+    started = time.monotonic()
+    try:
+        ns = namespaces.add(f"netio-bench-{os.getpid()}-host")
+        for label, fields in FIELD_SETS:
+            with running(ns, fields, args.node_exporter) as exporters:
+                print(f"{label}: netio pid {exporters['netio'].pid}, node_exporter pid "
+                      f"{exporters['node_exporter'].pid}; {args.rounds} rounds", file=sys.stderr, flush=True)
+                results[label] = bench(ns, exporters, args.rounds, args.warmup)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        namespaces.delete()
+    report(results)
     print(f"\n(python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {time.monotonic() - started:.0f} s)")
     return 0
 
