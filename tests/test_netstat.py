@@ -271,7 +271,7 @@ def test_a_bad_fields_regex_is_a_clear_error():
     assert "Traceback" not in result.stderr
 
 
-# node_exporter's default --collector.netstat.fields (upstream since 1.6; Debian's 1.5.0 lacks
+# node_exporter's default --collector.netstat.fields (upstream's current one; Debian's 1.5.0 lacks
 # TCPOFOQueue and TCPRcvQDrop).
 NODE_EXPORTER_DEFAULT = (r"^(.*_(InErrors|InErrs)|Ip_Forwarding|Ip(6|Ext)_(InOctets|OutOctets)|Icmp6?_(InMsgs|OutMsgs)"
                          r"|TcpExt_(Listen.*|Syncookies.*|TCPSynRetrans|TCPTimeouts|TCPOFOQueue|TCPRcvQDrop)"
