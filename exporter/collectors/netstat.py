@@ -1,0 +1,104 @@
+"""netstat: the kernel's protocol counters from /proc/net/snmp, netstat and snmp6, read at scrape time.
+
+One family per kernel field, named ``netio_netstat_<Protocol>_<Field>`` in the kernel's spelling
+(``netio_netstat_Tcp_RetransSegs_total``, ``netio_netstat_TcpExt_ListenOverflows_total``,
+``netio_netstat_Udp6_NoPorts_total``), as node_exporter names them (``node_netstat_Tcp_RetransSegs``)
+but typed: counters end in ``_total``; the fields that are levels, not counts, are gauges.
+``--collector.netstat.fields`` selects fields by a full match against ``Protocol_Field``. A field the
+running kernel does not write is absent.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .. import flags
+from ..exposition import Family
+from ..procfs.snmp import read_tables
+from . import Collector, Flags, Registration
+
+# What an operator needs for loss and overload; README "netstat" compares it with node_exporter's.
+DEFAULT_FIELDS = "|".join((
+    r".*_(InErrors|InErrs|InCsumErrors)",
+    r"Ip_(Forwarding|ForwDatagrams|InDiscards|OutDiscards|OutNoRoutes|ReasmFails|ReasmTimeout|FragFails)",
+    r"Ip6_(OutForwDatagrams|InDiscards|OutDiscards|InNoRoutes|OutNoRoutes|InTooBigErrors|ReasmFails"
+    r"|ReasmTimeout|FragFails)",
+    r"IpExt_InNoRoutes",
+    r"Ip(6|Ext)_(InOctets|OutOctets)",
+    r"Icmp6?_(InMsgs|OutMsgs)",
+    r"Tcp_(ActiveOpens|PassiveOpens|AttemptFails|EstabResets|CurrEstab|InSegs|OutSegs|RetransSegs|OutRsts)",
+    r"TcpExt_(Listen.*|Syncookies.*|TCPSynRetrans|TCPTimeouts|TCPOFOQueue|TCPRcvQDrop|TCPOFODrop|TCPBacklogDrop"
+    r"|TCPZeroWindowDrop|PruneCalled|RcvPruned|OfoPruned|TCPReqQFull(Drop|DoCookies)|TCPAbortOn(Data|Close|Memory"
+    r"|Timeout|Linger)|TCPAbortFailed|TCPMemoryPressures)",
+    r"Udp6?_(InDatagrams|OutDatagrams|NoPorts|RcvbufErrors|SndbufErrors|MemErrors)",
+))
+
+# The fields that are levels (net/ipv4/proc.c writes Forwarding and DefaultTTL from sysctls and Tcp's
+# Rto*/MaxConn as constants; CurrEstab and MPCurrEstab go up and down). Every other field is a counter.
+GAUGES = frozenset({"Ip_Forwarding", "Ip_DefaultTTL", "Tcp_RtoAlgorithm", "Tcp_RtoMin", "Tcp_RtoMax",
+                    "Tcp_MaxConn", "Tcp_CurrEstab", "MPTcpExt_MPCurrEstab"})
+
+_PREFIX = "netio_netstat_"
+_VALID_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+# (index of the field in its table, family name, type, help, sample suffix)
+_Selected = tuple[tuple[int, str, str, str, str], ...]
+
+
+class NetstatCollector(Collector):
+    """The selection of each table's fields is kept while the kernel writes the same header."""
+
+    name = "netstat"
+
+    def __init__(self, fields: str = DEFAULT_FIELDS, net_dir: str = "/proc/net"):
+        self._fields = re.compile(fields)
+        self._net_dir = net_dir
+        self._selections: dict[tuple[str, str, tuple[str, ...]], _Selected] = {}
+
+    def describe_families(self) -> list[Family]:
+        """None: which fields exist is the running kernel's to say. The names all begin netio_netstat_,
+        which no other collector uses."""
+        return []
+
+    def read(self) -> list[Family]:
+        families = []
+        for table in read_tables(self._net_dir):
+            key = (table.file, table.protocol, table.fields)
+            selected = self._selections.get(key)
+            if selected is None:
+                selected = self._select(*key)
+            values = table.values
+            # Family() itself, with the suffix Family.counter().add() would give: half the cost per field
+            families += [Family(name, type_, help_, [(suffix, (), values[index])])
+                         for index, name, type_, help_, suffix in selected]
+        return families
+
+    def _select(self, file: str, protocol: str, fields: tuple[str, ...]) -> _Selected:
+        selected = []
+        for index, field in enumerate(fields):
+            key = f"{protocol}_{field}"
+            if not self._fields.fullmatch(key) or not _VALID_NAME.fullmatch(key):
+                continue
+            if key in GAUGES:
+                selected.append((index, _PREFIX + key, "gauge",
+                                 f"The kernel's {protocol} {field} value, from /proc/net/{file}.", ""))
+            else:
+                selected.append((index, _PREFIX + key, "counter",
+                                 f"The kernel's {protocol} {field} counter, from /proc/net/{file}.", "_total"))
+        if len(self._selections) >= 64:  # new headers come only with new IcmpMsg types
+            self._selections.clear()
+        self._selections[file, protocol, fields] = selected = tuple(selected)
+        return selected
+
+
+def _add_arguments(options: Flags) -> None:
+    options.add("--collector.netstat.fields", dest="netstat_fields", type=flags.regex, metavar="RE",
+                default=DEFAULT_FIELDS,
+                help="the fields to export: RE fully matches Protocol_Field as the kernel spells it, "
+                     "e.g. 'Tcp_.*|TcpExt_ListenOverflows'")
+
+
+REGISTRATION = Registration(
+    name="netstat", help="protocol counters from /proc/net/snmp, netstat and snmp6",
+    add_arguments=_add_arguments,
+    build=lambda args: NetstatCollector(args.netstat_fields))
