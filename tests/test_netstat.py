@@ -107,26 +107,26 @@ def _families(collector) -> dict:
 def test_names_types_and_help_of_every_field(tmp_path):
     families = _families(NetstatCollector(".*", _recorded(tmp_path, SNMP_6_18)))
     gauges = {name for name, family in families.items() if family.type == "gauge"}
-    assert gauges == {f"netio_netstat_{key}" for key in (
+    assert gauges == {f"netio_netstat_{key.lower()}" for key in (
         "Ip_Forwarding", "Ip_DefaultTTL", "Tcp_RtoAlgorithm", "Tcp_RtoMin", "Tcp_RtoMax", "Tcp_MaxConn",
         "Tcp_CurrEstab", "MPTcpExt_MPCurrEstab")}
     assert all(family.type == "counter" for name, family in families.items() if name not in gauges)
-    retrans = families["netio_netstat_Tcp_RetransSegs"]
+    retrans = families["netio_netstat_tcp_retranssegs"]
     assert retrans.help == "The kernel's Tcp RetransSegs counter, from /proc/net/snmp."
     assert retrans.samples == [("_total", (), 7)]
-    assert families["netio_netstat_Tcp_MaxConn"].samples == [("", (), -1)]
-    assert families["netio_netstat_TcpExt_ListenOverflows"].help.endswith("from /proc/net/netstat.")
-    assert families["netio_netstat_Udp6_NoPorts"].samples == [("_total", (), 3)]
-    assert families["netio_netstat_Udp6_NoPorts"].help.endswith("from /proc/net/snmp6.")
-    assert {"netio_netstat_IcmpMsg_InType0", "netio_netstat_IcmpMsg_OutType8",
-            "netio_netstat_Icmp6_InType1"} <= set(families)
+    assert families["netio_netstat_tcp_maxconn"].samples == [("", (), -1)]
+    assert families["netio_netstat_tcpext_listenoverflows"].help.endswith("from /proc/net/netstat.")
+    assert families["netio_netstat_udp6_noports"].samples == [("_total", (), 3)]
+    assert families["netio_netstat_udp6_noports"].help.endswith("from /proc/net/snmp6.")
+    assert {"netio_netstat_icmpmsg_intype0", "netio_netstat_icmpmsg_outtype8",
+            "netio_netstat_icmp6_intype1"} <= set(families)
     text = render_text(families.values()).decode()
-    assert "netio_netstat_Tcp_RetransSegs_total 7\n" in text and "netio_netstat_Tcp_CurrEstab 3\n" in text
+    assert "netio_netstat_tcp_retranssegs_total 7\n" in text and "netio_netstat_tcp_currestab 3\n" in text
 
 
 def test_a_field_the_kernel_lacks_is_absent_not_zero(tmp_path):
     families = _families(NetstatCollector(DEFAULT_FIELDS, _recorded(tmp_path, SNMP_OLD, with_snmp6=False)))
-    assert "netio_netstat_Udp_NoPorts" in families and "netio_netstat_Tcp_InErrs" in families
+    assert "netio_netstat_udp_noports" in families and "netio_netstat_tcp_inerrs" in families
     for missing in ("Udp_MemErrors", "Udp_InCsumErrors", "Tcp_InCsumErrors", "Udp6_NoPorts"):
         assert f"netio_netstat_{missing}" not in families
 
@@ -134,19 +134,19 @@ def test_a_field_the_kernel_lacks_is_absent_not_zero(tmp_path):
 def test_fields_fully_match_protocol_underscore_field(tmp_path):
     net = _recorded(tmp_path, SNMP_6_18)
     assert set(_families(NetstatCollector("Tcp_.*Segs", net))) == {
-        "netio_netstat_Tcp_InSegs", "netio_netstat_Tcp_OutSegs", "netio_netstat_Tcp_RetransSegs"}
+        "netio_netstat_tcp_insegs", "netio_netstat_tcp_outsegs", "netio_netstat_tcp_retranssegs"}
     assert set(_families(NetstatCollector("Tcp_InSeg", net))) == set()  # no partial match
     assert _families(NetstatCollector("^$", net)) == {}
 
 
 def test_the_default_selection_of_a_recorded_kernel(tmp_path):
     names = set(_families(NetstatCollector(DEFAULT_FIELDS, _recorded(tmp_path, SNMP_6_18))))
-    assert {"netio_netstat_Udp_NoPorts", "netio_netstat_Udp_RcvbufErrors", "netio_netstat_Tcp_RetransSegs",
-            "netio_netstat_TcpExt_ListenOverflows", "netio_netstat_TcpExt_ListenDrops",
-            "netio_netstat_TcpExt_TCPOFODrop", "netio_netstat_Udp6_NoPorts", "netio_netstat_Ip_Forwarding",
-            "netio_netstat_Tcp_CurrEstab", "netio_netstat_Udp_InCsumErrors"} <= names
-    assert not names & {"netio_netstat_Ip_DefaultTTL", "netio_netstat_Tcp_RtoMin", "netio_netstat_MPTcpExt_MPCurrEstab",
-                        "netio_netstat_Ip6_InReceives", "netio_netstat_IcmpMsg_InType0"}
+    assert {"netio_netstat_udp_noports", "netio_netstat_udp_rcvbuferrors", "netio_netstat_tcp_retranssegs",
+            "netio_netstat_tcpext_listenoverflows", "netio_netstat_tcpext_listendrops",
+            "netio_netstat_tcpext_tcpofodrop", "netio_netstat_udp6_noports", "netio_netstat_ip_forwarding",
+            "netio_netstat_tcp_currestab", "netio_netstat_udp_incsumerrors"} <= names
+    assert not names & {"netio_netstat_ip_defaultttl", "netio_netstat_tcp_rtomin", "netio_netstat_mptcpext_mpcurrestab",
+                        "netio_netstat_ip6_inreceives", "netio_netstat_icmpmsg_intype0"}
 
 
 def test_every_kernel_field_here_has_a_valid_name_and_parses():
@@ -182,10 +182,10 @@ def test_udp_to_a_closed_port_moves_no_ports_by_the_datagrams_sent(netns):
     def moved(name):
         return value(after, name) - value(before, name)
 
-    assert moved("netio_netstat_Udp_NoPorts_total") == datagrams
-    assert moved("netio_netstat_Udp_OutDatagrams_total") == datagrams
-    assert moved("netio_netstat_Udp_InDatagrams_total") == 0
-    assert moved("netio_netstat_Udp_InErrors_total") == 0
+    assert moved("netio_netstat_udp_noports_total") == datagrams
+    assert moved("netio_netstat_udp_outdatagrams_total") == datagrams
+    assert moved("netio_netstat_udp_indatagrams_total") == 0
+    assert moved("netio_netstat_udp_inerrors_total") == 0
 
 
 def test_a_full_listen_queue_moves_listen_overflows_by_the_syns_dropped(netns):
@@ -212,8 +212,8 @@ def test_a_full_listen_queue_moves_listen_overflows_by_the_syns_dropped(netns):
     def moved(name):
         return value(after, name) - value(before, name)
 
-    assert moved("netio_netstat_TcpExt_ListenOverflows_total") == clients - 2
-    assert moved("netio_netstat_TcpExt_ListenDrops_total") == clients - 2
+    assert moved("netio_netstat_tcpext_listenoverflows_total") == clients - 2
+    assert moved("netio_netstat_tcpext_listendrops_total") == clients - 2
 
 
 def test_a_scrape_of_the_three_collectors_passes_promtool(netns, exporter):
@@ -222,10 +222,10 @@ def test_a_scrape_of_the_three_collectors_passes_promtool(netns, exporter):
     process = exporter(netns(), "--collector.netstat.fields", ".*")
     body = process.get()[2]
     assert promtool_problems(body) == []
-    assert b"# TYPE netio_netstat_Tcp_CurrEstab gauge\n" in body
-    assert b"# TYPE netio_netstat_Tcp_RetransSegs_total counter\n" in body
+    assert b"# TYPE netio_netstat_tcp_currestab gauge\n" in body
+    assert b"# TYPE netio_netstat_tcp_retranssegs_total counter\n" in body
     parsed = samples(body.decode())
-    assert value(parsed, "netio_netstat_Udp_NoPorts_total") == 0  # a fresh namespace
+    assert value(parsed, "netio_netstat_udp_noports_total") == 0  # a fresh namespace
     for collector in ("netstat", "softnet", "sockstat"):
         assert value(parsed, "netio_scrape_collector_success", collector=collector) == 1
     assert value(parsed, "netio_sockstat_inuse", protocol="TCP") is not None

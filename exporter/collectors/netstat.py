@@ -1,9 +1,10 @@
 """netstat: the kernel's protocol counters from /proc/net/snmp, netstat and snmp6, read at scrape time.
 
-One family per kernel field, named ``netio_netstat_<Protocol>_<Field>`` in the kernel's spelling
-(``netio_netstat_Tcp_RetransSegs_total``, ``netio_netstat_TcpExt_ListenOverflows_total``,
-``netio_netstat_Udp6_NoPorts_total``), as node_exporter names them (``node_netstat_Tcp_RetransSegs``)
-but typed: counters end in ``_total``; the fields that are levels, not counts, are gauges.
+One family per kernel field, named ``netio_netstat_<protocol>_<field>`` with the kernel's names in lower
+case (``netio_netstat_tcp_retranssegs_total``, ``netio_netstat_tcpext_listenoverflows_total``,
+``netio_netstat_udp6_noports_total``): node_exporter keeps the kernel's case
+(``node_netstat_Tcp_RetransSegs``), which promtool's lint rejects. Typed: counters end in ``_total``; the
+fields that are levels, not counts, are gauges. The help names the field as the kernel spells it.
 ``--collector.netstat.fields`` selects fields by a full match against ``Protocol_Field``. A field the
 running kernel does not write is absent.
 """
@@ -79,11 +80,12 @@ class NetstatCollector(Collector):
             key = f"{protocol}_{field}"
             if not self._fields.fullmatch(key) or not _VALID_NAME.fullmatch(key):
                 continue
+            name = _PREFIX + key.lower()
             if key in GAUGES:
-                selected.append((index, _PREFIX + key, "gauge",
+                selected.append((index, name, "gauge",
                                  f"The kernel's {protocol} {field} value, from /proc/net/{file}.", ""))
             else:
-                selected.append((index, _PREFIX + key, "counter",
+                selected.append((index, name, "counter",
                                  f"The kernel's {protocol} {field} counter, from /proc/net/{file}.", "_total"))
         if len(self._selections) >= 64:  # new headers come only with new IcmpMsg types
             self._selections.clear()

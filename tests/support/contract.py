@@ -37,6 +37,9 @@ CONTRACT: dict[str | None, set[str]] = {
     "mac": _expand("netio_mac_{download,upload}_{bytes,packets}_total", "netio_mac_info",
                    "netio_mac_untracked_{bytes,packets}_total", "netio_mac_table_{entries,max_entries}"),
     "netns": _expand("netio_netns_info", "netio_netns_skipped_total"),
+    "softnet": _expand("netio_softnet_{processed,dropped,time_squeeze,received_rps,flow_limit_count}_total",
+                       "netio_softnet_backlog_len"),
+    "sockstat": _expand("netio_sockstat_{sockets_used,inuse,orphan,tw,alloc,memory_bytes}"),
     "tcp_archive": _expand("netio_tcp_archive_{records,bytes_written,files,deleted_files,errors,dropped_records}_total",
                            "netio_tcp_archive_size_bytes", "netio_tcp_archive_method_info",
                            "netio_tcp_archive_poll_duration_seconds_{bucket,count,sum}"),
@@ -55,6 +58,7 @@ CONTRACT_LABELS = {
     "mac", "ipv4", "ipv6",  # mac
     "method",  # tcp accounting, tcp archive
     "netns", "inode", "reason",  # netns
+    "protocol",  # sockstat
     "version", "collector", "program",  # self
     "namespace", "daemonset",  # kube-state-metrics
     "host", "instance", "job",  # Prometheus: the target's labels (host by relabelling)
