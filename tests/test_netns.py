@@ -86,3 +86,19 @@ def test_netns_flags_need_the_collector():
 
 def _inode(name: str) -> int:
     return os.stat(f"/run/netns/{name}").st_ino
+
+
+def test_each_namespace_has_its_loss_counters(netns, exporter):
+    home, busy = netns(), netns()
+    running = exporter(home, "--collector.netns", "--collector.netns.include", re.escape(busy))
+    before = running.scrape()
+    with in_netns(busy):
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sender:
+        for _ in range(23):
+            sender.sendto(b"x", ("127.0.0.1", 9))  # nobody listens: Udp NoPorts in that namespace
+    after = running.scrape()
+    name = "netio_netstat_udp_noports_total"
+    assert value(after, name, netns=busy) - value(before, name, netns=busy) == 23
+    assert value(after, name) == value(before, name)  # the exporter's own namespace saw none of it
+    assert value(after, "netio_netstat_tcpext_listenoverflows_total", netns=busy) == 0

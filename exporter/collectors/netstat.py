@@ -15,8 +15,8 @@ import re
 
 from .. import flags
 from ..exposition import Family
-from ..procfs.snmp import read_tables
-from . import Collector, Flags, Registration
+from ..procfs.snmp import SnmpFiles, read_tables
+from . import Collector, Flags, Registration, namespaces
 
 # What an operator needs for loss and overload; README "netstat" compares it with node_exporter's.
 DEFAULT_FIELDS = "|".join((
@@ -39,6 +39,13 @@ DEFAULT_FIELDS = "|".join((
 GAUGES = frozenset({"Ip_Forwarding", "Ip_DefaultTTL", "Tcp_RtoAlgorithm", "Tcp_RtoMin", "Tcp_RtoMax",
                     "Tcp_MaxConn", "Tcp_CurrEstab", "MPTcpExt_MPCurrEstab"})
 
+# What --collector.netns reports of every other namespace: its loss counters.
+NAMESPACE_FIELDS = "|".join((
+    r"TcpExt_(ListenOverflows|ListenDrops|TCPBacklogDrop|TCPRcvQDrop|TCPOFODrop)",
+    r"Tcp_(RetransSegs|InErrs|OutRsts|CurrEstab)",
+    r"Udp6?_(InErrors|NoPorts|RcvbufErrors|SndbufErrors|MemErrors)",
+))
+
 _PREFIX = "netio_netstat_"
 _VALID_NAME = re.compile(r"[A-Za-z0-9_]+")
 
@@ -51,10 +58,13 @@ class NetstatCollector(Collector):
 
     name = "netstat"
 
-    def __init__(self, fields: str = DEFAULT_FIELDS, net_dir: str = "/proc/net"):
+    def __init__(self, fields: str = DEFAULT_FIELDS, net_dir: str = "/proc/net", namespaces=None):
         self._fields = re.compile(fields)
         self._net_dir = net_dir
         self._selections: dict[tuple[str, str, tuple[str, ...]], _Selected] = {}
+        self._namespaces = namespaces  # --collector.netns: every other namespace's NAMESPACE_FIELDS
+        self._namespace_fields = re.compile(NAMESPACE_FIELDS)
+        self._namespace_selections: dict[tuple[str, str, tuple[str, ...]], _Selected] = {}
 
     def describe_families(self) -> list[Family]:
         """None: which fields exist is the running kernel's to say. The names all begin netio_netstat_,
@@ -67,18 +77,43 @@ class NetstatCollector(Collector):
             key = (table.file, table.protocol, table.fields)
             selected = self._selections.get(key)
             if selected is None:
-                selected = self._select(*key)
+                selected = _remember(self._selections, key, self._select(self._fields, *key))
             values = table.values
             # Family() itself, with the suffix Family.counter().add() would give: half the cost per field
             families += [Family(name, type_, help_, [(suffix, (), values[index])])
                          for index, name, type_, help_, suffix in selected]
+        if self._namespaces is not None:
+            self._add_namespaces({family.name: family for family in families}, families)
         return families
 
-    def _select(self, file: str, protocol: str, fields: tuple[str, ...]) -> _Selected:
+    def _add_namespaces(self, by_name: dict[str, Family], families: list[Family]) -> None:
+        for namespace in self._namespaces.current():
+            files = self._namespaces.reader(namespace, "netstat", SnmpFiles)
+            if files is None:
+                continue
+            try:
+                tables = files.read_tables()
+            except OSError:  # gone since discovery: no series
+                continue
+            labels = (("netns", namespace.label),)
+            for table in tables:
+                key = (table.file, table.protocol, table.fields)
+                selected = self._namespace_selections.get(key)
+                if selected is None:
+                    selected = _remember(self._namespace_selections, key, self._select(self._namespace_fields, *key))
+                for index, name, type_, help_, suffix in selected:
+                    family = by_name.get(name)
+                    if family is None:
+                        family = by_name[name] = Family(name, type_, help_)
+                        families.append(family)
+                    family.samples.append((suffix, labels, table.values[index]))
+
+    @staticmethod
+    def _select(fields: re.Pattern, file: str, protocol: str, names: tuple[str, ...]) -> _Selected:
         selected = []
-        for index, field in enumerate(fields):
+        for index, field in enumerate(names):
             key = f"{protocol}_{field}"
-            if not self._fields.fullmatch(key) or not _VALID_NAME.fullmatch(key):
+            if not fields.fullmatch(key) or not _VALID_NAME.fullmatch(key):
                 continue
             name = _PREFIX + key.lower()
             if key in GAUGES:
@@ -87,10 +122,14 @@ class NetstatCollector(Collector):
             else:
                 selected.append((index, name, "counter",
                                  f"The kernel's {protocol} {field} counter, from /proc/net/{file}.", "_total"))
-        if len(self._selections) >= 64:  # new headers come only with new IcmpMsg types
-            self._selections.clear()
-        self._selections[file, protocol, fields] = selected = tuple(selected)
-        return selected
+        return tuple(selected)
+
+
+def _remember(cache: dict, key, selected: _Selected) -> _Selected:
+    if len(cache) >= 64:  # new headers come only with new IcmpMsg types
+        cache.clear()
+    cache[key] = selected
+    return selected
 
 
 def _add_arguments(options: Flags) -> None:
@@ -103,4 +142,4 @@ def _add_arguments(options: Flags) -> None:
 REGISTRATION = Registration(
     name="netstat", help="protocol counters from /proc/net/snmp, netstat and snmp6",
     add_arguments=_add_arguments,
-    build=lambda args: NetstatCollector(args.netstat_fields))
+    build=lambda args: NetstatCollector(args.netstat_fields, namespaces=namespaces(args)))

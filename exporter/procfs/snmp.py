@@ -104,3 +104,41 @@ def read_tables(net_dir: str = "/proc/net") -> list[Table]:
     except FileNotFoundError:
         pass
     return tables
+
+
+class SnmpFiles:
+    """snmp, netstat and snmp6 held open: made inside another network namespace (from
+    /proc/thread-self/net), the open files go on showing that namespace's counters, read again at every
+    ``read_tables()`` without entering it."""
+
+    def __init__(self, net_dir: str = "/proc/thread-self/net"):
+        self._fds: dict[str, int] = {}
+        try:
+            for name in ("snmp", "netstat", "snmp6"):
+                try:
+                    self._fds[name] = os.open(os.path.join(net_dir, name), os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    if name != "snmp6":  # snmp6 is absent where IPv6 is off
+                        raise
+        except BaseException:
+            self.close()
+            raise
+
+    def read_tables(self) -> list[Table]:
+        tables = []
+        for name, fd in self._fds.items():
+            data = _pread_all(fd)
+            tables += parse_snmp6(data) if name == "snmp6" else parse_tables(data, name)
+        return tables
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.popitem()[1])
+
+
+def _pread_all(fd: int) -> bytes:
+    chunks, offset = [], 0
+    while chunk := os.pread(fd, 1 << 16, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
