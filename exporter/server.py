@@ -58,8 +58,9 @@ def _landing_page(collectors: list[str]) -> bytes:
 class MetricsApp:
     """What the HTTP server serves: the scrape's families (the process metrics are among them)."""
 
-    def __init__(self, scrape: Scrape):
+    def __init__(self, scrape: Scrape, live=None):
         self.scrape = scrape
+        self.live = live  # exporter.live.LiveFeed in the default mode: the live page at / and /events
         self.landing_page = _landing_page([collector.name for collector in scrape.collectors])
 
     def metrics(self) -> bytes:
@@ -227,6 +228,14 @@ class Server:
             if status == 200 and _accepts_gzip(accept_encoding):
                 body = gzip.compress(body, compresslevel=1)
                 extra = "Content-Encoding: gzip\r\n"
+        elif path == b"/events" and self.app.live is not None and method == b"GET":
+            connection.sendall((f"HTTP/1.1 200 OK\r\n{self._server_header}Date: {_http_date(int(time.time()))}\r\n"
+                                "Content-Type: text/event-stream\r\nCache-Control: no-store\r\n"
+                                "Connection: close\r\n\r\n").encode("latin-1"))
+            self.app.live.attach(connection.dup())  # the live feed's sampler writes the events from now on
+            return False
+        elif path == b"/" and self.app.live is not None:
+            status, content_type, body = 200, "text/html; charset=utf-8", self.app.live.page()
         elif path == b"/":
             status, content_type, body = 200, "text/html; charset=utf-8", self.app.landing_page
         else:
