@@ -1,0 +1,186 @@
+"""The live page in a real headless browser: Debian's chromium and chromium-driver driven by selenium.
+
+The exporter runs in the test's namespace B without -P; chromium runs there too (selenium starts
+chromedriver from a thread inside B, so the driver, the browser and selenium's own sockets all live
+in B). Namespace A sends paced UDP through the veth pair; the page's rx chart for B's end must reach
+the rate the test sends. Charts expose what they drew in ``data-last`` (latest value per series).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.support import NetnsProcess, enter_netns, free_port, in_netns, require, veth_pair
+
+FRAME_OVERHEAD = 14 + 20 + 8  # Ethernet, IPv4, UDP headers: veth counts the whole frame
+PAYLOAD = 1000
+PACKETS_PER_SECOND = 2000
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+
+def _browser_available() -> bool:
+    return shutil.which("chromium") is not None and shutil.which("chromedriver") is not None
+
+
+@pytest.fixture
+def pair(netns):
+    ns_a, ns_b = netns(), netns()
+    return veth_pair(ns_a, ns_b)
+
+
+def start_live_exporter(ns: str, *args: str) -> tuple[NetnsProcess, int]:
+    port = free_port(ns)
+    process = NetnsProcess(ns, [sys.executable, "-m", "exporter", "-a", "127.0.0.1", "-p", str(port), *args])
+    process.wait_listening(port)
+    return process, port
+
+
+@pytest.fixture
+def browser_in(request):
+    """Factory: ``browser_in(ns)`` gives a headless chromium whose driver runs in namespace ``ns``."""
+    require(_browser_available(), "chromium and chromium-driver are not installed (test.sh installs them)")
+    drivers = []
+
+    def start(ns: str):
+        options = webdriver.ChromeOptions()
+        options.binary_location = shutil.which("chromium")
+        for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1400,2000", "--no-first-run", "--disable-extensions"):
+            options.add_argument(argument)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        service = Service(executable_path=shutil.which("chromedriver"))
+        driver = webdriver.Chrome(options=options, service=service)
+        drivers.append(driver)
+        return driver
+
+    yield start
+    for driver in drivers:
+        driver.quit()
+
+
+def _send_paced_udp(ns: str, destination: str, stop: threading.Event) -> None:
+    """PACKETS_PER_SECOND datagrams of PAYLOAD bytes, in 10 ms batches on a fixed grid."""
+    enter_netns(ns)  # this thread only
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        payload = b"x" * PAYLOAD
+        start, batches = time.monotonic(), 0
+        while not stop.is_set():
+            for _ in range(PACKETS_PER_SECOND // 100):
+                sock.sendto(payload, (destination, 9))
+            batches += 1
+            time.sleep(max(0.0, start + batches / 100 - time.monotonic()))
+
+
+def _last(driver, chart: str) -> dict:
+    elements = driver.find_elements(By.CSS_SELECTOR, f'[data-chart="{chart}"]')
+    return json.loads(elements[0].get_attribute("data-last") or "{}") if elements else {}
+
+
+def _wait(condition, timeout: float = 15, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _severe_console_entries(driver) -> list[dict]:
+    return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def test_live_page_draws_the_traffic_the_test_sends(pair, browser_in, tmp_path):
+    ns_a, _, _, _ = pair["a"]
+    ns_b, dev_b, ip_b, _ = pair["b"]
+    exporter, port = start_live_exporter(ns_b, "--user-period", "500")
+    stop = threading.Event()
+    sender = threading.Thread(target=_send_paced_udp, args=(ns_a, ip_b, stop), daemon=True)
+    try:
+        with in_netns(ns_b):
+            driver = browser_in(ns_b)
+            driver.get(f"http://127.0.0.1:{port}/")
+            sender.start()
+            expected = PACKETS_PER_SECOND * (PAYLOAD + FRAME_OVERHEAD)
+            rx = _wait(lambda: (_last(driver, f"link-bytes:{dev_b}").get("rx") or 0) > 0.9 * expected and
+                       _last(driver, f"link-bytes:{dev_b}")["rx"], what=f"{dev_b}'s rx chart near {expected} B/s")
+            assert abs(rx - expected) <= 0.1 * expected, (rx, expected)
+            packets = _last(driver, f"link-packets:{dev_b}")["rx"]
+            assert abs(packets - PACKETS_PER_SECOND) <= 0.1 * PACKETS_PER_SECOND
+            # Netto's core view: NET_RX samples as stacked bars over time
+            _wait(lambda: int(driver.find_element(By.CSS_SELECTOR, '[data-chart="netstack-netrx"]')
+                              .get_attribute("data-bars") or 0) > 0, what="NET_RX bars")
+            # mac is off without --collector.mac.device: its panel says so instead of staying blank
+            why = driver.find_element(By.CSS_SELECTOR, '[data-card="mac-top"] .why')
+            assert why.is_displayed() and "--collector.mac.device" in why.text
+            time.sleep(1)
+            driver.save_screenshot(str(tmp_path / "live.png"))
+            assert (tmp_path / "live.png").stat().st_size > 10000
+            assert _severe_console_entries(driver) == []
+    finally:
+        stop.set()
+        if sender.is_alive():
+            sender.join()
+        exporter.stop()
+
+
+def test_a_collector_turned_off_shows_why(netns, browser_in):
+    ns = netns()
+    exporter, port = start_live_exporter(ns, "--no-collector.tcp", "-f", "0", "--user-period", "200")
+    try:
+        with in_netns(ns):
+            driver = browser_in(ns)
+            driver.get(f"http://127.0.0.1:{port}/")
+            why = driver.find_element(By.CSS_SELECTOR, '[data-card="tcp-states"] .why')
+            _wait(lambda: "--no-collector.tcp" in why.text, what="the tcp panel's reason")
+            rx_why = driver.find_element(By.CSS_SELECTOR, '[data-card="netstack-netrx"] .why')
+            _wait(lambda: "-f 0" in rx_why.text or "netstack" in rx_why.text, what="the NET_RX panel's reason")
+            assert _severe_console_entries(driver) == []
+    finally:
+        exporter.stop()
+
+
+def test_replay_view_draws_a_log(pair, browser_in, tmp_path):
+    """A jsonl log written by a log-mode exporter, opened through the page's file picker."""
+    ns_a, _, ip_a, _ = pair["a"]
+    ns_b, dev_b, ip_b, _ = pair["b"]
+    path = tmp_path / "netio.jsonl"
+    logger = NetnsProcess(ns_b, [sys.executable, "-m", "exporter", "-l", str(path), "--log-format", "jsonl",
+                                 "--interval", "0.5", "-f", "0"])
+    stop = threading.Event()
+    sender = threading.Thread(target=_send_paced_udp, args=(ns_a, ip_b, stop), daemon=True)
+    sender.start()
+    try:
+        _wait(lambda: path.exists() and path.read_text().count("\n") >= 6, what="six log lines")
+    finally:
+        stop.set()
+        sender.join()
+        logger.stop()
+    lines = path.read_text().count("\n")
+    exporter, port = start_live_exporter(ns_b, "--user-period", "500")
+    try:
+        with in_netns(ns_b):
+            driver = browser_in(ns_b)
+            driver.get(f"http://127.0.0.1:{port}/")
+            driver.find_element(By.ID, "replay").send_keys(str(path))
+            _wait(lambda: driver.find_element(By.TAG_NAME, "body").get_attribute("data-mode") == "replay",
+                  what="the replay view")
+            chart = _wait(lambda: driver.find_elements(By.CSS_SELECTOR, f'[data-chart="link-bytes:{dev_b}"]'),
+                          what="the replayed interface's chart")[0]
+            assert int(chart.get_attribute("data-points")) == lines
+            assert "replay of netio.jsonl" in driver.find_element(By.ID, "status").text
+            time.sleep(1.5)  # live events must not overwrite the replay
+            assert int(chart.get_attribute("data-points")) == lines
+            assert _severe_console_entries(driver) == []
+    finally:
+        exporter.stop()
