@@ -88,7 +88,7 @@ class Recorder:
 
     def __init__(self, scrape: Scrape):
         self.scrape = scrape
-        self._previous: Snapshot | None = None
+        self._previous: dict[str, Snapshot] | None = None  # each collector's counters at its last good read
         self._previous_time = 0.0
 
     def reset(self) -> None:
@@ -99,28 +99,37 @@ class Recorder:
         """Read every collector; the record since the previous read, or None on the first (baseline).
 
         Counters are deltas, or with ``rates`` those deltas per second. A series seen for the first
-        time only sets its baseline; a collector that failed says why in ``collectors`` and has no
-        figures in this record.
+        time only sets its baseline. A collector that failed says why in ``collectors`` and has no
+        figures in this record; its next delta counts from its last good read (sums stay exact).
         """
         now = time.monotonic()
         status: dict[str, str | None] = {}
-        counters: Snapshot = {}
+        counters: dict[str, Snapshot] = {}
         gauges: Snapshot = {}
+        previous = self._previous
         for collector in self.scrape.collectors + self.scrape.self_collectors:
-            families, status[collector.name] = self.scrape.read(collector)
-            _snapshot(families, counters, gauges)
-        previous, self._previous = self._previous, counters
+            name = collector.name
+            families, status[name] = self.scrape.read(collector)
+            if status[name] is None:
+                _snapshot(families, counters.setdefault(name, {}), gauges)
+            elif previous is not None and name in previous:
+                counters[name] = previous[name]
+        self._previous = counters
         elapsed, self._previous_time = now - self._previous_time, now
         if previous is None:
             return None
         changes = {}
-        for name, (names, series) in counters.items():
-            before = previous.get(name, ((), {}))[1]
-            deltas = {key: _delta(value, before[key]) for key, value in series.items() if key in before}
-            if rates:  # the page's events: a rate left out is 0 (most error counters, idle interfaces)
-                deltas = {key: _rate(delta, elapsed) for key, delta in deltas.items() if delta}
-            if deltas:
-                changes[name] = _samples(names, deltas)
+        for collector, snapshot in counters.items():
+            if status[collector] is not None:
+                continue
+            before_collector = previous.get(collector, {})
+            for name, (names, series) in snapshot.items():
+                before = before_collector.get(name, ((), {}))[1]
+                deltas = {key: _delta(value, before[key]) for key, value in series.items() if key in before}
+                if rates:  # the page's events: a rate left out is 0 (most error counters, idle interfaces)
+                    deltas = {key: _rate(delta, elapsed) for key, delta in deltas.items() if delta}
+                if series:  # a family without samples is absent; one with only zero rates is present
+                    changes[name] = _samples(names, deltas)
         return {"time": timestamp(time.time()), "interval_seconds": round(elapsed, 3),
                 "counters_are": "rates" if rates else "deltas", "collectors": status,
                 "counters": changes, "gauges": {name: _samples(*value) for name, value in gauges.items()}}
