@@ -17,6 +17,11 @@ import time
 
 import pytest
 
+from exporter.collectors import Scrape
+from exporter.collectors.link import LinkCollector
+from exporter.collectors.process import ProcessCollector
+from exporter.live import LiveFeed
+from exporter.server import MetricsApp, Server
 from tests.support import NetnsProcess, enter_netns, free_port, in_netns, require, veth_pair
 
 FRAME_OVERHEAD = 14 + 20 + 8  # Ethernet, IPv4, UDP headers: veth counts the whole frame
@@ -184,3 +189,49 @@ def test_replay_view_draws_a_log(pair, browser_in, tmp_path):
             assert _severe_console_entries(driver) == []
     finally:
         exporter.stop()
+
+
+def test_ten_pages_read_the_collectors_once_per_period(netns, browser_in):
+    """Ten browser tabs on one exporter (served in-process, so the test counts the collectors' reads):
+    one read per period, not one per page; closing the tabs stops the sampler. Each tab uses its own
+    loopback address: a browser opens at most six HTTP/1.1 connections to one host."""
+    ns = netns()
+    period = 0.25
+    with in_netns(ns):  # the collectors' and the server's sockets live in the namespace
+        link, process = LinkCollector(), ProcessCollector()
+        reads = []
+        original_read = link.read
+        link.read = lambda: reads.append(time.monotonic()) or original_read()
+        scrape = Scrape([link], [process])
+        feed = LiveFeed(scrape, period)
+        server = Server(MetricsApp(scrape, feed), "0.0.0.0", 0)
+    server.start()
+    port = server.server_address[1]
+    try:
+        with in_netns(ns):
+            driver = browser_in(ns)
+            for index in range(10):
+                if index:
+                    driver.switch_to.new_window("tab")
+                driver.get(f"http://127.0.0.{index + 1}:{port}/")
+            tabs = driver.window_handles
+            time.sleep(2)
+            start, first = time.monotonic(), len(reads)
+            time.sleep(3)
+            elapsed, counted = time.monotonic() - start, len(reads) - first
+            for tab in tabs:
+                driver.switch_to.window(tab)
+                events = driver.find_element(By.TAG_NAME, "body").get_attribute("data-events")
+                assert int(events) >= 10  # every tab receives the events (a hidden tab draws them when shown)
+            assert elapsed / period - 2 <= counted <= elapsed / period + 2, (counted, elapsed)
+            for tab in tabs:
+                driver.switch_to.window(tab)
+                driver.close()
+            _wait(lambda: not feed.sampling, timeout=5, what="the sampler to stop")
+            stopped = len(reads)
+            time.sleep(4 * period)
+            assert len(reads) == stopped
+    finally:
+        feed.close()
+        server.close()
+        scrape.close()

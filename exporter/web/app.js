@@ -359,10 +359,14 @@ function drawMac() {
 function drawExporter() {
   const parent = section("exporter", "The exporter itself");
   const why = unavailable("process");
-  const cpu = card(parent, "exporter-cpu", "Exporter CPU", "The exporter's own CPU time, % of one core.");
+  const cpu = card(parent, "exporter-cpu", "Exporter CPU", "The exporter's own CPU time, % of one core, averaged over the last 10 intervals (the kernel counts it in 10 ms ticks).");
   const memory = card(parent, "exporter-memory", "Exporter memory", "Resident memory, MiB.");
   if ([cpu, memory].map(element => showWhy(element, why)).some(Boolean)) return;
-  chart(cpu, lines, [timeSeries("cpu", PALETTE[0], r => 100 * total(r, "counters", "process_cpu_seconds_total"))], percent);
+  const used = history.map(r => 100 * total(r, "counters", "process_cpu_seconds_total") * r.interval_seconds);
+  const seconds = history.map(r => r.interval_seconds);
+  const sum = (values, i) => values.slice(Math.max(0, i - 9), i + 1).reduce((a, b) => a + b, 0);
+  legend(cpu, [{name: "cpu", color: PALETTE[0]}]);
+  lines(cpu.querySelector("canvas"), history, [{name: "cpu", color: PALETTE[0], values: used.map((_, i) => sum(used, i) / sum(seconds, i))}], percent);
   chart(memory, lines, [timeSeries("resident", PALETTE[2], r => total(r, "gauges", "process_resident_memory_bytes"))], mebibytes);
 }
 
@@ -391,6 +395,7 @@ function live() {
   source.onmessage = message => {
     history.push(normalize(JSON.parse(message.data)));
     if (history.length > LIVE_POINTS) history.shift();
+    document.body.dataset.events = String(Number(document.body.dataset.events || 0) + 1);  // drawn or not (hidden tabs draw later)
     say(`live · ${clock(history[history.length - 1])}`);
     draw();
   };
