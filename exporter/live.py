@@ -22,6 +22,7 @@ import collections
 import html
 import json
 import logging
+import math
 import os
 import select
 import socket
@@ -137,12 +138,24 @@ class Recorder:
     def line(self) -> str | None:
         """``record()`` (counters as deltas) as one line of the jsonl log."""
         record = self.record()
-        return None if record is None else json.dumps(record, separators=(",", ":")) + "\n"
+        return None if record is None else _json(record) + "\n"
+
+
+def _json(record: dict) -> str:
+    """Compact JSON; a value that is not finite (which JSON cannot carry) becomes null."""
+    try:
+        return json.dumps(record, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        for section in ("counters", "gauges"):
+            for table in record[section].values():
+                table["samples"] = [row[:-1] + [row[-1] if math.isfinite(row[-1]) else None]
+                                    for row in table["samples"]]
+        return json.dumps(record, separators=(",", ":"))
 
 
 def encode_event(record: dict) -> bytes:
     """A record as one Server-Sent Event (JSON has no raw newline, so it is one data line)."""
-    return b"data: " + json.dumps(record, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + _json(record).encode() + b"\n\n"
 
 
 class Subscription:
@@ -276,11 +289,10 @@ class LiveFeed:
             if self._closing.wait(max(0.0, start + ticks * self.period - time.monotonic())):
                 break
             # an event stream has no requests: a readable connection was closed (or misused) by its client
-            for fd, _ in self._poll.poll(0):
-                with self._lock:
-                    viewer = self._sockets.get(fd)
-                if viewer is not None:
-                    viewer.subscription.close()
+            with self._lock:
+                gone = [self._sockets[fd].subscription for fd, _ in self._poll.poll(0) if fd in self._sockets]
+            for subscription in gone:
+                subscription.close()
             with self._lock:
                 if not self._subscriptions:
                     self._thread = None
