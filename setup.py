@@ -36,4 +36,4 @@ class BuildPyWithBpf(build_py):
 
 
 setup(cmdclass={"build_py": BuildPyWithBpf},
-      package_data={"exporter.bpf": ["*.bpf.c", "*.h"], "exporter.web": ["*.html", "*.js", "*.css", "LICENSE*"]})
+      package_data={"exporter.bpf": ["*.bpf.c", "*.h"], "exporter": ["web/*.html", "web/*.js", "web/*.css"]})

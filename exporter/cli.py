@@ -83,8 +83,8 @@ def build_parser() -> _ParserWithCollectors:
                      help=f"address to listen on, IPv4 or IPv6; '::' also accepts IPv4 (default {DEFAULT_ADDRESS})")
     web.add_argument("-p", "--port", type=flags.port, metavar="PORT", help=f"port to listen on (default {DEFAULT_PORT})")
     web.add_argument("--user-period", type=flags.bounded_int(10, 60000, "milliseconds"), metavar="MS",
-                     help="the live page's update period; it reads the collectors only while a page is open "
-                          f"(default {DEFAULT_USER_PERIOD_MS}; not with -P)")
+                     help="the live page's update period in milliseconds; the page's sampler reads the collectors "
+                          f"only while a page is open (default {DEFAULT_USER_PERIOD_MS}; not with -P)")
 
     log = parser.add_argument_group("log mode")
     log.add_argument("--interval", type=flags.seconds, metavar="S",

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import resources
+from operator import itemgetter
 
 from . import __version__
 from .collectors import Scrape
@@ -42,6 +43,7 @@ EVENT_CONTENT_TYPE = "text/event-stream"
 PAGE_CONTENT_TYPE = "text/html; charset=utf-8"
 MAX_PENDING_EVENTS = 8  # per viewer: 4 s at the default period
 
+_VALUES_OF_ROWS_ENTRIES = 256
 Snapshot = dict[str, tuple[tuple[str, ...], dict[tuple[str, ...], float]]]  # sample name -> labels, series
 
 
@@ -50,22 +52,35 @@ def timestamp(now: float) -> str:
     return datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _snapshot(families: list[Family], counters: Snapshot, gauges: Snapshot) -> None:
-    """Add the families' samples to ``counters`` or ``gauges`` by exposed sample name."""
-    values_of_rows: dict[int, list[tuple[str, ...]]] = {}  # id(rows) -> each row's label values
+_name_of, _value_of = itemgetter(0), itemgetter(1)
+
+
+def _snapshot(families: list[Family], counters: Snapshot, gauges: Snapshot,
+              values_of_rows: dict[int, tuple[tuple, list[tuple[str, ...]]]]) -> None:
+    """Add the families' samples to ``counters`` or ``gauges`` by exposed sample name.
+
+    ``values_of_rows``: id(rows) -> (rows, each row's label values), kept across reads: collectors pass the
+    same rows object while their label sets are unchanged (see ``Family``); the entry holds rows, so no
+    other object can take its id while the entry lives.
+    """
     for family in families:
         into = counters if family.type == "counter" else gauges
         for suffix, labels, value in family.samples:
-            names, series = into.setdefault(family.name + suffix, (tuple(name for name, _ in labels), {}))
-            series[tuple(text for _, text in labels)] = value
+            table = into.get(family.name + suffix)
+            if table is None:
+                table = into[family.name + suffix] = (tuple(map(_name_of, labels)), {})
+            table[1][tuple(map(_value_of, labels))] = value
         for suffix, rows, values in family.columns:
             if not rows:
                 continue
-            keys = values_of_rows.get(id(rows))
-            if keys is None:
-                keys = values_of_rows[id(rows)] = [tuple(text for _, text in labels) for labels in rows]
-            names, series = into.setdefault(family.name + suffix, (tuple(name for name, _ in rows[0]), {}))
-            series.update(zip(keys, values))
+            entry = values_of_rows.get(id(rows))
+            if entry is None:
+                entry = values_of_rows[id(rows)] = (rows, [tuple(map(_value_of, labels)) for labels in rows])
+            keys = entry[1]
+            table = into.get(family.name + suffix)
+            if table is None:
+                table = into[family.name + suffix] = (tuple(map(_name_of, rows[0])), {})
+            table[1].update(zip(keys, values))
 
 
 def _delta(new, old):
@@ -91,6 +106,7 @@ class Recorder:
         self.scrape = scrape
         self._previous: dict[str, Snapshot] | None = None  # each collector's counters at its last good read
         self._previous_time = 0.0
+        self._values_of_rows: dict[int, tuple[tuple, list[tuple[str, ...]]]] = {}
 
     def reset(self) -> None:
         """Forget the last read: the next ``record()`` only sets the baseline."""
@@ -108,11 +124,13 @@ class Recorder:
         counters: dict[str, Snapshot] = {}
         gauges: Snapshot = {}
         previous = self._previous
+        if len(self._values_of_rows) > _VALUES_OF_ROWS_ENTRIES:  # label sets that change every read
+            self._values_of_rows.clear()
         for collector in self.scrape.collectors + self.scrape.self_collectors:
             name = collector.name
             families, status[name] = self.scrape.read(collector)
             if status[name] is None:
-                _snapshot(families, counters.setdefault(name, {}), gauges)
+                _snapshot(families, counters.setdefault(name, {}), gauges, self._values_of_rows)
             elif previous is not None and name in previous:
                 counters[name] = previous[name]
         self._previous = counters

@@ -269,6 +269,18 @@ def test_prometheus_mode_serves_the_landing_page_and_no_event_stream(netns, expo
     assert "404" in str(error.value)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--user-period", "5"], "netio-exporter: --user-period: expected milliseconds 10-60000, got '5'"),
+    (["-P", "--user-period", "100"], "netio-exporter: --user-period: -P serves no live page; drop --user-period or -P"),
+    (["-l", "-", "--user-period", "100"], "netio-exporter: --user-period: log mode (-l) runs no HTTP server"),
+    (["-l", "-", "--collector.tcp.local-ports", "22"], "netio-exporter: --collector.tcp.local-ports: the csv log (-l) "
+                                                       "carries link counters only; add --log-format jsonl"),
+])
+def test_bad_live_and_log_flags_exit_2_with_one_line(args, message):
+    result = subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 2 and result.stderr.startswith(message) and result.stderr.count("\n") == 1
+
+
 # ---- the jsonl log with every collector --------------------------------------------------------
 
 RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
