@@ -43,7 +43,7 @@ EVENT_CONTENT_TYPE = "text/event-stream"
 PAGE_CONTENT_TYPE = "text/html; charset=utf-8"
 MAX_PENDING_EVENTS = 8  # per viewer: 4 s at the default period
 
-_VALUES_OF_ROWS_ENTRIES = 256
+_ALIGNED_ROWS_ENTRIES = 256
 Snapshot = dict[str, tuple[tuple[str, ...], dict[tuple[str, ...], float]]]  # sample name -> labels, series
 
 
@@ -55,32 +55,62 @@ def timestamp(now: float) -> str:
 _name_of, _value_of = itemgetter(0), itemgetter(1)
 
 
+def _aligned(rows) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The label names of ``rows`` (their union, in order of appearance) and each row's label values in
+    that order, an absent label as "" (as Prometheus reads it): rows of one family may differ, e.g. a
+    ``netns`` label on other namespaces' series only."""
+    names = tuple(map(_name_of, rows[0]))
+    if all(len(labels) == len(names) and tuple(map(_name_of, labels)) == names for labels in rows):
+        return names, [tuple(map(_value_of, labels)) for labels in rows]
+    union = list(names)
+    for labels in rows:
+        union += [name for name, _ in labels if name not in union]
+    keys = [tuple(dict(labels).get(name, "") for name in union) for labels in rows]
+    return tuple(union), keys
+
+
+def _merge(into: Snapshot, name: str, names: tuple[str, ...], keys, values) -> None:
+    """Add series (label values in ``names`` order) to the table ``name``, widening it to the union of
+    label names when they differ."""
+    table = into.get(name)
+    if table is None:
+        into[name] = (names, dict(zip(keys, values)))
+        return
+    have, series = table
+    if names != have:
+        union = have + tuple(label for label in names if label not in have)
+        if union != have:
+            series = {key + ("",) * (len(union) - len(have)): value for key, value in series.items()}
+            into[name] = (union, series)
+        order = [names.index(label) if label in names else None for label in union]
+        keys = [tuple("" if i is None else key[i] for i in order) for key in keys]
+    series.update(zip(keys, values))
+
+
 def _snapshot(families: list[Family], counters: Snapshot, gauges: Snapshot,
-              values_of_rows: dict[int, tuple[tuple, list[tuple[str, ...]]]]) -> None:
+              aligned_rows: dict[int, tuple[tuple, tuple[str, ...], list[tuple[str, ...]]]]) -> None:
     """Add the families' samples to ``counters`` or ``gauges`` by exposed sample name.
 
-    ``values_of_rows``: id(rows) -> (rows, each row's label values), kept across reads: collectors pass the
-    same rows object while their label sets are unchanged (see ``Family``); the entry holds rows, so no
-    other object can take its id while the entry lives.
+    ``aligned_rows``: id(rows) -> (rows, ``_aligned(rows)``), kept across reads: collectors pass the same
+    rows object while their label sets are unchanged (see ``Family``); the entry holds rows, so no other
+    object can take its id while the entry lives.
     """
     for family in families:
         into = counters if family.type == "counter" else gauges
         for suffix, labels, value in family.samples:
             table = into.get(family.name + suffix)
-            if table is None:
-                table = into[family.name + suffix] = (tuple(map(_name_of, labels)), {})
-            table[1][tuple(map(_value_of, labels))] = value
+            names = tuple(map(_name_of, labels))
+            if table is not None and table[0] == names:
+                table[1][tuple(map(_value_of, labels))] = value
+            else:
+                _merge(into, family.name + suffix, names, [tuple(map(_value_of, labels))], [value])
         for suffix, rows, values in family.columns:
             if not rows:
                 continue
-            entry = values_of_rows.get(id(rows))
+            entry = aligned_rows.get(id(rows))
             if entry is None:
-                entry = values_of_rows[id(rows)] = (rows, [tuple(map(_value_of, labels)) for labels in rows])
-            keys = entry[1]
-            table = into.get(family.name + suffix)
-            if table is None:
-                table = into[family.name + suffix] = (tuple(map(_name_of, rows[0])), {})
-            table[1].update(zip(keys, values))
+                entry = aligned_rows[id(rows)] = (rows, *_aligned(rows))
+            _merge(into, family.name + suffix, entry[1], entry[2], values)
 
 
 def _delta(new, old):
@@ -106,7 +136,7 @@ class Recorder:
         self.scrape = scrape
         self._previous: dict[str, Snapshot] | None = None  # each collector's counters at its last good read
         self._previous_time = 0.0
-        self._values_of_rows: dict[int, tuple[tuple, list[tuple[str, ...]]]] = {}
+        self._aligned_rows: dict[int, tuple[tuple, tuple[str, ...], list[tuple[str, ...]]]] = {}
 
     def reset(self) -> None:
         """Forget the last read: the next ``record()`` only sets the baseline."""
@@ -124,13 +154,13 @@ class Recorder:
         counters: dict[str, Snapshot] = {}
         gauges: Snapshot = {}
         previous = self._previous
-        if len(self._values_of_rows) > _VALUES_OF_ROWS_ENTRIES:  # label sets that change every read
-            self._values_of_rows.clear()
+        if len(self._aligned_rows) > _ALIGNED_ROWS_ENTRIES:  # label sets that change every read
+            self._aligned_rows.clear()
         for collector in self.scrape.collectors + self.scrape.self_collectors:
             name = collector.name
             families, status[name] = self.scrape.read(collector)
             if status[name] is None:
-                _snapshot(families, counters.setdefault(name, {}), gauges, self._values_of_rows)
+                _snapshot(families, counters.setdefault(name, {}), gauges, self._aligned_rows)
             elif previous is not None and name in previous:
                 counters[name] = previous[name]
         self._previous = counters

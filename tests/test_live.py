@@ -92,6 +92,24 @@ def test_recorder_reset_new_series_and_failures():
     assert _tables(recorder.record(), "counters", "demo_packets_total") == {("a",): 5, ("new",): 0}
 
 
+def test_series_with_different_label_names_share_one_table():
+    """As with --collector.netns: the exporter's own namespace has no netns label, the others do."""
+    def script(read):
+        family = Family.counter("demo_bytes", "Bytes.")
+        family.add_column(((("device", "eth0"),), (("device", "eth0"), ("netns", "pod:a"))), [10 * read, 20 * read])
+        family.add((("netns", "pod:b"), ("device", "lo")), 5 * read)
+        return [family]
+
+    recorder = Recorder(Scrape([Scripted("demo", script)]))
+    recorder.record()
+    record = recorder.record()
+    table = record["counters"]["demo_bytes_total"]
+    assert sorted(table["labels"]) == ["device", "netns"]
+    series = {tuple(sorted(zip(table["labels"], row))): row[-1] for row in table["samples"]}
+    assert series == {(("device", "eth0"), ("netns", "")): 10, (("device", "eth0"), ("netns", "pod:a")): 20,
+                      (("device", "lo"), ("netns", "pod:b")): 5}
+
+
 def test_rates_are_deltas_per_second_and_leave_out_zeros():
     recorder = Recorder(Scrape([Scripted("demo", _counter_and_gauge)]))
     recorder.record(rates=True)

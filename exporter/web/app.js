@@ -31,15 +31,18 @@ function normalize(record) {
   return {...record, counters, counters_are: "rates"};
 }
 
-// {label value of `by`: summed value} over the rows of one table that match `where`.
+// {label value of `by`: summed value} over the rows of one table that match `where` (a label the table
+// lacks is ""). Only the exporter's own network namespace: with --collector.netns, link and tcp series of
+// other namespaces carry a netns label.
 function grouped(record, section, name, by, where = {}) {
+  where = {netns: "", ...where};
   const table = ((record[section] || {})[name]);
   const out = {};
   if (!table) return out;
   const at = table.labels.indexOf(by);
   const checks = Object.entries(where).map(([label, value]) => [table.labels.indexOf(label), value]);
   for (const row of table.samples) {
-    if (checks.some(([index, value]) => row[index] !== value)) continue;
+    if (checks.some(([index, value]) => (index < 0 ? "" : row[index]) !== value)) continue;
     const key = at < 0 ? "" : row[at];
     out[key] = (out[key] || 0) + row[row.length - 1];
   }
