@@ -265,7 +265,15 @@ class _SocketViewer:
 
 
 class LiveFeed:
-    """The live page's bytes and its event stream, sampled on one thread while someone watches."""
+    """The live page's bytes and its event stream, sampled on one thread while someone watches.
+
+    Serving it: ``/`` answers ``page()`` (``PAGE_CONTENT_TYPE``). ``/events`` answers 200 with
+    ``EVENT_CONTENT_TYPE`` and ``Cache-Control: no-store`` and no length, then streams: an asyncio server
+    subscribes with ``wake=lambda: loop.call_soon_threadsafe(ready.set)``, and loops on ``await
+    ready.wait(); ready.clear()``, writing what ``take()`` returns and awaiting the drain (bounded by a
+    timeout of ``MAX_PENDING_EVENTS * period``), until ``dropped`` or the client's EOF; then ``close()``.
+    A threaded server hands the connection to ``attach()`` instead and its worker returns.
+    """
 
     def __init__(self, scrape: Scrape, period: float):
         self.period = period
