@@ -164,7 +164,7 @@ class Recorder:
             elif previous is not None and name in previous:
                 counters[name] = previous[name]
         self._previous = counters
-        elapsed, self._previous_time = now - self._previous_time, now
+        elapsed, self._previous_time = max(now - self._previous_time, 1e-9), now
         if previous is None:
             return None
         changes = {}
@@ -177,8 +177,7 @@ class Recorder:
                 deltas = {key: _delta(value, before[key]) for key, value in series.items() if key in before}
                 if rates:  # the page's events: a rate left out is 0 (most error counters, idle interfaces)
                     deltas = {key: _rate(delta, elapsed) for key, delta in deltas.items() if delta}
-                if series:  # a family without samples is absent; one with only zero rates is present
-                    changes[name] = _samples(names, deltas)
+                changes[name] = _samples(names, deltas)  # present even when every rate was 0
         return {"time": timestamp(time.time()), "interval_seconds": round(elapsed, 3),
                 "counters_are": "rates" if rates else "deltas", "collectors": status,
                 "counters": changes, "gauges": {name: _samples(*value) for name, value in gauges.items()}}

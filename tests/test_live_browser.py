@@ -132,6 +132,8 @@ def test_live_page_draws_the_traffic_the_test_sends(pair, browser_in, tmp_path):
             driver.save_screenshot(str(tmp_path / "live.png"))
             assert (tmp_path / "live.png").stat().st_size > 10000
             assert _severe_console_entries(driver) == []
+            started = time.monotonic()
+            assert exporter.stop() == 0 and time.monotonic() - started < 5  # SIGTERM with a page open
     finally:
         stop.set()
         if sender.is_alive():
