@@ -42,6 +42,7 @@ log = logging.getLogger("netio_exporter")
 EVENT_CONTENT_TYPE = "text/event-stream"
 PAGE_CONTENT_TYPE = "text/html; charset=utf-8"
 MAX_PENDING_EVENTS = 8  # per viewer: 4 s at the default period
+MAX_VIEWERS = 64  # each holds a connection (a file descriptor) and costs a send per event
 
 _ALIGNED_ROWS_ENTRIES = 256
 Snapshot = dict[str, tuple[tuple[str, ...], dict[tuple[str, ...], float]]]  # sample name -> labels, series
@@ -293,24 +294,38 @@ class LiveFeed:
         with self._lock:
             return self._thread is not None
 
-    def subscribe(self, wake: Callable[[], None] | None = None) -> Subscription:
-        """A new viewer; starts the sampler if it is the first."""
+    def subscribe(self, wake: Callable[[], None] | None = None) -> Subscription | None:
+        """A new viewer, or None while ``MAX_VIEWERS`` are open (answer 503); starts the sampler if it
+        is the first."""
         subscription = Subscription(self, wake)
         with self._lock:
+            if len(self._subscriptions) >= MAX_VIEWERS:
+                return None
             self._subscriptions.append(subscription)
             if self._thread is None and not self._closing.is_set():
                 self._thread = threading.Thread(target=self._sample, name="netio-live", daemon=True)
                 self._thread.start()
         return subscription
 
-    def attach(self, connection: socket.socket) -> None:
-        """Take over a connection whose event-stream response head was sent: the sampler writes the events
-        to it and closes it when the client goes or falls behind (a threaded server's worker returns)."""
-        connection.setblocking(False)
+    def attach(self, connection: socket.socket, head: bytes) -> bool:
+        """Take over a connection for a threaded server (its worker returns): send the response ``head``,
+        then the sampler writes the events and closes the connection when the client goes or falls
+        behind. False (and the connection closed) while ``MAX_VIEWERS`` are open."""
         subscription = self.subscribe()
+        if subscription is None:
+            connection.close()
+            return False
+        try:
+            connection.sendall(head)
+        except OSError:  # the client is gone already
+            subscription.close()
+            connection.close()
+            return True
+        connection.setblocking(False)
         with self._lock:
             self._sockets[connection.fileno()] = _SocketViewer(connection, subscription)
             self._poll.register(connection, select.POLLIN | select.POLLRDHUP)
+        return True
 
     def close(self) -> None:
         """Stop sampling and close the attached connections."""

@@ -38,7 +38,8 @@ _MAX_WORKERS = 64
 _MAX_HEAD_BYTES = 65536  # request line and headers
 _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 501: "Not Implemented", 505: "HTTP Version Not Supported"}
+            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+            505: "HTTP Version Not Supported"}
 
 
 def _escape_html(text: str) -> str:
@@ -229,11 +230,11 @@ class Server:
                 body = gzip.compress(body, compresslevel=1)
                 extra = "Content-Encoding: gzip\r\n"
         elif path == b"/events" and self.app.live is not None and method == b"GET":
-            connection.sendall((f"HTTP/1.1 200 OK\r\n{self._server_header}Date: {_http_date(int(time.time()))}\r\n"
-                                "Content-Type: text/event-stream\r\nCache-Control: no-store\r\n"
-                                "Connection: close\r\n\r\n").encode("latin-1"))
-            self.app.live.attach(connection.dup())  # the live feed's sampler writes the events from now on
-            return False
+            head = (f"HTTP/1.1 200 OK\r\n{self._server_header}Date: {_http_date(int(time.time()))}\r\n"
+                    "Content-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
+            if self.app.live.attach(connection.dup(), head.encode("latin-1")):
+                return False  # the live feed's sampler writes the events from now on
+            status, content_type, body = 503, "text/plain; charset=utf-8", b"Too many live pages open\n"
         elif path == b"/" and self.app.live is not None:
             status, content_type, body = 200, "text/html; charset=utf-8", self.app.live.page()
         elif path == b"/":

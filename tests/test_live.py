@@ -22,7 +22,7 @@ import pytest
 from exporter.collectors import Collector, Scrape
 from exporter.collectors.link import LinkCollector
 from exporter.exposition import Family
-from exporter.live import MAX_PENDING_EVENTS, LiveFeed, Recorder
+from exporter.live import MAX_PENDING_EVENTS, MAX_VIEWERS, LiveFeed, Recorder
 from exporter.server import MetricsApp, Server
 from tests.support import NetnsProcess, enter_netns, in_netns, run, value, veth_pair
 
@@ -236,6 +236,28 @@ def test_ten_viewers_one_read_per_period_and_closing_them_stops_the_sampler():
         feed.close()
         server.close()
         scrape.close()
+
+
+def test_more_viewers_than_the_bound_get_503():
+    scrape = Scrape([Scripted("demo", _counter_and_gauge)])
+    feed = LiveFeed(scrape, period=0.1)
+    server = Server(MetricsApp(scrape, feed), "127.0.0.1", 0)
+    server.start()
+    port = server.server_address[1]
+    try:
+        viewers = [_open_event_stream(port) for _ in range(MAX_VIEWERS)]
+        assert all(stream.startswith(b"HTTP/1.1 200 OK") for stream in _read_streams(viewers, time.monotonic() + 1))
+        extra = _open_event_stream(port)
+        assert _read_streams([extra], time.monotonic() + 2)[0].startswith(b"HTTP/1.1 503 Service Unavailable")
+        viewers.pop().close()
+        time.sleep(0.3)  # the sampler notices the closed one within a period
+        again = _open_event_stream(port)
+        assert _read_streams([again], time.monotonic() + 1)[0].startswith(b"HTTP/1.1 200 OK")
+        for viewer in viewers + [extra, again]:
+            viewer.close()
+    finally:
+        feed.close()
+        server.close()
 
 
 def app_metrics(port: int) -> bytes:
