@@ -237,3 +237,39 @@ def test_ten_pages_read_the_collectors_once_per_period(netns, browser_in):
         feed.close()
         server.close()
         scrape.close()
+
+
+def test_replay_draws_mac_clients_from_a_log(netns, browser_in, tmp_path):
+    """The MAC panel, from a log as the mac collector writes it (made by hand: the mac collector needs a
+    gateway topology that tests/test_mac.py builds)."""
+    def record(second: int) -> str:
+        return json.dumps({
+            "time": f"2026-12-01T08:30:{second:02d}.000Z", "interval_seconds": 2.0, "counters_are": "deltas",
+            "collectors": {"mac": None, "process": None},
+            "counters": {
+                "netio_mac_download_bytes_total": {"labels": ["device", "mac"], "samples": [
+                    ["br-lan", "02:00:00:00:00:01", 8000], ["br-lan", "02:00:00:00:00:02", 200]]},
+                "netio_mac_upload_bytes_total": {"labels": ["device", "mac"], "samples": [
+                    ["br-lan", "02:00:00:00:00:01", 1000], ["br-lan", "02:00:00:00:00:02", 0]]}},
+            "gauges": {"netio_mac_info": {"labels": ["device", "mac", "ipv4", "ipv6"], "samples": [
+                ["br-lan", "02:00:00:00:00:01", "192.0.2.10", "2001:db8::10", 1],
+                ["br-lan", "02:00:00:00:00:02", "192.0.2.11", "", 1]]}}})
+    path = tmp_path / "mac.jsonl"
+    path.write_text("".join(record(second) + "\n" for second in (2, 4, 6)) + "not json\n")
+    ns = netns()
+    exporter, port = start_live_exporter(ns, "-f", "0")
+    try:
+        with in_netns(ns):
+            driver = browser_in(ns)
+            driver.get(f"http://127.0.0.1:{port}/")
+            driver.find_element(By.ID, "replay").send_keys(str(path))
+            _wait(lambda: "1 line not understood" in driver.find_element(By.ID, "status").text, what="the replay")
+            rows = [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+                    for row in driver.find_elements(By.CSS_SELECTOR, '[data-card="mac-top"] table tr')[1:]]
+            assert rows == [["br-lan", "02:00:00:00:00:01", "192.0.2.10", "2001:db8::10", "4.00 kB/s", "500 B/s"],
+                            ["br-lan", "02:00:00:00:00:02", "192.0.2.11", "", "100 B/s", "0 B/s"]]
+            why = driver.find_element(By.CSS_SELECTOR, '[data-card="tcp-states"] .why')
+            assert "--no-collector.tcp" in why.text  # a log without tcp: its panels say the collector was off
+            assert _severe_console_entries(driver) == []
+    finally:
+        exporter.stop()

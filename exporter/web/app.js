@@ -331,7 +331,7 @@ function drawMac() {
   if (showWhy(element, why)) return;
   const last = history[history.length - 1];
   const clients = {};
-  for (const [section, name, field] of [["counters", "netio_mac_download_bytes_total", "down"], ["counters", "netio_mac_upload_bytes_total", "up"]]) {
+  for (const [name, field] of [["netio_mac_download_bytes_total", "down"], ["netio_mac_upload_bytes_total", "up"]]) {
     const table = last.counters[name];
     if (!table) continue;
     const [device, mac] = ["device", "mac"].map(label => table.labels.indexOf(label));
@@ -421,7 +421,7 @@ document.getElementById("replay").addEventListener("change", async event => {
   document.body.dataset.mode = "replay";
   document.getElementById("live").hidden = false;
   say(history.length ? `replay of ${file.name}: ${history.length} intervals, ${history[0].time} to ${history[history.length - 1].time}` +
-      (bad ? ` (${bad} lines not understood)` : "") : `${file.name}: no records`, !history.length);
+      (bad ? ` (${bad} ${bad === 1 ? "line" : "lines"} not understood)` : "") : `${file.name}: no records`, !history.length);
   event.target.value = "";
   draw();
 });
