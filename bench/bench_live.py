@@ -5,8 +5,9 @@ network namespace of its own (loopback only, so the link and tcp collectors read
 one interface, the viewers' own sockets). A page is an /events stream read by this process (the
 browser's part is not the exporter's cost). For each period and number of pages it measures the
 exporter process's CPU time (utime + stime of all its threads, /proc/PID/stat) over --seconds and
-prints it as % of one core, the events received per page, and the bytes per event; then the CPU
-of one sample (one event to every page) against the CPU of one /metrics scrape as the peer.
+prints it as % of one core, the events received per page, and the bytes per event. The peer: the
+same exporter with no page open and /metrics fetched once per period (a Prometheus scraping at the
+page's period), whose ratio says what the page costs beyond reading the collectors.
 
 Target (issue 16): <= 1 % of one core with 10 pages at 500 ms.
 Run as root from the repository root:  flock /tmp/netio-bench.lock .venv/bin/python -m bench.bench_live [--seconds 20]
@@ -78,13 +79,14 @@ class Pages:
             connection.close()
 
 
-def scrape_cpu(ns: str, pid: int, port: int, times: int = 50) -> float:
-    """Mean exporter CPU seconds of one /metrics scrape (keep-alive connection)."""
+def scrape_every(ns: str, port: int, period: float, seconds: float) -> None:
+    """The peer: /metrics fetched once per period on one keep-alive connection, as a Prometheus scraping
+    at the page's period would."""
     with in_netns(ns):
         connection = socket.create_connection(("127.0.0.1", port))
     request = b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n"
-    before = cpu_seconds(pid)
-    for _ in range(times):
+    start, count = time.monotonic(), 0
+    while time.monotonic() - start < seconds:
         connection.sendall(request)
         data = b""
         while b"\r\n\r\n" not in data:
@@ -93,9 +95,16 @@ def scrape_cpu(ns: str, pid: int, port: int, times: int = 50) -> float:
         length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
         while len(body) < length:
             body += connection.recv(1 << 20)
-    used = cpu_seconds(pid) - before
+        count += 1
+        time.sleep(max(0.0, start + count * period - time.monotonic()))
     connection.close()
-    return used / times
+
+
+def measure(pid: int, seconds: float, work=None) -> tuple[float, float]:
+    """(exporter CPU seconds, wall seconds) over ``seconds``, running ``work(seconds)`` meanwhile if given."""
+    before, start = cpu_seconds(pid), time.monotonic()
+    work(seconds) if work is not None else time.sleep(seconds)
+    return cpu_seconds(pid) - before, time.monotonic() - start
 
 
 def main() -> int:
@@ -117,31 +126,29 @@ def main() -> int:
                 exporter.wait_listening(port)
                 exporter.expect_command("exporter")
                 time.sleep(1)
-                per_scrape = scrape_cpu(ns, exporter.pid, port)
                 for count in map(int, options.pages.split(",")):
                     pages = Pages(ns, port, count)
                     time.sleep(2)  # connected, sampler running, first events out
                     pages.reset()
-                    before, start = cpu_seconds(exporter.pid), time.monotonic()
-                    time.sleep(options.seconds)
-                    used, elapsed = cpu_seconds(exporter.pid) - before, time.monotonic() - start
+                    used, elapsed = measure(exporter.pid, options.seconds)
                     events, size = pages.events, pages.bytes
                     pages.close()
-                    samples = elapsed / (period / 1000) if count else 0
-                    rows.append((period, count, 100 * used / elapsed, events, size / events if events else 0,
-                                 used / samples if samples else 0, per_scrape))
+                    rows.append((period, f"{count} pages", used / elapsed, events, size / events if events else 0))
                     print(f"period {period} ms, {count} pages: {100 * used / elapsed:.2f} % of one core", file=sys.stderr)
+                time.sleep(2)  # the sampler has stopped
+                used, elapsed = measure(exporter.pid, options.seconds,
+                                        lambda seconds: scrape_every(ns, port, period / 1000, seconds))
+                rows.append((period, "peer: /metrics every period", used / elapsed, 0, 0))
             finally:
                 exporter.stop()
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
-    print("| period | pages | exporter CPU, % of one core | events per page | bytes per event "
-          "| CPU per sample | /metrics scrape CPU (peer) | sample / scrape |")
-    print("|---|---|---|---|---|---|---|---|")
-    for period, count, percent, events, size, per_sample, per_scrape in rows:
-        ratio = f"{per_sample / per_scrape:.2f}" if per_sample and per_scrape else "-"
-        print(f"| {period} ms | {count} | {percent:.2f} % | {events} | {size:.0f} | "
-              f"{per_sample * 1000:.2f} ms | {per_scrape * 1000:.2f} ms | {ratio} |")
+    print("| period | open pages | exporter CPU, % of one core | against the peer | events per page | bytes per event |")
+    print("|---|---|---|---|---|---|")
+    peers = {period: share for period, what, share, _, _ in rows if what.startswith("peer")}
+    for period, what, share, events, size in rows:
+        ratio = f"{share / peers[period]:.2f}x" if peers.get(period) else "-"
+        print(f"| {period} ms | {what} | {100 * share:.2f} % | {ratio} | {events or '-'} | {f'{size:.0f}' if size else '-'} |")
     print(f"\n({options.seconds:g} s per row; python {sys.version.split()[0]}, {os.cpu_count()} CPUs; "
           f"CPU times in clock ticks of {1000 / TICKS:.0f} ms)")
     return 0
