@@ -133,7 +133,7 @@ def main() -> int:
                     used, elapsed = measure(exporter.pid, options.seconds)
                     events, size = pages.events, pages.bytes
                     pages.close()
-                    rows.append((period, f"{count} pages", used / elapsed, events, size / events if events else 0))
+                    rows.append((period, f"{count} page{'' if count == 1 else 's'}", used / elapsed, events, size / events if events else 0))
                     print(f"period {period} ms, {count} pages: {100 * used / elapsed:.2f} % of one core", file=sys.stderr)
                 time.sleep(2)  # the sampler has stopped
                 used, elapsed = measure(exporter.pid, options.seconds,
