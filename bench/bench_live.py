@@ -92,7 +92,8 @@ def scrape_every(ns: str, port: int, period: float, seconds: float) -> None:
         while b"\r\n\r\n" not in data:
             data += connection.recv(1 << 16)
         head, body = data.split(b"\r\n\r\n", 1)
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length"))
         while len(body) < length:
             body += connection.recv(1 << 20)
         count += 1
@@ -133,8 +134,9 @@ def main() -> int:
                     used, elapsed = measure(exporter.pid, options.seconds)
                     events, size = pages.events, pages.bytes
                     pages.close()
-                    rows.append((period, f"{count} page{'' if count == 1 else 's'}", used / elapsed, events, size / events if events else 0))
-                    print(f"period {period} ms, {count} pages: {100 * used / elapsed:.2f} % of one core", file=sys.stderr)
+                    what = f"{count} page{'' if count == 1 else 's'}"
+                    rows.append((period, what, used / elapsed, events, size / events if events else 0))
+                    print(f"period {period} ms, {what}: {100 * used / elapsed:.2f} % of one core", file=sys.stderr)
                 time.sleep(2)  # the sampler has stopped
                 used, elapsed = measure(exporter.pid, options.seconds,
                                         lambda seconds: scrape_every(ns, port, period / 1000, seconds))
@@ -143,12 +145,14 @@ def main() -> int:
                 exporter.stop()
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
-    print("| period | open pages | exporter CPU, % of one core | against the peer | events per page | bytes per event |")
+    print("| period | open pages | exporter CPU, % of one core | against the peer | events per page "
+          "| bytes per event |")
     print("|---|---|---|---|---|---|")
     peers = {period: share for period, what, share, _, _ in rows if what.startswith("peer")}
     for period, what, share, events, size in rows:
         ratio = f"{share / peers[period]:.2f}x" if peers.get(period) else "-"
-        print(f"| {period} ms | {what} | {100 * share:.2f} % | {ratio} | {events or '-'} | {f'{size:.0f}' if size else '-'} |")
+        size_text = f"{size:.0f}" if size else "-"
+        print(f"| {period} ms | {what} | {100 * share:.2f} % | {ratio} | {events or '-'} | {size_text} |")
     print(f"\n({options.seconds:g} s per row; python {sys.version.split()[0]}, {os.cpu_count()} CPUs; "
           f"CPU times in clock ticks of {1000 / TICKS:.0f} ms)")
     return 0
