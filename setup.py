@@ -39,4 +39,4 @@ class BuildPyWithBpf(build_py):
 
 
 setup(cmdclass={"build_py": BuildPyWithBpf},
-      package_data={"exporter.bpf": ["*.bpf.c", "*.h"]})
+      package_data={"exporter.bpf": ["*.bpf.c", "*.h"], "exporter": ["web/*.html", "web/*.js", "web/*.css"]})

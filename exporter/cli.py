@@ -16,6 +16,7 @@ PROG = "netio-exporter"
 DEFAULT_INTERVAL = 300.0
 DEFAULT_ADDRESS = "0.0.0.0"
 DEFAULT_PORT = 7070
+DEFAULT_USER_PERIOD_MS = 500
 
 _DESCRIPTION = """\
 Network I/O of this Linux host for Prometheus. Reads the kernel when Prometheus scrapes /metrics."""
@@ -71,7 +72,8 @@ def build_parser() -> _ParserWithCollectors:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("-P", "--prometheus", action="store_true",
-                      help="serve /metrics and a landing page at / (the default mode does the same for now)")
+                      help="serve /metrics and a plain landing page at /, nothing else (the default mode "
+                           "serves a live page at / instead)")
     mode.add_argument("-l", "--log-file", metavar="FILE|-", type=_log_file,
                       help="log mode: no HTTP server; append counter deltas to FILE ('-' is standard output); "
                            "SIGHUP reopens FILE for log rotation")
@@ -80,14 +82,17 @@ def build_parser() -> _ParserWithCollectors:
     web.add_argument("-a", "--address", type=flags.address, metavar="ADDRESS",
                      help=f"address to listen on, IPv4 or IPv6; '::' also accepts IPv4 (default {DEFAULT_ADDRESS})")
     web.add_argument("-p", "--port", type=flags.port, metavar="PORT", help=f"port to listen on (default {DEFAULT_PORT})")
+    web.add_argument("--user-period", type=flags.bounded_int(10, 60000, "milliseconds"), metavar="MS",
+                     help="the live page's update period in milliseconds; the page's sampler reads the collectors "
+                          f"only while a page is open (default {DEFAULT_USER_PERIOD_MS}; not with -P)")
 
     log = parser.add_argument_group("log mode")
     log.add_argument("--interval", type=flags.seconds, metavar="S",
                      help=f"seconds between lines; wins over READING_INTERVAL_SEC (default {DEFAULT_INTERVAL:g})")
     log.add_argument("--log-format", type=flags.choice("csv", "jsonl"), metavar="csv|jsonl",
                      help="csv: netio-logger's elapsedRx,elapsedTx byte deltas of the METRICS_REQUEST interface; "
-                          "jsonl: one JSON object per interval with the deltas of every link counter of every "
-                          "selected interface (default csv)")
+                          "jsonl: one JSON object per interval with the counter deltas and gauge values of every "
+                          "enabled collector (default csv)")
 
     collector_flags = parser.collector_flags = []
     for registration in registrations:
@@ -113,14 +118,17 @@ def _enabled_dest(registration: Registration) -> str:
 def resolve(parser: _ParserWithCollectors, args: argparse.Namespace) -> list[Registration]:
     """Check the combinations argparse cannot see and fill in the defaults; the registrations to build."""
     log_mode = args.log_file is not None
+    csv_log = log_mode and args.log_format in (None, "csv")  # netio-logger's: the link reader only
     if log_mode:
-        for flag, value in (("--address", args.address), ("--port", args.port)):
+        for flag, value in (("--address", args.address), ("--port", args.port), ("--user-period", args.user_period)):
             if value is not None:
                 parser.error(f"{flag}: log mode (-l) runs no HTTP server; drop {flag} or -l")
     else:
         for flag, value in (("--interval", args.interval), ("--log-format", args.log_format)):
             if value is not None:
                 parser.error(f"{flag}: applies to log mode only; add -l FILE or drop {flag}")
+        if args.prometheus and args.user_period is not None:
+            parser.error("--user-period: -P serves no live page; drop --user-period or -P")
     enabled = []
     for record in parser.collector_flags:
         registration = record.registration
@@ -137,8 +145,9 @@ def resolve(parser: _ParserWithCollectors, args: argparse.Namespace) -> list[Reg
             on = registration.default if switch is None else switch
         if not on and given:
             parser.error(f"{given[0]}: the {registration.name} collector is off (--no-collector.{registration.name})")
-        if log_mode and not registration.log_mode and given:
-            parser.error(f"{given[0]}: log mode (-l) logs link counters only; drop {given[0]} or -l")
+        if csv_log and not registration.log_mode and given:
+            parser.error(f"{given[0]}: the csv log (-l) carries link counters only; "
+                         f"add --log-format jsonl or drop {given[0]}")
         for dest, default in record.defaults.items():
             if getattr(args, dest) is None:
                 setattr(args, dest, default)
@@ -146,12 +155,12 @@ def resolve(parser: _ParserWithCollectors, args: argparse.Namespace) -> list[Reg
             message = registration.check(args)
             if message:
                 parser.error(message)
-        if on and (registration.log_mode or not log_mode):
+        if on and (registration.log_mode or not csv_log):
             enabled.append(registration)
-    if log_mode:
+    if csv_log:
         if args.collector_link is False:
             parser.error("--no-collector.link: log mode logs the link counters; it cannot run without them")
-        if args.log_format != "jsonl" and (args.device_include or args.device_exclude):
+        if args.device_include or args.device_exclude:
             parser.error("--collector.link.device-include/exclude: the csv log follows METRICS_REQUEST; "
                          "use them with --log-format jsonl or with the HTTP server")
     return enabled
@@ -177,27 +186,32 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s netio-exporter %(levelname)s %(message)s")
 
     if args.log_file is not None:
-        return _run_log_mode(parser, args)
+        return _run_log_mode(parser, args, enabled)
 
     from .collectors import Scrape, self_collectors
-    from .server import MetricsApp, serve
     scrape = Scrape([registration.build(args) for registration in enabled], self_collectors())
+    from .server import MetricsApp, serve
+    live = None
+    if not args.prometheus:
+        from .live import LiveFeed
+        live = LiveFeed(scrape, (args.user_period or DEFAULT_USER_PERIOD_MS) / 1000)
     address, port = args.address or DEFAULT_ADDRESS, args.port or DEFAULT_PORT
     from .privileges import drop_after_start
     drop_after_start(scrape.collectors, port)  # the collectors are loaded: keep only what they still use
     try:
-        serve(MetricsApp(scrape), address, port)
+        serve(MetricsApp(scrape, live), address, port)
     except OSError as error:
         print(f"{PROG}: cannot listen on {f'[{address}]' if ':' in address else address}:{port}: "
               f"{error.strerror or error}", file=sys.stderr)
         return 1
     finally:
+        if live is not None:
+            live.close()
         scrape.close()
     return 0
 
 
-def _run_log_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from .collectors.link import DeviceFilter
+def _run_log_mode(parser: argparse.ArgumentParser, args: argparse.Namespace, enabled: list[Registration]) -> int:
     from .logmode import ConfigError, LogMode, SinkError, interface_from_metrics_request
     try:
         interval = args.interval
@@ -212,12 +226,19 @@ def _run_log_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             csv_interface = interface_from_metrics_request(os.environ.get("METRICS_REQUEST"))
     except ConfigError as error:
         parser.exit(2, f"{PROG}: {error}\n")
-    device_filter = DeviceFilter(args.device_include, args.device_exclude)
+    recorder = None
+    if csv_interface is None:  # jsonl: every enabled collector, as the live page reads them
+        from .collectors import Scrape, self_collectors
+        from .live import Recorder
+        recorder = Recorder(Scrape([registration.build(args) for registration in enabled], self_collectors()))
     try:
-        return LogMode(args.log_file, interval, csv_interface, device_filter).run()
+        return LogMode(args.log_file, interval, csv_interface, recorder).run()
     except SinkError as error:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 1
+    finally:
+        if recorder is not None:
+            recorder.scrape.close()
 
 
 def entry_point() -> None:

@@ -1,4 +1,5 @@
-"""Log mode (-l): link counter deltas per interval, as CSV (netio-logger compatible) or JSON lines.
+"""Log mode (-l): per-interval deltas, as CSV (netio-logger compatible: one interface's link bytes, read
+by the link reader alone) or JSON lines (every enabled collector: ``exporter.live.Recorder``'s records).
 
 Standard output (or the file) carries only data lines; everything said to the operator goes to
 stderr. Lines are written whole or not at all: a short write is continued, and a write that fails
@@ -9,7 +10,6 @@ log rotation.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -19,17 +19,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
-from .collectors.link import COUNTERS, DeviceFilter
 from .netlink.rtnl import IFF_LOOPBACK, STATS64_FIELDS, LinkReader
 
 CSV_HEADER = "elapsedRx,elapsedTx\n"
 _RX_BYTES = STATS64_FIELDS.index("rx_bytes")
 _TX_BYTES = STATS64_FIELDS.index("tx_bytes")
-_JSON_KEYS = [COUNTERS[field][0] for field in STATS64_FIELDS]
 _NETWORK_STATS = re.compile(r"networkStats/\((?P<name>[^()/]*)\)")
 FIRST_NON_LOOPBACK = "*"
+
+if TYPE_CHECKING:  # the csv log imports the link reader and nothing else
+    from .live import Recorder
 
 
 class ConfigError(ValueError):
@@ -184,28 +185,22 @@ def _say(message: str) -> None:
     print(f"netio-exporter: {message}", file=sys.stderr, flush=True)
 
 
-def _timestamp(now: float) -> str:
-    return datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class LogMode:
-    """The interval loop. ``csv_interface`` selects CSV for one interface; otherwise JSON lines
-    for every interface ``device_filter`` selects."""
+    """The interval loop. ``csv_interface`` selects CSV for one interface; otherwise ``recorder``'s
+    records as JSON lines."""
 
     def __init__(self, path: str, interval: float, csv_interface: str | None = None,
-                 device_filter: DeviceFilter | None = None):
+                 recorder: Recorder | None = None):
         self.interval = interval
         self.csv_interface = csv_interface
-        self.device_filter = device_filter or DeviceFilter()
-        self.reader = LinkReader()
+        self.recorder = recorder
+        self.reader = LinkReader() if recorder is None else None
         self.sink = _Sink(path)
         self.tracker = DeltaTracker(_say)
         self.stop = threading.Event()
         self.reopen = threading.Event()
 
     def _wanted(self, links) -> list[str]:
-        if self.csv_interface is None:
-            return [link.name for link in links if self.device_filter(link.name)]
         if self.csv_interface == FIRST_NON_LOOPBACK:
             first = next((link.name for link in links if not link.flags & IFF_LOOPBACK), None)
             if first is None:
@@ -214,13 +209,15 @@ class LogMode:
             _say(f"METRICS_REQUEST networkStats/(*): logging {first}")
         return [self.csv_interface]
 
-    def _line(self, deltas: dict[str, tuple[int, ...]], now: float, elapsed: float) -> str | None:
-        if self.csv_interface is not None:
-            delta = deltas.get(self.csv_interface)
-            return None if delta is None else f"{delta[_RX_BYTES]},{delta[_TX_BYTES]}\n"
-        record = {"time": _timestamp(now), "interval_seconds": round(elapsed, 3),
-                  "interfaces": {name: dict(zip(_JSON_KEYS, delta)) for name, delta in deltas.items()}}
-        return json.dumps(record, separators=(",", ":")) + "\n"
+    def _read(self) -> str | None:
+        """Read the counters; the line since the previous read (None on the first)."""
+        if self.recorder is not None:
+            return self.recorder.line()
+        readings = self.reader.read()
+        wanted = self._wanted([reading.link for reading in readings])
+        deltas = self.tracker.update(wanted, {reading.link.name: reading.counters for reading in readings})
+        delta = deltas.get(self.csv_interface)
+        return None if delta is None else f"{delta[_RX_BYTES]},{delta[_TX_BYTES]}\n"
 
     def _write(self, line: str | None) -> None:
         """Write the CSV header if the destination is new, then the line (if any)."""
@@ -235,24 +232,22 @@ class LogMode:
 
     def run(self) -> int:
         from .privileges import drop_after_start
-        # Reading links needs no capability; a file keeps CAP_DAC_OVERRIDE (if it was there) so that
-        # SIGHUP can reopen it wherever the first open could.
-        drop_after_start([], keep=["CAP_DAC_OVERRIDE"] if self.sink.path != "-" else [])
+        # Reading links needs no capability; the jsonl log's collectors keep what they name (mac, netns);
+        # a file keeps CAP_DAC_OVERRIDE (if it was there) so that SIGHUP can reopen it wherever the first
+        # open could.
+        drop_after_start(self.recorder.scrape.collectors if self.recorder is not None else [],
+                         keep=["CAP_DAC_OVERRIDE"] if self.sink.path != "-" else [])
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reopen.set())
-        start = last = time.monotonic()
+        start = time.monotonic()
         ticks = 0
         try:
             self._write(None)
             while True:
-                now_mono = time.monotonic()
-                readings = self.reader.read()
-                wanted = self._wanted([reading.link for reading in readings])
-                deltas = self.tracker.update(wanted, {reading.link.name: reading.counters for reading in readings})
+                line = self._read()
                 if ticks:
-                    self._write(self._line(deltas, time.time(), now_mono - last))
-                last = now_mono
+                    self._write(line)
                 # the next reading on the start + k * interval grid, skipping slots already missed
                 ticks = max(ticks + 1, int((time.monotonic() - start) / self.interval) + 1)
                 if self.stop.wait(max(0.0, start + ticks * self.interval - time.monotonic())):
@@ -262,4 +257,5 @@ class LogMode:
             return 1
         finally:
             self.sink.close()
-            self.reader.close()
+            if self.reader is not None:
+                self.reader.close()

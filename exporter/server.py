@@ -38,7 +38,8 @@ _MAX_WORKERS = 64
 _MAX_HEAD_BYTES = 65536  # request line and headers
 _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 501: "Not Implemented", 505: "HTTP Version Not Supported"}
+            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+            505: "HTTP Version Not Supported"}
 
 
 def _escape_html(text: str) -> str:
@@ -58,8 +59,9 @@ def _landing_page(collectors: list[str]) -> bytes:
 class MetricsApp:
     """What the HTTP server serves: the scrape's families (the process metrics are among them)."""
 
-    def __init__(self, scrape: Scrape):
+    def __init__(self, scrape: Scrape, live=None):
         self.scrape = scrape
+        self.live = live  # exporter.live.LiveFeed in the default mode: the live page at / and /events
         self.landing_page = _landing_page([collector.name for collector in scrape.collectors])
 
     def metrics(self) -> bytes:
@@ -227,6 +229,14 @@ class Server:
             if status == 200 and _accepts_gzip(accept_encoding):
                 body = gzip.compress(body, compresslevel=1)
                 extra = "Content-Encoding: gzip\r\n"
+        elif path == b"/events" and self.app.live is not None and method == b"GET":
+            head = (f"HTTP/1.1 200 OK\r\n{self._server_header}Date: {_http_date(int(time.time()))}\r\n"
+                    "Content-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
+            if self.app.live.attach(connection.dup(), head.encode("latin-1")):
+                return False  # the live feed's sampler writes the events from now on
+            status, content_type, body = 503, "text/plain; charset=utf-8", b"Too many live pages open\n"
+        elif path == b"/" and self.app.live is not None:
+            status, content_type, body = 200, "text/html; charset=utf-8", self.app.live.page()
         elif path == b"/":
             status, content_type, body = 200, "text/html; charset=utf-8", self.app.landing_page
         else:

@@ -51,7 +51,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     (["--collector.mac.device", "eth0", "--collector.mac.attach", "xdp"],
      "--collector.mac.attach: expected auto, tcx or clsact, got 'xdp'"),
     (["--collector.mac.attach", "tcx"], "--collector.mac.attach: the mac collector runs only with"),
-    (["-l", "-", "--collector.mac.device", "eth0"], "--collector.mac.device: log mode (-l) logs link counters only"),
+    (["-l", "-", "--collector.mac.device", "eth0"], "--collector.mac.device: the csv log (-l) carries link counters only"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
 def test_bad_values_exit_2_with_one_line(args, message):

@@ -128,10 +128,12 @@ def test_jsonl_has_every_counter_for_selected_interfaces(pair, loggers, tmp_path
     for record in records:
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["time"])
         assert record["interval_seconds"] > 0
-        assert set(record["interfaces"]) == {dev_b}  # lo is not selected
-        assert len(record["interfaces"][dev_b]) == 25  # every rtnl_link_stats64 field this kernel sends
-    assert sum(r["interfaces"][dev_b]["receive_bytes"] for r in records) == 25 * WIRE
-    assert sum(r["interfaces"][dev_b]["receive_packets"] for r in records) == 25
+        link = {name: dict(table["samples"]) for name, table in record["counters"].items()
+                if name.startswith("netio_network_")}
+        assert all(set(samples) == {dev_b} for samples in link.values())  # lo is not selected
+        assert len(link) == 26  # every rtnl_link_stats64 field this kernel sends, and carrier changes
+    assert sum(dict(r["counters"]["netio_network_receive_bytes_total"]["samples"])[dev_b] for r in records) == 25 * WIRE
+    assert sum(dict(r["counters"]["netio_network_receive_packets_total"]["samples"])[dev_b] for r in records) == 25
 
 
 def test_stdout_carries_only_the_header_and_data(pair):

@@ -163,25 +163,28 @@ class Scrape:
         for collector in self.collectors:
             labels = (("collector", collector.name),)
             start = time.perf_counter()
-            try:
-                families.extend(collector.read())
-                ok = 1
-                self._note(collector.name, None)
-            except Exception as error:  # a collector's failure must not end the scrape
-                ok = 0
-                self._note(collector.name, _describe_error(error))
+            read, error = self.read(collector)
+            families.extend(read)
             duration.add(labels, time.perf_counter() - start)
-            success.add(labels, ok)
+            success.add(labels, 0 if error else 1)
         families.append(_build_info())
         families.append(success)
         families.append(duration)
         for collector in self.self_collectors:
-            try:
-                families.extend(collector.read())
-                self._note(collector.name, None)
-            except Exception as error:
-                self._note(collector.name, _describe_error(error))
+            families.extend(self.read(collector)[0])
         return families
+
+    def read(self, collector: Collector) -> tuple[list[Family], str | None]:
+        """One collector's families and None, or no families and why it failed (logged once per distinct
+        error). The live page's sampler and the jsonl log read through here too."""
+        try:
+            families = collector.read()
+        except Exception as error:  # a collector's failure must not end the scrape
+            message = _describe_error(error)
+            self._note(collector.name, message)
+            return [], message
+        self._note(collector.name, None)
+        return families, None
 
     def _note(self, name: str, error: str | None) -> None:
         with self._log_lock:
