@@ -355,7 +355,7 @@ def _check_schema(record: dict) -> None:
     assert record["counters_are"] == "deltas"
     for section in ("counters", "gauges"):
         for name, table in record[section].items():
-            assert re.fullmatch(r"[a-z_]+", name) and set(table) == {"labels", "samples"}
+            assert re.fullmatch(r"[a-z0-9_]+", name) and set(table) == {"labels", "samples"}
             assert all(len(row) == len(table["labels"]) + 1 for row in table["samples"])
             assert all(isinstance(row[-1], (int, float)) and all(isinstance(v, str) for v in row[:-1])
                        for row in table["samples"])
