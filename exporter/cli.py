@@ -76,6 +76,9 @@ def build_parser() -> _ParserWithCollectors:
     web.add_argument("-a", "--address", type=flags.address, metavar="ADDRESS",
                      help=f"address to listen on, IPv4 or IPv6; '::' also accepts IPv4 (default {DEFAULT_ADDRESS})")
     web.add_argument("-p", "--port", type=flags.port, metavar="PORT", help=f"port to listen on (default {DEFAULT_PORT})")
+    web.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                     help="TLS, response headers and basic auth, in Prometheus exporter-toolkit's web config "
+                          "format; re-read when it or its certificate files change")
 
     log = parser.add_argument_group("log mode")
     log.add_argument("--interval", type=flags.seconds, metavar="S",
@@ -107,7 +110,8 @@ def resolve(parser: _ParserWithCollectors, args: argparse.Namespace) -> list[Reg
     """Check the combinations argparse cannot see and fill in the defaults; the registrations to build."""
     log_mode = args.log_file is not None
     if log_mode:
-        for flag, value in (("--address", args.address), ("--port", args.port)):
+        for flag, value in (("--address", args.address), ("--port", args.port),
+                            ("--web.config.file", args.web_config_file)):
             if value is not None:
                 parser.error(f"{flag}: log mode (-l) runs no HTTP server; drop {flag} or -l")
     else:
@@ -160,12 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_file is not None:
         return _run_log_mode(parser, args)
 
+    web_config = None
+    if args.web_config_file is not None:  # before the server's import: it needs ssl only for TLS
+        from .webconfig import Watcher, WebConfigError
+        try:
+            web_config = Watcher(args.web_config_file)
+        except WebConfigError as error:
+            parser.exit(2, f"{PROG}: --web.config.file: {error}\n")
     from .collectors import Scrape, self_collectors
     from .server import MetricsApp, serve
     scrape = Scrape([registration.build(args) for registration in enabled], self_collectors())
     address, port = args.address or DEFAULT_ADDRESS, args.port or DEFAULT_PORT
     try:
-        serve(MetricsApp(scrape), address, port)
+        serve(MetricsApp(scrape), address, port, web_config)
     except OSError as error:
         print(f"{PROG}: cannot listen on {f'[{address}]' if ':' in address else address}:{port}: "
               f"{error.strerror or error}", file=sys.stderr)

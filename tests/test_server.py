@@ -209,7 +209,7 @@ def test_http_1_0_closes_and_head_sends_no_body(running):
     response = _exchange(running, b"GET / HTTP/1.0\r\n\r\n")
     assert response.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in response
     assert response.endswith(b"</html>\n")
-    response = _exchange(running, b"HEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+    response = _exchange(running, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK") and body == b""
     assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) > 1000
@@ -217,15 +217,15 @@ def test_http_1_0_closes_and_head_sends_no_body(running):
 
 def test_pipelined_requests_are_answered_in_order(running):
     response = _exchange(running, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"
-                                  b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+                                  b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert re.findall(rb"HTTP/1\.1 (\d+) ", response) == [b"404", b"200", b"200"]
     assert response.endswith(b"\n") and b"netio_network_up" in response
 
 
 def test_bad_requests_get_an_error_and_a_closed_connection(running):
     assert _exchange(running, b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
-    assert _exchange(running, b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi").startswith(b"HTTP/1.1 501 ")
-    assert _exchange(running, b"GET / HTTP/2.0\r\n\r\n").startswith(b"HTTP/1.1 505 ")
+    assert _exchange(running, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi").startswith(b"HTTP/1.1 501 ")
+    assert _exchange(running, b"GET / HTTP/2.0\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 505 ")
     assert _exchange(running, b"GET / HTTP/1.1\r\nX: " + b"x" * 70000).startswith(b"HTTP/1.1 431 ")
 
 
