@@ -56,6 +56,7 @@ HEAD_SECONDS = 10.0
 IDLE_SECONDS = 60.0
 HANDSHAKE_SECONDS = 10.0
 WRITE_SECONDS = 30.0
+AUTH_FAILURE_SECONDS = 1.0  # how late a wrong or refused login is answered
 SHUTDOWN_SECONDS = 10.0  # answers in progress at SIGTERM get this long to finish
 MAX_CONNECTIONS = 1000
 SCRAPE_WORKERS = 4
@@ -352,6 +353,10 @@ class Server:
             event = None
         keep_alive = isinstance(event, h11.EndOfMessage)  # a body is never read: answer, then close
         response = await self._route(request)
+        if response.status in (401, 429):  # a failed or refused login is answered late: floods slow down
+            self._wait(connection, True)  # (and may be closed for a new connection meanwhile)
+            await asyncio.sleep(AUTH_FAILURE_SECONDS)
+            self._wait(connection, False)
         headers = [(b"Server", self._server_header), (b"Date", _http_date(int(time.time()))),
                    (b"Content-Type", response.content_type.encode())]
         config = self.web_config.config if self.web_config is not None else None

@@ -135,7 +135,8 @@ def _ssl_context(tls: dict, base: str, files: list[str]):
         if version not in _VERSIONS:
             raise WebConfigError(f"tls_server_config.{key}: expected one of {', '.join(_VERSIONS)}, got {version!r}")
         try:
-            setattr(context, key, ssl.TLSVersion[f"TLSv1_{version[-1]}" if version != "TLS10" else "TLSv1"])
+            setattr(context, "minimum_version" if key == "min_version" else "maximum_version",
+                    ssl.TLSVersion["TLSv1" if version == "TLS10" else f"TLSv1_{version[-1]}"])
         except ValueError as error:  # e.g. TLS 1.0 below OpenSSL's security level
             raise WebConfigError(f"tls_server_config.{key}: {version} is not available here: {error}")
     if context.minimum_version > context.maximum_version:
