@@ -58,9 +58,11 @@ HANDSHAKE_SECONDS = 10.0
 WRITE_SECONDS = 30.0
 AUTH_FAILURE_SECONDS = 1.0  # how late a wrong or refused login is answered
 SHUTDOWN_SECONDS = 10.0  # answers in progress at SIGTERM get this long to finish
-MAX_CONNECTIONS = 1000
+MAX_CONNECTIONS = 512
 SCRAPE_WORKERS = 4
 _MAX_HEAD_BYTES = 16384  # request line and headers
+_MAX_TARGET_BYTES = 8192
+_BACKLOG = 1024
 _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
 _OBS_FOLD = re.compile(rb"\n[ \t]")
 _CONTENT_LENGTH = re.compile(rb"(?im)^content-length[ \t]*:([^\r\n]*)")
@@ -192,7 +194,7 @@ class Server:
             if family == socket.AF_INET6:
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # "::" also serves IPv4
             self.socket.bind((address, port))
-            self.socket.listen(1024)
+            self.socket.listen(_BACKLOG)
         except BaseException:
             self.socket.close()
             raise
@@ -209,7 +211,7 @@ class Server:
 
     async def run(self) -> None:
         self._stopping = asyncio.Event()
-        listener = await asyncio.start_server(self._serve, sock=self.socket, limit=65536)
+        listener = await asyncio.start_server(self._serve, sock=self.socket, limit=65536, backlog=_BACKLOG)
         try:
             await self._stopping.wait()
         finally:
@@ -324,6 +326,10 @@ class Server:
         if not isinstance(event, h11.Request):
             raise _Refused(400, "Bad request")
         head = received[:_END_OF_HEAD.search(received).start()]
+        if len(event.target) > _MAX_TARGET_BYTES:
+            raise _Refused(414, "Request target too long")
+        if len(head) > _MAX_HEAD_BYTES:  # arrived whole in one read: h11 only bounds incomplete heads
+            raise _Refused(431, "Request header too large")
         if event.http_version not in (b"1.0", b"1.1"):
             raise _Refused(505, "HTTP/1.1 only")
         if _OBS_FOLD.search(head):
