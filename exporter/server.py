@@ -58,11 +58,11 @@ HANDSHAKE_SECONDS = 10.0
 WRITE_SECONDS = 30.0
 AUTH_FAILURE_SECONDS = 1.0  # how late a wrong or refused login is answered
 SHUTDOWN_SECONDS = 10.0  # answers in progress at SIGTERM get this long to finish
-MAX_CONNECTIONS = 512
+MAX_CONNECTIONS = 1024
 SCRAPE_WORKERS = 4
 _MAX_HEAD_BYTES = 16384  # request line and headers
 _MAX_TARGET_BYTES = 8192
-_BACKLOG = 1024
+_BACKLOG = 1024  # asyncio.start_server would make it 100
 _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
 _OBS_FOLD = re.compile(rb"\n[ \t]")
 _CONTENT_LENGTH = re.compile(rb"(?im)^content-length[ \t]*:([^\r\n]*)")
@@ -167,15 +167,186 @@ class _Refused(Exception):
         self.status = status
 
 
-class _Connection:
-    """One client connection: its h11 state and whether it waits for a request (and so may be closed)."""
+class _Connection(asyncio.Protocol):
+    """One client connection: h11's parser fed as data arrives, a task only while a request is answered.
 
-    __slots__ = ("reader", "writer", "http", "waiting", "streaming")
+    A connection waiting for a request (new, idle, or sending its head) has a timer and may be closed for
+    a newer one at the cap; nothing else of it runs, so a thousand silent ones cost little."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
-        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD_BYTES)
-        self.waiting = self.streaming = False
+    __slots__ = ("server", "transport", "http", "received", "timer", "task", "idle", "streaming", "drained")
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.http: h11.Connection | None = None  # made at the first byte
+        self.received = bytearray()  # the request head so far, for the checks h11 does not make
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task | None = None
+        self.idle = self.streaming = False
+        self.drained: asyncio.Future | None = None  # set while the transport's write buffer is full
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        if not self.server.admit(self):
+            transport.abort()
+            return
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        web_config = self.server.web_config
+        context = web_config.current().ssl_context if web_config is not None else None
+        self.wait_for_request(HEAD_SECONDS)  # a new connection sends its request (or handshake) at once
+        if context is not None:
+            transport.pause_reading()  # the ClientHello is for the TLS layer, not for data_received
+            self.task = asyncio.get_running_loop().create_task(self._handshake(context))
+
+    def data_received(self, data: bytes) -> None:
+        if self.http is None:
+            self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD_BYTES)
+        if self.idle:  # the next request's first byte: its head has HEAD_SECONDS from now
+            self.idle = False
+            self._set_timer(HEAD_SECONDS)
+        self.received += data
+        self.http.receive_data(data)
+        if self.task is None:
+            self._next_request()
+        elif len(self.received) > _MAX_HEAD_BYTES:  # pipelining far ahead of the answers: wait
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self.http is None or self.task is None and self.http.their_state is h11.IDLE and not self.received:
+            return False  # closes
+        self.http.receive_data(b"")
+        if self.task is None:
+            self._next_request()
+        return True  # an answer in progress still goes out; closed after
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._cancel_timer()
+        self.server.forget(self)
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_exception(ConnectionResetError("connection lost"))
+
+    def pause_writing(self) -> None:
+        self.drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        self.drained = None
+
+    # -- deadlines and the cap
+    def wait_for_request(self, seconds: float) -> None:
+        self._set_timer(seconds)
+        self.server.waiting(self, True)
+
+    def _set_timer(self, seconds: float) -> None:
+        self._cancel_timer()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self.transport.abort)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # -- requests
+    async def _handshake(self, context) -> None:
+        try:
+            self.transport = await asyncio.get_running_loop().start_tls(
+                self.transport, self, context, server_side=True, ssl_handshake_timeout=HANDSHAKE_SECONDS)
+        except (OSError, asyncio.CancelledError):  # refused, timed out, not TLS at all, or shutdown
+            self.transport.abort()
+            return
+        finally:
+            self.task = None
+        if self.received:  # the request came with the handshake's last flight
+            self._next_request()
+
+    def _next_request(self) -> None:
+        try:
+            request = self._parse()
+        except _Refused as refused:
+            self.server.waiting(self, False)
+            self._cancel_timer()
+            self.task = asyncio.get_running_loop().create_task(self._refuse(refused))
+            return
+        if request is None:
+            return
+        self.server.waiting(self, False)
+        self._cancel_timer()
+        self.task = asyncio.get_running_loop().create_task(self._answer(request))
+
+    def _parse(self) -> Request | None:
+        """The next whole request; None if it has not all come yet (or the client closed: then so do we)."""
+        http, received = self.http, self.received
+        try:
+            event = http.next_event()
+        except h11.RemoteProtocolError as error:
+            too_large = "buffer too long" in str(error)
+            raise _Refused((431 if b"\n" in received else 414) if too_large else error.error_status_hint,
+                           f"Bad request: {error}")
+        if event is h11.NEED_DATA:
+            return None
+        if isinstance(event, h11.ConnectionClosed):
+            self.transport.close()
+            return None
+        if not isinstance(event, h11.Request):
+            raise _Refused(400, "Bad request")
+        head = received[:_END_OF_HEAD.search(received).start()]
+        if len(event.target) > _MAX_TARGET_BYTES:
+            raise _Refused(414, "Request target too long")
+        if len(head) > _MAX_HEAD_BYTES:  # arrived whole in one read: h11 only bounds incomplete heads
+            raise _Refused(431, "Request header too large")
+        if event.http_version not in (b"1.0", b"1.1"):
+            raise _Refused(505, "HTTP/1.1 only")
+        if _OBS_FOLD.search(head):
+            raise _Refused(400, "Bad request: obsolete line folding (RFC 9112 5.2)")
+        lengths = _CONTENT_LENGTH.findall(head)
+        if len(lengths) > 1 or (lengths and b"," in lengths[0]):
+            raise _Refused(400, "Bad request: more than one Content-Length (RFC 9112 6.3)")
+        if event.method not in (b"GET", b"HEAD"):
+            raise _Refused(501, "Only GET and HEAD")
+        headers: dict[str, str] = {}
+        for name, value in event.headers:
+            name, value = name.decode("latin-1"), value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        return Request(event.method.decode(), event.target.decode("latin-1").partition("?")[0], headers)
+
+    async def _refuse(self, refused: _Refused) -> None:
+        self.transport.write(_error_bytes(refused.status, str(refused)))
+        await self._finish(self.drain(), keep_alive=False)
+
+    async def _answer(self, request: Request) -> None:
+        await self._finish(self.server.respond(self, request), keep_alive=True)
+
+    async def _finish(self, answering, keep_alive: bool) -> None:
+        """Run ``answering``; then close, or wait for the next request (maybe already here: pipelining)."""
+        try:
+            keep_alive = await answering and keep_alive
+        except (OSError, TimeoutError, asyncio.CancelledError):  # the client went, or did not read in time
+            self.transport.abort()
+            return
+        except Exception:  # a bug must not go unnoticed, nor take the server down
+            log.exception("serving %s failed", (self.transport.get_extra_info("peername") or ("?",))[0])
+            self.transport.abort()
+            return
+        finally:
+            self.task = None
+        if not keep_alive or self.http.our_state is h11.MUST_CLOSE or self.transport.is_closing():
+            self.transport.close()
+            return
+        self.http.start_next_cycle()
+        self.received = bytearray(self.http.trailing_data[0])
+        self.idle = not self.received
+        self.wait_for_request(IDLE_SECONDS if self.idle else HEAD_SECONDS)
+        self.transport.resume_reading()
+        self._next_request()
+
+    async def drain(self) -> bool:
+        """Until the client has taken what was written (WRITE_SECONDS at most); True, for _finish."""
+        if self.drained is not None:
+            async with asyncio.timeout(WRITE_SECONDS):
+                await self.drained
+        return True
 
 
 class Server:
@@ -204,27 +375,28 @@ class Server:
         if web_config is not None:
             from .webconfig import BasicAuth
             self._auth = BasicAuth()
-        self._connections: dict[_Connection, asyncio.Task] = {}
-        self._streams = 0  # connections sending a stream: not counted against MAX_CONNECTIONS
+        self._connections: set[_Connection] = set()
         self._waiting: OrderedDict[_Connection, None] = OrderedDict()  # the longest waiting first
+        self._streams = 0  # connections sending a stream: not counted against MAX_CONNECTIONS
         self._stopping: asyncio.Event | None = None
 
     async def run(self) -> None:
         self._stopping = asyncio.Event()
-        listener = await asyncio.start_server(self._serve, sock=self.socket, limit=65536, backlog=_BACKLOG)
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(lambda: _Connection(self), sock=self.socket, backlog=_BACKLOG)
         try:
             await self._stopping.wait()
         finally:
             listener.close()  # no new connections; then the ones waiting for a request go
             for connection in list(self._waiting):
-                connection.writer.transport.abort()
-            for connection, task in self._connections.items():
-                if connection.streaming:
-                    task.cancel()
-            tasks = list(self._connections.values())
+                connection.transport.abort()
+            for connection in self._connections:
+                if connection.streaming and connection.task is not None:
+                    connection.task.cancel()
+            tasks = [connection.task for connection in self._connections if connection.task is not None]
             if tasks:
                 await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
-            await asyncio.get_running_loop().run_in_executor(None, self._close_workers)
+            await loop.run_in_executor(None, self._close_workers)
 
     def stop(self) -> None:
         if self._stopping is not None:
@@ -236,123 +408,32 @@ class Server:
         if self._auth is not None:
             self._auth.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = _Connection(reader, writer)
+    def admit(self, connection: _Connection) -> bool:
+        """Count a new connection in; at the cap the one waiting longest for a request goes for it."""
+        if self._stopping.is_set():
+            return False
         if len(self._connections) - self._streams >= MAX_CONNECTIONS:
             if not self._waiting:  # every connection is being answered: this one has to come back
-                writer.transport.abort()
-                return
-            next(iter(self._waiting)).writer.transport.abort()
-        self._connections[connection] = asyncio.current_task()
-        graceful = False  # a closed connection's unsent data waits for the client; a failed one's does not
-        try:
-            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            config = self.web_config.current() if self.web_config is not None else None
-            if config is not None and config.ssl_context is not None:
-                self._wait(connection, True)
-                await writer.start_tls(config.ssl_context, ssl_handshake_timeout=HANDSHAKE_SECONDS)
-            await self._answer_requests(connection)
-            graceful = True
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, h11.ProtocolError):
-            pass  # resets, timeouts, failed handshakes: the connection is gone either way
-        except asyncio.CancelledError:
-            pass  # a stream at shutdown
-        except Exception:  # a bug must not go unnoticed, nor take the server down
-            log.exception("serving %s failed", (writer.get_extra_info("peername") or ("?",))[0])
-        finally:
-            self._wait(connection, False)
-            del self._connections[connection]
-            if graceful:
-                writer.close()
-            else:
-                writer.transport.abort()
+                return False
+            oldest, _ = self._waiting.popitem(last=False)
+            oldest.transport.abort()
+        self._connections.add(connection)
+        return True
 
-    def _wait(self, connection: _Connection, waiting: bool) -> None:
-        connection.waiting = waiting
+    def forget(self, connection: _Connection) -> None:
+        self._connections.discard(connection)
+        self._waiting.pop(connection, None)
+
+    def waiting(self, connection: _Connection, waiting: bool) -> None:
         if waiting:
             self._waiting[connection] = None
+            self._waiting.move_to_end(connection)
         else:
             self._waiting.pop(connection, None)
 
-    async def _answer_requests(self, connection: _Connection) -> None:
-        """Answer requests until the client closes, asks to close, errs or idles out."""
-        http, writer = connection.http, connection.writer
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + HEAD_SECONDS  # a new connection sends its request at once
-        while not self._stopping.is_set():
-            self._wait(connection, True)
-            try:
-                request = await self._read_request(connection, deadline)
-            except _Refused as refused:
-                writer.write(_error_bytes(refused.status, str(refused)))
-                await self._drain(writer)
-                return
-            finally:
-                self._wait(connection, False)
-            if request is None:
-                return
-            keep_alive = await self._respond(connection, request)
-            if not keep_alive or http.our_state is h11.MUST_CLOSE:
-                return
-            http.start_next_cycle()
-            deadline = None
-
-    async def _read_request(self, connection: _Connection, deadline: float | None) -> Request | None:
-        """The next request (None when the client closed); deadline None: the idle wait comes first."""
-        http, reader = connection.http, connection.reader
-        loop = asyncio.get_running_loop()
-        received = bytearray(http.trailing_data[0])
-        if received and deadline is None:
-            deadline = loop.time() + HEAD_SECONDS
-        while True:
-            try:
-                event = http.next_event()
-            except h11.RemoteProtocolError as error:
-                raise _Refused(self._too_large_status(received) if "buffer too long" in str(error)
-                               else error.error_status_hint, f"Bad request: {error}")
-            if event is not h11.NEED_DATA:
-                break
-            if deadline is None:
-                async with asyncio.timeout(IDLE_SECONDS):
-                    data = await reader.read(65536)
-                deadline = loop.time() + HEAD_SECONDS
-            else:
-                async with asyncio.timeout_at(deadline):
-                    data = await reader.read(65536)
-            received += data
-            http.receive_data(data)
-        if isinstance(event, h11.ConnectionClosed):
-            return None
-        if not isinstance(event, h11.Request):
-            raise _Refused(400, "Bad request")
-        head = received[:_END_OF_HEAD.search(received).start()]
-        if len(event.target) > _MAX_TARGET_BYTES:
-            raise _Refused(414, "Request target too long")
-        if len(head) > _MAX_HEAD_BYTES:  # arrived whole in one read: h11 only bounds incomplete heads
-            raise _Refused(431, "Request header too large")
-        if event.http_version not in (b"1.0", b"1.1"):
-            raise _Refused(505, "HTTP/1.1 only")
-        if _OBS_FOLD.search(head):
-            raise _Refused(400, "Bad request: obsolete line folding (RFC 9112 5.2)")
-        lengths = _CONTENT_LENGTH.findall(head)
-        if len(lengths) > 1 or (lengths and b"," in lengths[0]):
-            raise _Refused(400, "Bad request: more than one Content-Length (RFC 9112 6.3)")
-        if event.method not in (b"GET", b"HEAD"):
-            raise _Refused(501, "Only GET and HEAD")
-        headers: dict[str, str] = {}
-        for name, value in event.headers:
-            name, value = name.decode("latin-1"), value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        target = event.target.decode("latin-1")
-        return Request(event.method.decode(), target.partition("?")[0], headers)
-
-    @staticmethod
-    def _too_large_status(received: bytearray) -> int:
-        return 431 if b"\n" in received else 414  # still no end of the request line: the URI is too long
-
-    async def _respond(self, connection: _Connection, request: Request) -> bool:
-        """Send one response; whether the connection stays open."""
-        http, writer = connection.http, connection.writer
+    async def respond(self, connection: _Connection, request: Request) -> bool:
+        """Send one response; whether the connection may stay open."""
+        http = connection.http
         try:
             event = http.next_event()
         except h11.RemoteProtocolError:
@@ -360,9 +441,9 @@ class Server:
         keep_alive = isinstance(event, h11.EndOfMessage)  # a body is never read: answer, then close
         response = await self._route(request)
         if response.status in (401, 429):  # a failed or refused login is answered late: floods slow down
-            self._wait(connection, True)  # (and may be closed for a new connection meanwhile)
+            self.waiting(connection, True)  # (and may be closed for a new connection meanwhile)
             await asyncio.sleep(AUTH_FAILURE_SECONDS)
-            self._wait(connection, False)
+            self.waiting(connection, False)
         headers = [(b"Server", self._server_header), (b"Date", _http_date(int(time.time()))),
                    (b"Content-Type", response.content_type.encode())]
         config = self.web_config.config if self.web_config is not None else None
@@ -374,40 +455,34 @@ class Server:
         if isinstance(response.body, bytes):
             headers.append((b"Content-Length", str(len(response.body)).encode()))
             data = http.send(h11.Response(status_code=response.status, headers=headers,
-                                            reason=_REASONS[response.status]))
+                                          reason=_REASONS[response.status]))
             if request.method == "GET":
                 data += http.send(h11.Data(data=response.body))
             data += http.send(h11.EndOfMessage())
-            writer.write(data)
-            await self._drain(writer)
+            connection.transport.write(data)
+            await connection.drain()
         else:
             await self._stream(connection, response, headers)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug('%s "%s %s" %d', (writer.get_extra_info("peername") or ("?",))[0], request.method,
-                      request.path, response.status)
+            log.debug('%s "%s %s" %d', (connection.transport.get_extra_info("peername") or ("?",))[0],
+                      request.method, request.path, response.status)
         return keep_alive and not self._stopping.is_set()
 
     async def _stream(self, connection: _Connection, response: Response, headers: list) -> None:
-        http, writer = connection.http, connection.writer
+        http, transport = connection.http, connection.transport
         connection.streaming = True
         self._streams += 1
         try:
-            writer.write(http.send(h11.Response(status_code=response.status, headers=headers,
-                                            reason=_REASONS[response.status])))
+            transport.write(http.send(h11.Response(status_code=response.status, headers=headers,
+                                                   reason=_REASONS[response.status])))
             async for chunk in response.body:
-                writer.write(http.send(h11.Data(data=chunk)))
-                await self._drain(writer)
-            writer.write(http.send(h11.EndOfMessage()))
-            await self._drain(writer)
+                transport.write(http.send(h11.Data(data=chunk)))
+                await connection.drain()
+            transport.write(http.send(h11.EndOfMessage()))
+            await connection.drain()
         finally:
             connection.streaming = False
             self._streams -= 1
-
-    @staticmethod
-    async def _drain(writer: asyncio.StreamWriter) -> None:
-        if writer.transport.get_write_buffer_size():  # the client has not taken it all yet
-            async with asyncio.timeout(WRITE_SECONDS):
-                await writer.drain()
 
     async def route(self, request: Request) -> Response:
         """The response to ``request`` before auth and the web config's headers; override to add paths."""

@@ -49,8 +49,8 @@ _BCRYPT_HASH = re.compile(r"\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}")
 _UNKNOWN_USER_HASH = b"$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi"
 RELOAD_CHECK_SECONDS = 1.0
 _VERIFIED_CACHE_SIZE = 64  # verified Authorization headers per configuration (only right ones are kept)
-_CHECKS_PER_SECOND = 4  # uncached bcrypt checks; beyond that and a short queue: 429
-_QUEUED_CHECKS = 2
+_BCRYPT_SHARE = 0.25  # of one CPU at most for uncached checks: about 3 a second at cost 10 (75 ms each)
+_QUEUED_CHECKS = 2  # checks waiting or running; beyond them: 429
 
 
 class WebConfigError(ValueError):
@@ -240,13 +240,13 @@ class BasicAuth:
     """Checks ``Authorization: Basic`` headers against a config's bcrypt hashes without letting a flood of
     wrong passwords slow the right ones: verified headers are cached (bounded, keyed by a hash of the
     header; right ones only, so a flood cannot evict them) and answer at once; other checks run one at a
-    time on one worker thread, at most a few per second (``check`` returns None beyond that: 429)."""
+    time on one worker thread that rests three times as long as each check took (a quarter of a CPU at
+    most, a few checks a second), with at most two waiting (``check`` returns None beyond that: 429)."""
 
     def __init__(self):
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="netio-bcrypt")
         self._lock = threading.Lock()
         self._queued = 0
-        self._tokens, self._refilled = float(_CHECKS_PER_SECOND), time.monotonic()
 
     def cached(self, config: WebConfig, header: str | None) -> str | None:
         """The user if ``header`` was verified before under ``config``."""
@@ -267,21 +267,19 @@ class BasicAuth:
             future.set_result("")
             return future
         with self._lock:
-            now = time.monotonic()
-            self._tokens = min(_CHECKS_PER_SECOND, self._tokens + (now - self._refilled) * _CHECKS_PER_SECOND)
-            self._refilled = now
-            if self._tokens < 1 or self._queued >= _QUEUED_CHECKS:
+            if self._queued >= _QUEUED_CHECKS:
                 return None
-            self._tokens -= 1
             self._queued += 1
         return self._worker.submit(self._verify, config, header, user, password)
 
     def _verify(self, config: WebConfig, header: str, user: str, password: bytes) -> str:
         import bcrypt
+        started = time.thread_time()
         try:
             right = bcrypt.checkpw(password, config.users.get(user, _UNKNOWN_USER_HASH)) and user in config.users
         except ValueError:  # e.g. a password over bcrypt's 72 bytes
             right = False
+        time.sleep((time.thread_time() - started) * (1 / _BCRYPT_SHARE - 1))  # the worker's duty cycle
         with self._lock:
             self._queued -= 1
             if not right:
