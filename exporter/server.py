@@ -1,15 +1,16 @@
 """HTTP: ``/metrics``, a landing page at ``/``, a ``/-/healthy`` probe, 404 elsewhere; TLS and basic auth
 from ``--web.config.file`` (exporter/webconfig.py).
 
-One asyncio event loop serves every connection; h11 parses HTTP/1.1 (strictly: what it lets through that
-RFC 9112 forbids, obs-fold and repeated Content-Length, is refused here). Scrapes run on a small thread
-pool, so neither a slow collector nor a slow client holds up the others. What a client can hold is
-bounded: a request head must arrive whole within ``HEAD_SECONDS`` (from the connection's start or the
-request's first byte), a kept-alive connection may wait ``IDLE_SECONDS`` for its next request, a TLS
-handshake ``HANDSHAKE_SECONDS``, a response must be taken within ``WRITE_SECONDS``; beyond
-``MAX_CONNECTIONS`` the connection that has waited longest for a request is closed first. A response
-whose body is an async iterator (the live page's event stream, later) is sent chunked and is exempt
-from those deadlines and from the cap.
+One asyncio event loop serves every connection through one small protocol object each (no task, reader
+or writer until a request has come, so silent connections cost little); h11 parses HTTP/1.1, strictly:
+what it lets through that RFC 9112 forbids (obs-fold, repeated Content-Length) is refused here. Scrapes
+run on a small thread pool, so neither a slow collector nor a slow client holds up the others. What a
+client can hold is bounded: a request head must arrive whole within ``HEAD_SECONDS`` (from the
+connection's start or the request's first byte), a kept-alive connection may wait ``IDLE_SECONDS`` for
+its next request, a TLS handshake ``HANDSHAKE_SECONDS``, a response must be taken within
+``WRITE_SECONDS``; beyond ``MAX_CONNECTIONS`` the connection that has waited longest for a request is
+closed first. A response whose body is an async iterator (the live page's event stream, later) is sent
+chunked and is exempt from those deadlines and from the cap.
 Every response goes out in one write with TCP_NODELAY set: a header write followed by a body write would
 wait for the peer's delayed ACK (Nagle) on a reused connection, about 40 ms per scrape.
 

@@ -19,32 +19,14 @@ import bcrypt
 import pytest
 
 from tests.support import NetnsProcess, free_port, in_netns, require
+from tests.support.pki import make_authority, make_certificate
 
 LIGHT = ("--no-collector.tcp", "--no-collector.netstack")  # the server under test, not the collectors
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_certificate(directory: Path, name: str, ca: str, usage: str, san: str | None = None) -> None:
-    """``name``.key/.crt signed by ``ca``.key/.crt, an EC P-256 key."""
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
-             "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=directory)
-    (directory / f"{name}.ext").write_text(f"extendedKeyUsage={usage}\n" + (f"subjectAltName={san}\n" if san else ""))
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
-             "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=directory)
-
-
 def make_pki(directory: Path) -> Path:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, as openssl makes them."""
     require(shutil.which("openssl") is not None, "openssl not installed")
-    directory.mkdir(exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-             "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=netio test CA", cwd=directory)
-    make_certificate(directory, "server", "ca", "serverAuth", "IP:127.0.0.1,DNS:localhost")
-    make_certificate(directory, "client", "ca", "clientAuth")
-    return directory
+    return make_authority(directory)
 
 
 @pytest.fixture(scope="module")
