@@ -447,6 +447,7 @@ def test_idle_and_slowloris_connections_do_not_stop_scrapes(netns, exporter):
     pid = running.process.pid
     for _ in range(20):
         running.get()
+    time.sleep(0.5)  # the last answer's connection is closed by now
     start_fds, start_threads, start_rss = _process_counts(pid)
     attack = subprocess.Popen(["ip", "netns", "exec", running.ns, sys.executable, "-c", _ATTACK, str(running.port),
                                "1000", "200", "30"], stdout=subprocess.PIPE, text=True)
