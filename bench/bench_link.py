@@ -9,19 +9,26 @@ seen), starts in it
                  and --collector.netdev.device-exclude=^$: Debian's build excludes lo by default, and
                  both should export the same interfaces
 
-and scrapes /metrics from inside the namespace, alternating between the two, in four cases:
+and a second pair serving HTTPS only (--web.config.file with the same certificate, made by openssl for
+this run), and scrapes /metrics from inside the namespace, alternating between the two, in six cases:
 
   fresh            a new TCP connection per request
   keep-alive       one HTTP/1.1 connection per exporter, reused for every request
   fresh gzip       as fresh, with Accept-Encoding: gzip (the body is read, not decompressed)
   keep-alive gzip  as keep-alive, with Accept-Encoding: gzip
+  fresh tls        as fresh, over TLS (a full handshake per request: no session resumption)
+  keep-alive tls   as keep-alive, over TLS
+
+Then it opens 1,000 connections to each plain exporter, each sending one request and then staying idle
+(kept alive, as a crowd of clients would leave them), and times keep-alive scrapes again beside them.
 
 Each timing covers request, response and the whole body. Rounds interleave the cases and swap which
-exporter goes first. It prints a markdown table of medians and the ratio netio/node_exporter, then the
-resident memory (VmRSS, and the peak VmHWM) of both processes after the runs.
+exporter goes first. It prints a markdown table of medians and the ratio netio/node_exporter, the
+idle-connections table (each exporter against its own quiet keep-alive median), then the resident memory
+(VmRSS, and the peak VmHWM) of the processes after the runs.
 With --breakdown it also times the pieces of a netio scrape in this process, in each namespace.
 
-Run as root:  /opt/netio-venv/bin/python bench/bench_link.py [--sizes 3,500] [--rounds 300,100] [--breakdown]
+Run as root from the repository root:  .venv/bin/python -m bench.bench_link [--sizes 3,500] [--rounds 300,100] [--breakdown]
 netio runs with its default collectors; to compare like with like once more are on by default, add
 e.g. --netio-arg=--no-collector.tcp.
 Namespaces are named netio-bench-*, and are deleted at exit (also on errors and Ctrl-C); the exporters
@@ -35,19 +42,26 @@ import gzip
 import http.client
 import os
 import signal
+import socket
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from tests.support.netns import NetnsProcess, in_netns
+from tests.support.pki import make_authority
 
 NODE_EXPORTER = "/usr/bin/prometheus-node-exporter"
-NETIO_PORT, NODE_PORT = 7070, 9100  # the namespaces are our own: nothing else listens there
-CASES = (("fresh", False, False), ("keep-alive", True, False),
-         ("fresh gzip", False, True), ("keep-alive gzip", True, True))
+PORTS = {("netio", False): 7070, ("netio", True): 7071,  # the namespaces are our own: nothing else listens there
+         ("node_exporter", False): 9100, ("node_exporter", True): 9101}
+CASES = (("fresh", False, False, False), ("keep-alive", True, False, False),  # (name, keep-alive, gzip, tls)
+         ("fresh gzip", False, True, False), ("keep-alive gzip", True, True, False),
+         ("fresh tls", False, False, True), ("keep-alive tls", True, False, True))
 TARGETS = ("netio", "node_exporter")
+IDLE_CONNECTIONS = 1000
 
 
 def run(*command: str, input: str | None = None) -> None:
@@ -104,8 +118,8 @@ class Exporter(NetnsProcess):
 class Client:
     """Scrapes one exporter; with keep-alive, over one connection it counts reconnections of."""
 
-    def __init__(self, port: int, keep_alive: bool, gzip_wanted: bool):
-        self.port, self.keep_alive = port, keep_alive
+    def __init__(self, port: int, keep_alive: bool, gzip_wanted: bool, context: ssl.SSLContext | None = None):
+        self.port, self.keep_alive, self.context = port, keep_alive, context
         self.headers = {"Accept-Encoding": "gzip"} if gzip_wanted else {"Accept-Encoding": "identity"}
         self.connection: http.client.HTTPConnection | None = None
         self.connects = 0
@@ -114,7 +128,9 @@ class Client:
         """One scrape: (seconds, body as sent, Content-Encoding)."""
         start = time.perf_counter()
         connection = self.connection
-        if connection is None:
+        if connection is None and self.context is not None:
+            connection = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=30, context=self.context)
+        elif connection is None:
             connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         if connection.sock is None:
             self.connects += 1
@@ -146,22 +162,22 @@ def check_body(label: str, body: bytes, encoding: str | None, gzip_wanted: bool,
         raise RuntimeError(f"{label}: {seen} interfaces in the scrape, expected {interfaces}")
 
 
-def bench_size(ns: str, interfaces: int, rounds: int, warmup: int, exporters: dict[str, Exporter]) -> dict:
+def bench_size(ns: str, interfaces: int, rounds: int, warmup: int, exporters: dict, context: ssl.SSLContext) -> dict:
     """Median seconds per (case, target), and the bodies' sizes and reconnection counts."""
-    times = {(case, target): [] for case, _, _ in CASES for target in TARGETS}
+    times = {(case, target): [] for case, *_ in CASES for target in TARGETS}
     sizes, connects = {}, {}
     with in_netns(ns):
-        clients = {(case, target): Client(exporters[target].port, keep_alive, gzip_wanted)
-                   for case, keep_alive, gzip_wanted in CASES for target in TARGETS}
+        clients = {(case, target): Client(exporters[target, tls].port, keep_alive, gzip_wanted, context if tls else None)
+                   for case, keep_alive, gzip_wanted, tls in CASES for target in TARGETS}
         try:
-            for case, _, gzip_wanted in CASES:  # check each case's output once, untimed
+            for case, _, gzip_wanted, _ in CASES:  # check each case's output once, untimed
                 for target in TARGETS:
                     _, body, encoding = clients[case, target].get()
                     check_body(target, body, encoding, gzip_wanted, interfaces)
                     sizes[case, target] = len(body)
             for round_ in range(warmup + rounds):
                 order = TARGETS if round_ % 2 == 0 else TARGETS[::-1]
-                for case, _, _ in CASES:
+                for case, *_ in CASES:
                     for target in order:
                         elapsed, _, _ = clients[case, target].get()
                         if round_ >= warmup:
@@ -172,6 +188,43 @@ def bench_size(ns: str, interfaces: int, rounds: int, warmup: int, exporters: di
                 client.close()
     medians = {key: statistics.median(values) for key, values in times.items()}
     return {"medians": medians, "sizes": sizes, "connects": connects}
+
+
+def bench_idle(ns: str, rounds: int, exporters: dict) -> dict:
+    """Median keep-alive scrape seconds per target while IDLE_CONNECTIONS kept-alive idle connections are open
+    to it (each has sent one request), and the exporters' memory with them open."""
+    times, memory = {target: [] for target in TARGETS}, {}
+    idle: list[socket.socket] = []
+    with in_netns(ns):
+        clients = {target: Client(exporters[target, False].port, True, False) for target in TARGETS}
+        try:
+            for target in TARGETS:
+                port = exporters[target, False].port
+                for _ in range(IDLE_CONNECTIONS):
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+                    sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+                    sock.recv(65536)  # the answer's first bytes: enough for a kept-alive idle connection
+                    idle.append(sock)
+            for target in TARGETS:
+                clients[target].get()
+            for round_ in range(rounds):
+                for target in TARGETS if round_ % 2 == 0 else TARGETS[::-1]:
+                    times[target].append(clients[target].get()[0])
+            memory = {target: exporters[target, False].memory_mib() for target in TARGETS}
+        finally:
+            for client in clients.values():
+                client.close()
+            for sock in idle:
+                sock.close()
+    return {"medians": {target: statistics.median(values) for target, values in times.items()}, "memory": memory}
+
+
+def web_configs(directory: Path) -> tuple[Path, ssl.SSLContext]:
+    """A TLS-only web config both exporters read, and a client context trusting its CA."""
+    pki = make_authority(directory / "pki")
+    config = directory / "web.yml"
+    config.write_text(f"tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/server.key\n")
+    return config, ssl.create_default_context(cafile=str(pki / "ca.crt"))
 
 
 def breakdown(ns: str, repeat: int) -> list[tuple[str, float]]:
@@ -253,26 +306,33 @@ def main() -> int:
     signal.signal(signal.SIGTERM, terminate)
 
     namespaces = Namespaces()
-    results, memory, pieces = {}, {}, {}
+    results, memory, idle, pieces = {}, {}, {}, {}
     started = time.monotonic()
+    workdir = tempfile.TemporaryDirectory(prefix="netio-bench-")
+    web_config, context = web_configs(Path(workdir.name))
     try:
         for interfaces, rounds in zip(args.sizes, args.rounds):
             ns = namespaces.make(interfaces)
-            exporters: dict[str, Exporter] = {}
+            exporters: dict[tuple[str, bool], Exporter] = {}
             try:
-                exporters["netio"] = Exporter(
-                    "netio", ns, NETIO_PORT,
-                    [sys.executable, "-m", "exporter", "-P", "-a", "127.0.0.1", "-p", str(NETIO_PORT),
-                     *args.netio_arg], "-m exporter")
-                exporters["node_exporter"] = Exporter(
-                    "node_exporter", ns, NODE_PORT,
-                    [args.node_exporter, "--collector.disable-defaults", "--collector.netdev",
-                     "--collector.netdev.device-exclude=^$",  # Debian's build leaves lo out by default
-                     f"--web.listen-address=127.0.0.1:{NODE_PORT}"], "node")
-                print(f"{interfaces} interfaces: netio pid {exporters['netio'].pid}, node_exporter pid "
-                      f"{exporters['node_exporter'].pid}; {rounds} rounds", file=sys.stderr, flush=True)
-                results[interfaces] = bench_size(ns, interfaces, rounds, args.warmup, exporters)
-                memory[interfaces] = {label: exporter.memory_mib() for label, exporter in exporters.items()}
+                for tls in (False, True):
+                    port = PORTS["netio", tls]
+                    exporters["netio", tls] = Exporter(
+                        "netio", ns, port,
+                        [sys.executable, "-m", "exporter", "-P", "-a", "127.0.0.1", "-p", str(port),
+                         *(["--web.config.file", str(web_config)] if tls else []), *args.netio_arg], "-m exporter")
+                    port = PORTS["node_exporter", tls]
+                    exporters["node_exporter", tls] = Exporter(
+                        "node_exporter", ns, port,
+                        [args.node_exporter, "--collector.disable-defaults", "--collector.netdev",
+                         "--collector.netdev.device-exclude=^$",  # Debian's build leaves lo out by default
+                         f"--web.listen-address=127.0.0.1:{port}",
+                         *([f"--web.config.file={web_config}"] if tls else [])], "node")
+                print(f"{interfaces} interfaces: netio pid {exporters['netio', False].pid}, node_exporter pid "
+                      f"{exporters['node_exporter', False].pid}; {rounds} rounds", file=sys.stderr, flush=True)
+                results[interfaces] = bench_size(ns, interfaces, rounds, args.warmup, exporters, context)
+                memory[interfaces] = {key: exporter.memory_mib() for key, exporter in exporters.items()}
+                idle[interfaces] = bench_idle(ns, rounds, exporters)
                 if args.breakdown:
                     pieces[interfaces] = breakdown(ns, repeat=max(rounds, 50))
             finally:
@@ -284,27 +344,39 @@ def main() -> int:
         return 130
     finally:
         namespaces.delete()
+        workdir.cleanup()
 
     print("| case | interfaces | median ms netio | median ms node_exporter | ratio netio/node_exporter |")
     print("|---|---:|---:|---:|---:|")
-    for case, _, _ in CASES:
+    for case, *_ in CASES:
         for interfaces in args.sizes:
             medians = results[interfaces]["medians"]
             netio, node = medians[case, "netio"] * 1e3, medians[case, "node_exporter"] * 1e3
             print(f"| {case} | {interfaces} | {netio:.2f} | {node:.2f} | {netio / node:.2f} |")
     print()
-    print("| interfaces | netio RSS MiB (peak) | node_exporter RSS MiB (peak) | body bytes netio / node_exporter (plain; gzip) |")
-    print("|---:|---:|---:|---:|")
+    print(f"| keep-alive with {IDLE_CONNECTIONS:,} idle connections | interfaces | netio ms (quiet ms, ratio) | "
+          "node_exporter ms (quiet ms, ratio) | netio RSS MiB with them |")
+    print("|---|---:|---:|---:|---:|")
     for interfaces in args.sizes:
-        (n_rss, n_hwm), (e_rss, e_hwm) = memory[interfaces]["netio"], memory[interfaces]["node_exporter"]
+        quiet, busy = results[interfaces]["medians"], idle[interfaces]["medians"]
+        cells = [f"{busy[target] * 1e3:.2f} ({quiet['keep-alive', target] * 1e3:.2f}, "
+                 f"{busy[target] / quiet['keep-alive', target]:.2f})" for target in TARGETS]
+        print(f"| | {interfaces} | {cells[0]} | {cells[1]} | {idle[interfaces]['memory']['netio'][0]:.1f} |")
+    print()
+    print("| interfaces | netio RSS MiB (peak) | netio with TLS | node_exporter RSS MiB (peak) | node_exporter with TLS "
+          "| body bytes netio / node_exporter (plain; gzip) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for interfaces in args.sizes:
+        cells = [f"{rss:.1f} ({hwm:.1f})" for rss, hwm in (memory[interfaces][key] for key in (
+            ("netio", False), ("netio", True), ("node_exporter", False), ("node_exporter", True)))]
         sizes = results[interfaces]["sizes"]
-        print(f"| {interfaces} | {n_rss:.1f} ({n_hwm:.1f}) | {e_rss:.1f} ({e_hwm:.1f}) | "
+        print(f"| {interfaces} | {' | '.join(cells)} | "
               f"{sizes['fresh', 'netio']} / {sizes['fresh', 'node_exporter']}; "
               f"{sizes['fresh gzip', 'netio']} / {sizes['fresh gzip', 'node_exporter']} |")
     notes = []
     for interfaces in args.sizes:
         result = results[interfaces]
-        for case, keep_alive, _ in CASES:
+        for case, keep_alive, *_ in CASES:
             for target in TARGETS:
                 if keep_alive and result["connects"][case, target] != 1:
                     notes.append(f"{target} {case} at {interfaces} interfaces: {result['connects'][case, target]} "

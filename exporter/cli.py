@@ -85,6 +85,9 @@ def build_parser() -> _ParserWithCollectors:
     web.add_argument("--user-period", type=flags.bounded_int(10, 60000, "milliseconds"), metavar="MS",
                      help="the live page's update period in milliseconds; the page's sampler reads the collectors "
                           f"only while a page is open (default {DEFAULT_USER_PERIOD_MS}; not with -P)")
+    web.add_argument("--web.config.file", dest="web_config_file", metavar="FILE",
+                     help="TLS, response headers and basic auth, in Prometheus exporter-toolkit's web config "
+                          "format; re-read when it or its certificate files change")
 
     log = parser.add_argument_group("log mode")
     log.add_argument("--interval", type=flags.seconds, metavar="S",
@@ -120,7 +123,8 @@ def resolve(parser: _ParserWithCollectors, args: argparse.Namespace) -> list[Reg
     log_mode = args.log_file is not None
     csv_log = log_mode and args.log_format in (None, "csv")  # netio-logger's: the link reader only
     if log_mode:
-        for flag, value in (("--address", args.address), ("--port", args.port), ("--user-period", args.user_period)):
+        for flag, value in (("--address", args.address), ("--port", args.port), ("--user-period", args.user_period),
+                            ("--web.config.file", args.web_config_file)):
             if value is not None:
                 parser.error(f"{flag}: log mode (-l) runs no HTTP server; drop {flag} or -l")
     else:
@@ -188,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_file is not None:
         return _run_log_mode(parser, args, enabled)
 
+    web_config = None
+    if args.web_config_file is not None:  # before the server's import: it needs ssl only for TLS
+        from .webconfig import Watcher, WebConfigError
+        try:
+            web_config = Watcher(args.web_config_file)
+        except WebConfigError as error:
+            parser.exit(2, f"{PROG}: --web.config.file: {error}\n")
     from .collectors import Scrape, self_collectors
     scrape = Scrape([registration.build(args) for registration in enabled], self_collectors())
     from .server import MetricsApp, serve
@@ -199,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     from .privileges import drop_after_start
     drop_after_start(scrape.collectors, port)  # the collectors are loaded: keep only what they still use
     try:
-        serve(MetricsApp(scrape, live), address, port)
+        serve(MetricsApp(scrape, live), address, port, web_config)
     except OSError as error:
         print(f"{PROG}: cannot listen on {f'[{address}]' if ':' in address else address}:{port}: "
               f"{error.strerror or error}", file=sys.stderr)

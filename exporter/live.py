@@ -24,8 +24,6 @@ import json
 import logging
 import math
 import os
-import select
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -241,29 +239,6 @@ class Subscription:
         return not self.dropped
 
 
-class _SocketViewer:
-    """A viewer whose socket the sampler thread writes itself, without blocking (threaded servers)."""
-
-    def __init__(self, connection: socket.socket, subscription: Subscription):
-        self.connection = connection
-        self.subscription = subscription
-        self.unsent = memoryview(b"")  # the rest of the event at the head of the queue
-
-    def send(self) -> bool:
-        """Send what the socket takes now; False if the connection failed."""
-        events = self.subscription.events
-        try:
-            while self.unsent or events:
-                if not self.unsent:
-                    self.unsent = memoryview(events.popleft())
-                self.unsent = self.unsent[self.connection.send(self.unsent):]
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        return True
-
-
 class LiveFeed:
     """The live page's bytes and its event stream, sampled on one thread while someone watches.
 
@@ -271,8 +246,8 @@ class LiveFeed:
     ``EVENT_CONTENT_TYPE`` and ``Cache-Control: no-store`` and no length, then streams: an asyncio server
     subscribes with ``wake=lambda: loop.call_soon_threadsafe(ready.set)``, and loops on ``await
     ready.wait(); ready.clear()``, writing what ``take()`` returns and awaiting the drain (bounded by a
-    timeout of ``MAX_PENDING_EVENTS * period``), until ``dropped`` or the client's EOF; then ``close()``.
-    A threaded server hands the connection to ``attach()`` instead and its worker returns.
+    timeout of ``MAX_PENDING_EVENTS * period``), until ``dropped`` or the client's EOF; then ``close()``
+    (exporter/server.py's ``_events``).
     """
 
     def __init__(self, scrape: Scrape, period: float):
@@ -280,8 +255,6 @@ class LiveFeed:
         self._recorder = Recorder(scrape)
         self._lock = threading.Lock()
         self._subscriptions: list[Subscription] = []
-        self._sockets: dict[int, _SocketViewer] = {}  # by file descriptor
-        self._poll = select.poll()  # the attached connections: readable or hung up means the client went
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         self._page = _page(period)
@@ -307,47 +280,23 @@ class LiveFeed:
                 self._thread.start()
         return subscription
 
-    def attach(self, connection: socket.socket, head: bytes) -> bool:
-        """Take over a connection for a threaded server (its worker returns): send the response ``head``,
-        then the sampler writes the events and closes the connection when the client goes or falls
-        behind. False (and the connection closed) while ``MAX_VIEWERS`` are open."""
-        subscription = self.subscribe()
-        if subscription is None:
-            connection.close()
-            return False
-        try:
-            connection.sendall(head)
-        except OSError:  # the client is gone already
-            subscription.close()
-            connection.close()
-            return True
-        connection.setblocking(False)
-        with self._lock:
-            self._sockets[connection.fileno()] = _SocketViewer(connection, subscription)
-            self._poll.register(connection, select.POLLIN | select.POLLRDHUP)
-        return True
-
     def close(self) -> None:
-        """Stop sampling and close the attached connections."""
+        """Stop sampling; the viewers' streams end."""
         self._closing.set()
         with self._lock:
             thread = self._thread
+            subscriptions, self._subscriptions = self._subscriptions, []
         if thread is not None:
             thread.join()
-        with self._lock:
-            for viewer in self._sockets.values():
-                viewer.connection.close()
-            self._sockets.clear()
-            self._subscriptions.clear()
+        for subscription in subscriptions:
+            subscription.dropped = True
+            if subscription._wake is not None:
+                subscription._wake()
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:
             if subscription in self._subscriptions:
                 self._subscriptions.remove(subscription)
-            fd = next((fd for fd, viewer in self._sockets.items() if viewer.subscription is subscription), None)
-            if fd is not None:
-                self._poll.unregister(fd)
-                self._sockets.pop(fd).connection.close()
 
     def _sample(self) -> None:
         """The sampler: a baseline read, then one record per period on a fixed grid while anyone watches."""
@@ -358,17 +307,11 @@ class LiveFeed:
             ticks = max(ticks + 1, int((time.monotonic() - start) / self.period) + 1)  # skip missed slots
             if self._closing.wait(max(0.0, start + ticks * self.period - time.monotonic())):
                 break
-            # an event stream has no requests: a readable connection was closed (or misused) by its client
-            with self._lock:
-                gone = [self._sockets[fd].subscription for fd, _ in self._poll.poll(0) if fd in self._sockets]
-            for subscription in gone:
-                subscription.close()
             with self._lock:
                 if not self._subscriptions:
                     self._thread = None
                     return
                 subscriptions = list(self._subscriptions)
-                viewers = list(self._sockets.values())
             try:
                 event = encode_event(self._recorder.record(rates=True))
             except Exception:  # Scrape.read isolates collectors: this is a bug, and the page must not die of it
@@ -378,9 +321,6 @@ class LiveFeed:
                 if not subscription._offer(event):
                     log.info("live page viewer fell %d events behind; dropped", MAX_PENDING_EVENTS)
                     subscription.close()
-            for viewer in viewers:
-                if not viewer.subscription.dropped and not viewer.send():
-                    viewer.subscription.close()
         with self._lock:
             self._thread = None
 

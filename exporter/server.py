@@ -1,13 +1,18 @@
-"""HTTP: ``/metrics``, a landing page at ``/``, 404 elsewhere.
+"""HTTP: ``/metrics``, a landing page at ``/``, a ``/-/healthy`` probe, 404 elsewhere; TLS and basic auth
+from ``--web.config.file`` (exporter/webconfig.py).
 
-A small HTTP/1.1 server of its own, with keep-alive as Prometheus uses it. Worker threads wait in
-``accept()`` themselves, so a fresh connection costs no thread start and no hand-off; the worker
-keeps the connection until it closes or idles out. The pool grows when the last waiting worker
-takes a connection (up to ``_MAX_WORKERS``, then new connections wait in the listen backlog until
-one ends) and shrinks back to ``_SPARE_WORKERS`` waiting workers.
-Every response goes out in one ``sendmsg`` of header and body with TCP_NODELAY set: a header write
-followed by a body write would wait for the peer's delayed ACK (Nagle) on a reused connection,
-about 40 ms per scrape.
+One asyncio event loop serves every connection through one small protocol object each (no task, reader
+or writer until a request has come, so silent connections cost little); h11 parses HTTP/1.1, strictly:
+what it lets through that RFC 9112 forbids (obs-fold, repeated Content-Length) is refused here. Scrapes
+run on a small thread pool, so neither a slow collector nor a slow client holds up the others. What a
+client can hold is bounded: a request head must arrive whole within ``HEAD_SECONDS`` (from the
+connection's start or the request's first byte), a kept-alive connection may wait ``IDLE_SECONDS`` for
+its next request, a TLS handshake ``HANDSHAKE_SECONDS``, a response must be taken within
+``WRITE_SECONDS``; beyond ``MAX_CONNECTIONS`` the connection that has waited longest for a request is
+closed first. A response whose body is an async iterator (the live page's event stream, later) is sent
+chunked and is exempt from those deadlines and from the cap.
+Every response goes out in one write with TCP_NODELAY set: a header write followed by a body write would
+wait for the peer's delayed ACK (Nagle) on a reused connection, about 40 ms per scrape.
 
 Neither http.server nor prometheus_client is imported here (together about 10 MB of resident memory):
 ``MetricsApp.registry`` imports prometheus_client when first used.
@@ -15,15 +20,32 @@ Neither http.server nor prometheus_client is imported here (together about 10 MB
 
 from __future__ import annotations
 
+import sys
+
+if "ssl" not in sys.modules:  # asyncio imports ssl (4.4 MB resident here) for TLS only: not without TLS
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+    try:
+        import asyncio
+    finally:
+        del sys.modules["ssl"]
+else:
+    import asyncio
+
+import dataclasses
 import functools
 import gzip
 import logging
-import os
 import re
+import resource
 import signal
 import socket
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import h11
 
 from . import __version__
 from .collectors import Scrape
@@ -32,14 +54,25 @@ from .exposition import render_text
 log = logging.getLogger("netio_exporter")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_IDLE_CONNECTION_SECONDS = 300
-_SPARE_WORKERS = 2  # workers waiting in accept() when the server is quiet
-_MAX_WORKERS = 64
-_MAX_HEAD_BYTES = 65536  # request line and headers
+HEAD_SECONDS = 10.0
+IDLE_SECONDS = 60.0
+HANDSHAKE_SECONDS = 10.0
+WRITE_SECONDS = 30.0
+AUTH_FAILURE_SECONDS = 1.0  # how late a wrong or refused login is answered
+SHUTDOWN_SECONDS = 10.0  # answers in progress at SIGTERM get this long to finish
+MAX_CONNECTIONS = 1024
+SCRAPE_WORKERS = 4
+_MAX_HEAD_BYTES = 16384  # request line and headers
+_MAX_TARGET_BYTES = 8192
+_BACKLOG = 1024  # asyncio.start_server would make it 100
 _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
-            505: "HTTP Version Not Supported"}
+_OBS_FOLD = re.compile(rb"\n[ \t]")
+_CONTENT_LENGTH = re.compile(rb"(?im)^content-length[ \t]*:([^\r\n]*)")
+_QVALUE = re.compile(r"0(?:\.\d{0,3})?|1(?:\.0{0,3})?")
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 414: "URI Too Long",
+            429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported"}
+_TEXT = "text/plain; charset=utf-8"
 
 
 def _escape_html(text: str) -> str:
@@ -57,11 +90,12 @@ def _landing_page(collectors: list[str]) -> bytes:
 
 
 class MetricsApp:
-    """What the HTTP server serves: the scrape's families (the process metrics are among them)."""
+    """What the HTTP server serves: the scrape's families (the process metrics are among them), and the
+    live page with its event stream when ``live`` (a live.LiveFeed) is given (the default mode; not -P)."""
 
     def __init__(self, scrape: Scrape, live=None):
         self.scrape = scrape
-        self.live = live  # exporter.live.LiveFeed in the default mode: the live page at / and /events
+        self.live = live
         self.landing_page = _landing_page([collector.name for collector in scrape.collectors])
 
     def metrics(self) -> bytes:
@@ -76,12 +110,38 @@ class MetricsApp:
         return registry
 
 
-def _accepts_gzip(accept_encoding: str) -> bool:
+@dataclasses.dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-case names; a repeated header's values joined by ", "
+
+
+@dataclasses.dataclass
+class Response:
+    """``body`` bytes, or an async iterator of chunks for a stream (sent chunked, no deadlines)."""
+    status: int
+    body: bytes | AsyncIterator[bytes]
+    content_type: str = _TEXT
+    headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+def wants_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding value (RFC 9110 12.5.3) takes gzip rather than identity."""
+    weights = {}
     for item in accept_encoding.split(","):
-        coding, _, params = item.strip().partition(";")
-        if coding.strip().lower() == "gzip":
-            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
-    return False
+        coding, *parameters = item.split(";")
+        coding = coding.strip().lower()
+        weight = 1.0
+        for parameter in parameters:
+            name, _, text = parameter.partition("=")
+            if name.strip().lower() == "q":
+                text = text.strip()
+                weight = float(text) if _QVALUE.fullmatch(text) else -1.0  # a bad qvalue: the item is void
+        if coding and weight >= 0:
+            weights.setdefault(coding, weight)
+    gzip_weight = weights.get("gzip", weights.get("x-gzip", weights.get("*", 0.0)))
+    return gzip_weight > 0 and gzip_weight >= weights.get("identity", 0.0)
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -89,19 +149,221 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 @functools.lru_cache(maxsize=2)
-def _http_date(second: int) -> str:
+def _http_date(second: int) -> bytes:
     t = time.gmtime(second)
     return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT").encode()
+
+
+def _error_bytes(status: int, message: str) -> bytes:
+    """A whole response for a request h11 could not parse (or we refuse), closing the connection."""
+    body = f"{message}\n".encode()
+    return (f"HTTP/1.1 {status} {_REASONS[status]}\r\nServer: netio-exporter/{__version__}\r\n"
+            f"Date: {_http_date(int(time.time())).decode()}\r\nContent-Type: {_TEXT}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+class _Refused(Exception):
+    """A request answered with an error and a closed connection."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: h11's parser fed as data arrives, a task only while a request is answered.
+
+    A connection waiting for a request (new, idle, or sending its head) has a timer and may be closed for
+    a newer one at the cap; nothing else of it runs, so a thousand silent ones cost little."""
+
+    __slots__ = ("server", "transport", "http", "received", "timer", "task", "idle", "streaming", "drained")
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.http: h11.Connection | None = None  # made at the first byte
+        self.received = bytearray()  # the request head so far, for the checks h11 does not make
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task | None = None
+        self.idle = self.streaming = False
+        self.drained: asyncio.Future | None = None  # set while the transport's write buffer is full
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        if not self.server.admit(self):
+            transport.abort()
+            return
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        web_config = self.server.web_config
+        context = web_config.current().ssl_context if web_config is not None else None
+        self.wait_for_request(HEAD_SECONDS)  # a new connection sends its request (or handshake) at once
+        if context is not None:
+            transport.pause_reading()  # the ClientHello is for the TLS layer, not for data_received
+            self.task = asyncio.get_running_loop().create_task(self._handshake(context))
+
+    def data_received(self, data: bytes) -> None:
+        if self.http is None:
+            self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD_BYTES)
+        if self.idle:  # the next request's first byte: its head has HEAD_SECONDS from now
+            self.idle = False
+            self._set_timer(HEAD_SECONDS)
+        self.received += data
+        self.http.receive_data(data)
+        if self.task is None:
+            self._next_request()
+        elif len(self.received) > _MAX_HEAD_BYTES:  # pipelining far ahead of the answers: wait
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self.http is None or self.task is None and self.http.their_state is h11.IDLE and not self.received:
+            return False  # closes
+        self.http.receive_data(b"")
+        if self.task is None:
+            self._next_request()
+        return True  # an answer in progress still goes out; closed after
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._cancel_timer()
+        self.server.forget(self)
+        if self.streaming and self.task is not None:  # a stream writes until cancelled: its client went
+            self.task.cancel()
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_exception(ConnectionResetError("connection lost"))
+
+    def pause_writing(self) -> None:
+        self.drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        self.drained = None
+
+    # -- deadlines and the cap
+    def wait_for_request(self, seconds: float) -> None:
+        self._set_timer(seconds)
+        self.server.waiting(self, True)
+
+    def _set_timer(self, seconds: float) -> None:
+        self._cancel_timer()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self.transport.abort)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # -- requests
+    async def _handshake(self, context) -> None:
+        try:
+            self.transport = await asyncio.get_running_loop().start_tls(
+                self.transport, self, context, server_side=True, ssl_handshake_timeout=HANDSHAKE_SECONDS)
+        except (OSError, asyncio.CancelledError):  # refused, timed out, not TLS at all, or shutdown
+            self.transport.abort()
+            return
+        finally:
+            self.task = None
+        if self.received:  # the request came with the handshake's last flight
+            self._next_request()
+
+    def _next_request(self) -> None:
+        try:
+            request = self._parse()
+        except _Refused as refused:
+            self.server.waiting(self, False)
+            self._cancel_timer()
+            self.task = asyncio.get_running_loop().create_task(self._refuse(refused))
+            return
+        if request is None:
+            return
+        self.server.waiting(self, False)
+        self._cancel_timer()
+        self.task = asyncio.get_running_loop().create_task(self._answer(request))
+
+    def _parse(self) -> Request | None:
+        """The next whole request; None if it has not all come yet (or the client closed: then so do we)."""
+        http, received = self.http, self.received
+        try:
+            event = http.next_event()
+        except h11.RemoteProtocolError as error:
+            too_large = "buffer too long" in str(error)
+            raise _Refused((431 if b"\n" in received else 414) if too_large else error.error_status_hint,
+                           f"Bad request: {error}")
+        if event is h11.NEED_DATA:
+            return None
+        if isinstance(event, h11.ConnectionClosed):
+            self.transport.close()
+            return None
+        if not isinstance(event, h11.Request):
+            raise _Refused(400, "Bad request")
+        head = received[:_END_OF_HEAD.search(received).start()]
+        if len(event.target) > _MAX_TARGET_BYTES:
+            raise _Refused(414, "Request target too long")
+        if len(head) > _MAX_HEAD_BYTES:  # arrived whole in one read: h11 only bounds incomplete heads
+            raise _Refused(431, "Request header too large")
+        if event.http_version not in (b"1.0", b"1.1"):
+            raise _Refused(505, "HTTP/1.1 only")
+        if _OBS_FOLD.search(head):
+            raise _Refused(400, "Bad request: obsolete line folding (RFC 9112 5.2)")
+        lengths = _CONTENT_LENGTH.findall(head)
+        if len(lengths) > 1 or (lengths and b"," in lengths[0]):
+            raise _Refused(400, "Bad request: more than one Content-Length (RFC 9112 6.3)")
+        if event.method not in (b"GET", b"HEAD"):
+            raise _Refused(501, "Only GET and HEAD")
+        headers: dict[str, str] = {}
+        for name, value in event.headers:
+            name, value = name.decode("latin-1"), value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        return Request(event.method.decode(), event.target.decode("latin-1").partition("?")[0], headers)
+
+    async def _refuse(self, refused: _Refused) -> None:
+        self.transport.write(_error_bytes(refused.status, str(refused)))
+        await self._finish(self.drain(), keep_alive=False)
+
+    async def _answer(self, request: Request) -> None:
+        await self._finish(self.server.respond(self, request), keep_alive=True)
+
+    async def _finish(self, answering, keep_alive: bool) -> None:
+        """Run ``answering``; then close, or wait for the next request (maybe already here: pipelining)."""
+        try:
+            keep_alive = await answering and keep_alive
+        except (OSError, TimeoutError, asyncio.CancelledError):  # the client went, or did not read in time
+            self.transport.abort()
+            return
+        except Exception:  # a bug must not go unnoticed, nor take the server down
+            log.exception("serving %s failed", (self.transport.get_extra_info("peername") or ("?",))[0])
+            self.transport.abort()
+            return
+        finally:
+            self.task = None
+        if not keep_alive or self.http.our_state is h11.MUST_CLOSE or self.transport.is_closing():
+            self.transport.close()
+            return
+        self.http.start_next_cycle()
+        self.received = bytearray(self.http.trailing_data[0])
+        self.idle = not self.received
+        self.wait_for_request(IDLE_SECONDS if self.idle else HEAD_SECONDS)
+        self.transport.resume_reading()
+        self._next_request()
+
+    async def drain(self) -> bool:
+        """Until the client has taken what was written (WRITE_SECONDS at most); True, for _finish."""
+        if self.drained is not None:
+            async with asyncio.timeout(WRITE_SECONDS):
+                await self.drained
+        return True
 
 
 class Server:
     """Listens on ``address``:``port`` (binding in the constructor, so a busy port raises OSError there);
-    ``start()`` starts the workers, ``close()`` stops accepting and closes the listening socket."""
+    ``run()`` serves until ``stop()``, then drains; TLS, headers and users from ``web_config``, a
+    webconfig.Watcher (or None)."""
 
-    def __init__(self, app: MetricsApp, address: str, port: int):
+    def __init__(self, app: MetricsApp, address: str, port: int, web_config=None):
         self.app = app
-        self._server_header = f"Server: netio-exporter/{__version__}\r\n"
+        self.web_config = web_config
+        self._server_header = f"netio-exporter/{__version__}".encode()
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -109,179 +371,240 @@ class Server:
             if family == socket.AF_INET6:
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # "::" also serves IPv4
             self.socket.bind((address, port))
-            self.socket.listen(128)
+            self.socket.listen(_BACKLOG)
         except BaseException:
             self.socket.close()
             raise
         self.server_address = self.socket.getsockname()
-        self._lock = threading.Lock()
-        self._workers = self._waiting = 0
-        self._closing = False
-        self._accept_error = ""
+        self._scrapes = ThreadPoolExecutor(SCRAPE_WORKERS, thread_name_prefix="netio-scrape")
+        self._auth = None
+        if web_config is not None:
+            from .webconfig import BasicAuth
+            self._auth = BasicAuth()
+        self._connections: set[_Connection] = set()
+        self._waiting: OrderedDict[_Connection, None] = OrderedDict()  # the longest waiting first
+        self._streams = 0  # connections sending a stream: not counted against MAX_CONNECTIONS
+        self._stopping: asyncio.Event | None = None
+        self._serving = threading.Event()  # run() is accepting
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None  # start()'s
+
+    async def run(self) -> None:
+        self._stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        listener = await loop.create_server(lambda: _Connection(self), sock=self.socket, backlog=_BACKLOG)
+        self._loop = loop
+        self._serving.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            listener.close()  # no new connections; then the ones waiting for a request go
+            for connection in list(self._waiting):
+                connection.transport.abort()
+            for connection in self._connections:
+                if connection.streaming and connection.task is not None:
+                    connection.task.cancel()
+            tasks = [connection.task for connection in self._connections if connection.task is not None]
+            if tasks:
+                await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+            await loop.run_in_executor(None, self._close_workers)
+
+    def stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
 
     def start(self) -> None:
-        with self._lock:
-            self._workers = self._waiting = _SPARE_WORKERS
-        for _ in range(_SPARE_WORKERS):
-            self._start_worker()
+        """Serve on a thread and event loop of its own (embedding, tests); ``close()`` stops it."""
+        self._thread = threading.Thread(target=asyncio.run, args=(self.run(),), name="netio-http", daemon=True)
+        self._thread.start()
+        self._serving.wait()
 
     def close(self) -> None:
-        """Stop accepting (waiting workers end); connections being served finish or die with the process."""
-        self._closing = True
-        try:
-            self.socket.shutdown(socket.SHUT_RDWR)  # wakes the workers blocked in accept()
-        except OSError:
-            pass
+        """Stop what ``start()`` started: stop accepting, finish the answers in progress, close the socket."""
+        if self._thread is not None:
+            self._loop.call_soon_threadsafe(self.stop)
+            self._thread.join(SHUTDOWN_SECONDS + 5)
+            self._thread = None
         self.socket.close()
 
-    def _start_worker(self) -> None:
-        threading.Thread(target=self._work, name="netio-http", daemon=True).start()
+    def _close_workers(self) -> None:
+        """After the last answer: scrapes in progress finish before the collectors close."""
+        self._scrapes.shutdown(wait=True, cancel_futures=True)
+        if self._auth is not None:
+            self._auth.close()
 
-    def _work(self) -> None:
-        while True:
-            try:
-                connection, peer = self.socket.accept()
-            except OSError as error:
-                if self._closing:
-                    return
-                if str(error) != self._accept_error:  # e.g. out of file descriptors: said once, retried
-                    self._accept_error = str(error)
-                    log.warning("accept failed: %s", error)
-                time.sleep(0.1)
-                continue
-            with self._lock:
-                self._waiting -= 1
-                grow = self._waiting == 0 and self._workers < _MAX_WORKERS
-                if grow:
-                    self._workers += 1
-                    self._waiting += 1
-            if grow:
-                self._start_worker()
-            try:
-                self._serve(connection, peer)
-            except Exception:  # a bug must not cost the pool a worker
-                log.exception("serving %s failed", peer[0])
-            with self._lock:
-                if self._waiting >= _SPARE_WORKERS or self._closing:
-                    self._workers -= 1
-                    return
-                self._waiting += 1
+    def admit(self, connection: _Connection) -> bool:
+        """Count a new connection in; at the cap the one waiting longest for a request goes for it."""
+        if self._stopping.is_set():
+            return False
+        if len(self._connections) - self._streams >= MAX_CONNECTIONS:
+            if not self._waiting:  # every connection is being answered: this one has to come back
+                return False
+            oldest, _ = self._waiting.popitem(last=False)
+            oldest.transport.abort()
+        self._connections.add(connection)
+        return True
 
-    def _serve(self, connection: socket.socket, peer) -> None:
-        """Answer requests on one connection until the client closes it, asks to, or idles out."""
-        with connection:
-            try:
-                connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                connection.settimeout(_IDLE_CONNECTION_SECONDS)
-                buffer = b""
-                while True:
-                    end = _END_OF_HEAD.search(buffer)
-                    while end is None:
-                        if len(buffer) > _MAX_HEAD_BYTES:
-                            self._send(connection, 431, b"Request header too large\n", keep_alive=False)
-                            return
-                        chunk = connection.recv(65536)
-                        if not chunk:
-                            return
-                        buffer += chunk
-                        end = _END_OF_HEAD.search(buffer)
-                    head, buffer = buffer[:end.start()], buffer[end.end():]
-                    if not self._answer(connection, head, peer):
-                        return
-            except OSError:  # timeouts, resets: the connection is gone either way
-                pass
+    def forget(self, connection: _Connection) -> None:
+        self._connections.discard(connection)
+        self._waiting.pop(connection, None)
 
-    def _answer(self, connection: socket.socket, head: bytes, peer) -> bool:
-        """Answer one request; True if the connection stays open."""
-        lines = head.lstrip(b"\r\n").split(b"\n")
-        request = lines[0].split()
-        if len(request) != 3 or not request[2].startswith(b"HTTP/"):
-            self._send(connection, 400, b"Bad request\n", keep_alive=False)
-            return False
-        method, target, version = request
-        if version not in (b"HTTP/1.1", b"HTTP/1.0"):
-            self._send(connection, 505, b"HTTP/1.1 only\n", keep_alive=False)
-            return False
-        options, accept_encoding, has_body = b"", "", False
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.lower()
-            if name == b"connection":
-                options = value.lower()
-            elif name == b"accept-encoding":
-                accept_encoding = value.decode("latin-1")
-            elif name in (b"content-length", b"transfer-encoding") and value.strip() != b"0":
-                has_body = True  # never read: close after answering
-        tokens = {token.strip() for token in options.split(b",")}
-        keep_alive = not has_body and (b"close" not in tokens if version == b"HTTP/1.1" else b"keep-alive" in tokens)
-        if method not in (b"GET", b"HEAD"):
-            self._send(connection, 501, b"Only GET and HEAD\n", keep_alive=False)
-            return False
-        path = target.split(b"?", 1)[0]
-        extra = ""
-        if path == b"/metrics":
+    def waiting(self, connection: _Connection, waiting: bool) -> None:
+        if waiting:
+            self._waiting[connection] = None
+            self._waiting.move_to_end(connection)
+        else:
+            self._waiting.pop(connection, None)
+
+    async def respond(self, connection: _Connection, request: Request) -> bool:
+        """Send one response; whether the connection may stay open."""
+        http = connection.http
+        try:
+            event = http.next_event()
+        except h11.RemoteProtocolError:
+            event = None
+        keep_alive = isinstance(event, h11.EndOfMessage)  # a body is never read: answer, then close
+        response = await self._route(request)
+        if response.status in (401, 429):  # a failed or refused login is answered late: floods slow down
+            self.waiting(connection, True)  # (and may be closed for a new connection meanwhile)
+            await asyncio.sleep(AUTH_FAILURE_SECONDS)
+            self.waiting(connection, False)
+        headers = [(b"Server", self._server_header), (b"Date", _http_date(int(time.time()))),
+                   (b"Content-Type", response.content_type.encode())]
+        config = self.web_config.config if self.web_config is not None else None
+        if config is not None:
+            headers += [(name.encode(), value.encode("latin-1")) for name, value in config.headers]
+        headers += [(name.encode(), value.encode("latin-1")) for name, value in response.headers]
+        if not keep_alive:
+            headers.append((b"Connection", b"close"))
+        if isinstance(response.body, bytes):
+            headers.append((b"Content-Length", str(len(response.body)).encode()))
+            data = http.send(h11.Response(status_code=response.status, headers=headers,
+                                          reason=_REASONS[response.status]))
+            if request.method == "GET":
+                data += http.send(h11.Data(data=response.body))
+            data += http.send(h11.EndOfMessage())
+            connection.transport.write(data)
+            await connection.drain()
+        else:
+            await self._stream(connection, response, headers)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug('%s "%s %s" %d', (connection.transport.get_extra_info("peername") or ("?",))[0],
+                      request.method, request.path, response.status)
+        return keep_alive and not self._stopping.is_set()
+
+    async def _stream(self, connection: _Connection, response: Response, headers: list) -> None:
+        http, transport = connection.http, connection.transport
+        connection.streaming = True
+        self._streams += 1
+        try:
+            transport.write(http.send(h11.Response(status_code=response.status, headers=headers,
+                                                   reason=_REASONS[response.status])))
+            async for chunk in response.body:
+                transport.write(http.send(h11.Data(data=chunk)))
+                await connection.drain()
+            transport.write(http.send(h11.EndOfMessage()))
+            await connection.drain()
+        finally:
+            connection.streaming = False
+            self._streams -= 1
+            await response.body.aclose()  # now, not when collected: its cleanup may free a live viewer
+
+    async def route(self, request: Request) -> Response:
+        """The response to ``request`` before auth and the web config's headers; override to add paths."""
+        if request.path == "/metrics":
+            gzipped = wants_gzip(request.headers.get("accept-encoding", ""))
             try:
-                status, content_type, body = 200, CONTENT_TYPE, self.app.metrics()
+                body = await asyncio.get_running_loop().run_in_executor(self._scrapes, self._metrics, gzipped)
             except Exception:
                 log.exception("scrape failed")
-                status, content_type = 500, "text/plain; charset=utf-8"
-                body = b"scrape failed; see the exporter's log\n"
-            if status == 200 and _accepts_gzip(accept_encoding):
-                body = gzip.compress(body, compresslevel=1)
-                extra = "Content-Encoding: gzip\r\n"
-        elif path == b"/events" and self.app.live is not None and method == b"GET":
-            head = (f"HTTP/1.1 200 OK\r\n{self._server_header}Date: {_http_date(int(time.time()))}\r\n"
-                    "Content-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
-            if self.app.live.attach(connection.dup(), head.encode("latin-1")):
-                return False  # the live feed's sampler writes the events from now on
-            status, content_type, body = 503, "text/plain; charset=utf-8", b"Too many live pages open\n"
-        elif path == b"/" and self.app.live is not None:
-            status, content_type, body = 200, "text/html; charset=utf-8", self.app.live.page()
-        elif path == b"/":
-            status, content_type, body = 200, "text/html; charset=utf-8", self.app.landing_page
-        else:
-            status, content_type, body = 404, "text/plain; charset=utf-8", b"Not Found: try /metrics\n"
-        self._send(connection, status, body, keep_alive, content_type, extra, send_body=method == b"GET")
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug('%s "%s" %d %d', peer[0], lines[0].decode("latin-1").strip(), status, len(body))
-        return keep_alive
+                return Response(500, b"scrape failed; see the exporter's log\n")
+            headers = [("Vary", "Accept-Encoding")] + ([("Content-Encoding", "gzip")] if gzipped else [])
+            return Response(200, body, CONTENT_TYPE, headers)
+        live = self.app.live
+        if request.path == "/":
+            if live is not None:
+                from .live import PAGE_CONTENT_TYPE
+                return Response(200, live.page(), PAGE_CONTENT_TYPE)
+            return Response(200, self.app.landing_page, "text/html; charset=utf-8")
+        if request.path == "/events" and live is not None:
+            return self._events(live)
+        return Response(404, b"Not Found: try /metrics\n")
 
-    def _send(self, connection: socket.socket, status: int, body: bytes, keep_alive: bool,
-              content_type: str = "text/plain; charset=utf-8", extra: str = "", send_body: bool = True) -> None:
-        if not keep_alive:
-            extra += "Connection: close\r\n"
-        head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\n{self._server_header}"
-                f"Date: {_http_date(int(time.time()))}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n{extra}\r\n").encode("latin-1")
-        if not send_body:
-            connection.sendall(head)
-            return
-        sent = connection.sendmsg([head, body])  # one segment train, no concatenated copy
-        if sent < len(head):
-            connection.sendall(head[sent:])
-            sent = len(head)
-        if sent - len(head) < len(body):
-            connection.sendall(memoryview(body)[sent - len(head):])
+    def _events(self, live) -> Response:
+        """The live page's Server-Sent Events: the sampler's events as they come, no thread per viewer. A
+        viewer the sampler dropped (too far behind) or that stops reading ends its stream."""
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        answering = asyncio.current_task()  # the connection's task, which will send the stream
+
+        def wake():  # on the loop, after the sampler queued an event or dropped this viewer
+            ready.set()
+            if subscription.dropped:  # it stopped reading: its task may be stuck in a write; end it
+                answering.cancel()
+
+        subscription = live.subscribe(wake=lambda: loop.call_soon_threadsafe(wake))
+        if subscription is None:
+            return Response(503, b"Too many live pages open; close one\n")
+
+        async def events():
+            try:
+                while not subscription.dropped:
+                    await ready.wait()
+                    ready.clear()
+                    for event in subscription.take():
+                        yield event
+            finally:  # the client went, the stream was cancelled (shutdown), or it fell behind
+                subscription.close()
+
+        from .live import EVENT_CONTENT_TYPE
+        return Response(200, events(), EVENT_CONTENT_TYPE, [("Cache-Control", "no-store")])
+
+    def _metrics(self, gzipped: bool) -> bytes:
+        body = self.app.metrics()
+        return gzip.compress(body, compresslevel=1) if gzipped else body
+
+    async def _route(self, request: Request) -> Response:
+        if request.path == "/-/healthy":  # for load balancers and probes: no auth
+            return Response(200, b"Healthy\n")
+        config = self.web_config.current() if self.web_config is not None else None
+        if config is not None and config.users:
+            header = request.headers.get("authorization")
+            if self._auth.cached(config, header) is None:
+                future = self._auth.check(config, header)
+                if future is None:
+                    return Response(429, b"Too many authentication attempts; try again later\n",
+                                    headers=[("Retry-After", "1")])
+                if not await asyncio.wrap_future(future):
+                    return Response(401, b"Unauthorized\n", headers=[("WWW-Authenticate", 'Basic realm="netio-exporter"')])
+        return await self.route(request)
 
 
-def serve(app: MetricsApp, address: str, port: int) -> None:
-    """Serve until SIGTERM or SIGINT, then stop accepting, close and return. Call from the main thread."""
-    server = Server(app, address, port)
+def _raise_open_files_limit() -> None:
+    """Room for MAX_CONNECTIONS and the collectors' own descriptors (systemd's soft default is 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CONNECTIONS + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+
+
+def serve(app: MetricsApp, address: str, port: int, web_config=None) -> None:
+    """Serve until SIGTERM or SIGINT; then stop accepting, finish the answers in progress and return
+    (the caller closes the collectors after). Call from the main thread."""
+    _raise_open_files_limit()
+    server = Server(app, address, port, web_config)
     host, bound_port = server.server_address[:2]
-    log.info("listening on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, bound_port)
-    wake_read, wake_write = os.pipe()  # the handler only writes a byte: it takes no lock
+    scheme = "https" if web_config is not None and web_config.tls else "http"
+    log.info("listening on %s://%s:%d/metrics", scheme, f"[{host}]" if ":" in host else host, bound_port)
 
-    def stop(signum, frame):
-        os.write(wake_write, b"x")
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, server.stop)
+        await server.run()
 
-    previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.start()
-        os.read(wake_read, 1)
+        asyncio.run(main())
     finally:
-        server.close()
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        os.close(wake_read)
-        os.close(wake_write)
+        server.socket.close()
     log.info("stopped")

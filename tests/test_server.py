@@ -4,6 +4,7 @@ self metrics, and `promtool check metrics` on a real scrape."""
 from __future__ import annotations
 
 import gzip
+import os
 import http.client
 import re
 import socket
@@ -37,11 +38,25 @@ def test_routes(running):
 
 def test_gzip_when_asked(running):
     status, headers, body = running.get("/metrics", headers={"Accept-Encoding": "gzip"})
-    assert headers["Content-Encoding"] == "gzip"
+    assert headers["Content-Encoding"] == "gzip" and headers["Vary"] == "Accept-Encoding"
     parsed = samples(gzip.decompress(body).decode())
     assert value(parsed, "netio_network_up", device="lo") == 0
-    _, headers, _ = running.get("/metrics", headers={"Accept-Encoding": "gzip;q=0, identity"})
-    assert "Content-Encoding" not in headers
+    for refused in ("gzip;q=0, identity", "gzip;Q=0", "GZIP; q=0.000", "identity"):
+        _, headers, _ = running.get("/metrics", headers={"Accept-Encoding": refused})
+        assert "Content-Encoding" not in headers and headers["Vary"] == "Accept-Encoding", refused
+
+
+@pytest.mark.parametrize("accept_encoding, gzipped", [
+    ("gzip", True), ("GZip", True), ("x-gzip", True), ("*", True), ("deflate, gzip;q=0.5", True),
+    ("gzip;q=0", False), ("gzip;Q=0", False), ("gzip ; q=0.0", False), ("gzip;q=0.000", False),
+    ("br, *;q=0", False), ("*;q=0.5, gzip;q=0", False), ("", False), ("identity", False), ("deflate", False),
+    ("gzip;q=0.5, identity;q=1", False), ("gzip;q=1, identity;q=0.5", True), ("gzip;q=2", False),
+    ("gzip;q=abc", False), ("gzip;q=0.0001", False), ("identity;q=0, *", True),
+])
+def test_accept_encoding_q_values(accept_encoding, gzipped):
+    """RFC 9110 12.5.3: q is case-insensitive, q=0 refuses, a bad qvalue voids its item, * covers gzip."""
+    from exporter.server import wants_gzip
+    assert wants_gzip(accept_encoding) is gzipped
 
 
 def test_self_metrics(running):
@@ -112,9 +127,12 @@ def test_port_in_use_is_a_clear_error(netns, exporter):
         f"netio-exporter: cannot listen on 127.0.0.1:{first.port}: Address already in use")
 
 
-def test_promtool_accepts_a_real_scrape(running):
-    _, _, body = running.get()
-    assert promtool_problems(body) == []
+def test_promtool_accepts_a_real_scrape_plain_and_gzip(running):
+    _, _, plain = running.get()
+    _, headers, compressed = running.get(headers={"Accept-Encoding": "gzip"})
+    assert headers["Content-Encoding"] == "gzip"
+    for body in (plain, gzip.decompress(compressed)):
+        assert promtool_problems(body) == []
 
 
 def test_a_failing_collector_does_not_end_the_scrape(caplog):
@@ -205,7 +223,7 @@ def test_http_1_0_closes_and_head_sends_no_body(running):
     response = _exchange(running, b"GET / HTTP/1.0\r\n\r\n")
     assert response.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in response
     assert response.endswith(b"</html>\n")
-    response = _exchange(running, b"HEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+    response = _exchange(running, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK") and body == b""
     assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) > 1000
@@ -213,16 +231,49 @@ def test_http_1_0_closes_and_head_sends_no_body(running):
 
 def test_pipelined_requests_are_answered_in_order(running):
     response = _exchange(running, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"
-                                  b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+                                  b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert re.findall(rb"HTTP/1\.1 (\d+) ", response) == [b"404", b"200", b"200"]
     assert response.endswith(b"\n") and b"netio_network_up" in response
 
 
-def test_bad_requests_get_an_error_and_a_closed_connection(running):
-    assert _exchange(running, b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
-    assert _exchange(running, b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi").startswith(b"HTTP/1.1 501 ")
-    assert _exchange(running, b"GET / HTTP/2.0\r\n\r\n").startswith(b"HTTP/1.1 505 ")
-    assert _exchange(running, b"GET / HTTP/1.1\r\nX: " + b"x" * 70000).startswith(b"HTTP/1.1 431 ")
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"nonsense\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n folded\r\n\r\n", 400),  # obs-fold
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n\tfolded\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
+    (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\nx", 400),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX : y\r\n\r\n", 400),  # space before the colon
+    (b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    (b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi", 501),
+    (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"x" * 70000 + b"\r\n\r\n", 431),
+])
+def test_bad_requests_get_an_error_and_a_closed_connection(running, request_bytes, status):
+    """RFC 9112: malformed requests get 400 (2.2, 3.2, 5.2, 6.3), not an answer to a guess."""
+    response = _exchange(running, request_bytes)
+    assert response.startswith(f"HTTP/1.1 {status} ".encode()), response[:200]
+    assert b"Connection: close\r\n" in response  # and _exchange returned: the server closed it
+
+
+def test_keep_alive_after_head_and_errors_that_keep_the_connection(running):
+    response = _exchange(running, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                                  b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n")
+    assert re.findall(rb"HTTP/1\.1 (\d+) ", response) == [b"200", b"404", b"200"]
+    last = response.rpartition(b"HTTP/1.1 200 OK\r\n")[2]
+    head, _, body = last.partition(b"\r\n\r\n")
+    assert b"Content-Encoding: gzip" in head and b"netio_network_up" in gzip.decompress(body)
+
+
+def test_health_probe(running):
+    status, headers, body = running.get("/-/healthy")
+    assert status == 200 and body == b"Healthy\n"
 
 
 def test_idle_keep_alive_connections_do_not_starve_new_ones(running):
@@ -245,3 +296,179 @@ def test_idle_keep_alive_connections_do_not_starve_new_ones(running):
     finally:
         for connection in idle:
             connection.close()
+
+
+def test_a_stream_outlives_the_deadlines_and_the_cap(monkeypatch):
+    """The shape the live page's event stream will use: a route answering with an async iterator is sent
+    chunked, is not cut by the head or idle deadlines and does not count against the connection cap.
+    (In-process, on loopback of this namespace, with the deadlines shortened.)"""
+    import asyncio
+
+    from exporter import server as http_server
+    from exporter.collectors import Scrape
+
+    monkeypatch.setattr(http_server, "HEAD_SECONDS", 0.3)
+    monkeypatch.setattr(http_server, "IDLE_SECONDS", 0.3)
+    monkeypatch.setattr(http_server, "MAX_CONNECTIONS", 1)
+
+    class Streaming(http_server.Server):
+        async def route(self, request):
+            if request.path != "/events":
+                return await super().route(request)
+
+            async def events():
+                for number in range(4):
+                    await asyncio.sleep(0.3)
+                    yield f"data: {number}\n\n".encode()
+            return http_server.Response(200, events(), "text/event-stream")
+
+    server = Streaming(http_server.MetricsApp(Scrape([])), "127.0.0.1", 0)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.run(),))
+    thread.start()
+    try:
+        port = server.server_address[1]
+        stream = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        stream.request("GET", "/events")
+        response = stream.getresponse()
+        assert response.status == 200 and response.getheader("Transfer-Encoding") == "chunked"
+        assert response.getheader("Content-Type") == "text/event-stream"
+        first = response.read1()
+        other = http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # the cap of 1 ignores the stream
+        other.request("GET", "/")
+        assert other.getresponse().read().endswith(b"</html>\n")
+        other.close()
+        rest = response.read()  # 1.2 s in all: past both deadlines
+        assert first + rest == b"".join(f"data: {number}\n\n".encode() for number in range(4))
+        stream.close()
+    finally:
+        loop.call_soon_threadsafe(server.stop)
+        thread.join(timeout=20)
+        loop.close()
+        server.socket.close()
+    assert not thread.is_alive()
+
+
+def test_sigterm_during_scrapes_finishes_them_before_closing_collectors(running):
+    """Shutdown stops accepting, answers the scrapes in progress whole, then closes the collectors: no
+    'collector ... failed: Bad file descriptor' from a collector closed under a running scrape."""
+    stop, complete, errors = threading.Event(), [], []
+
+    def scrape_until_stopped() -> None:
+        while not stop.is_set():
+            try:
+                with in_netns(running.ns):
+                    connection = http.client.HTTPConnection(running.address, running.port, timeout=10)
+                    connection.connect()
+            except OSError:  # refused: no longer accepting
+                return
+            try:
+                connection.request("GET", "/metrics")
+                body = connection.getresponse().read()
+                complete.append(body.endswith(b"\n") and b"netio_scrape_collector_success" in body)
+            except (ConnectionError, http.client.RemoteDisconnected):
+                pass  # accepted into the backlog but never served: reset, no partial answer
+            except http.client.IncompleteRead as error:
+                errors.append(error)
+            finally:
+                connection.close()
+
+    threads = [threading.Thread(target=scrape_until_stopped) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.5)
+    returncode, stderr = running.stop()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert returncode == 0, stderr
+    assert complete and all(complete) and not errors
+    assert "failed" not in stderr and "Traceback" not in stderr, stderr
+
+
+_ATTACK = """
+import selectors, socket, sys, time
+port, idle_count, slow_count, seconds = (int(value) for value in sys.argv[1:5])
+request = b"GET /metrics HTTP/1.1\\r\\nHost: x\\r\\nX-Slow: " + b"a" * 100
+selector = selectors.DefaultSelector()
+dropped = {"idle": 0, "slow": 0}
+def connect(kind):
+    sock = socket.socket()
+    sock.setblocking(False)
+    sock.connect_ex(("127.0.0.1", port))
+    selector.register(sock, selectors.EVENT_READ, [kind, 0])
+for _ in range(idle_count):
+    connect("idle")
+for _ in range(slow_count):
+    connect("slow")
+deadline, tick = time.monotonic() + seconds, time.monotonic()
+while time.monotonic() < deadline:
+    for key, _ in selector.select(timeout=0.2):
+        try:
+            data = key.fileobj.recv(65536)
+        except OSError:
+            data = b""
+        if not data:  # closed by the server
+            selector.unregister(key.fileobj)
+            key.fileobj.close()
+            dropped[key.data[0]] += 1
+    if time.monotonic() >= tick:  # a byte a second on each slow connection
+        tick += 1
+        for key in list(selector.get_map().values()):
+            if key.data[0] == "slow":
+                try:
+                    key.fileobj.send(request[key.data[1] % len(request):][:1])
+                    key.data[1] += 1
+                except OSError:
+                    pass
+print(dropped["idle"], dropped["slow"], flush=True)
+for key in list(selector.get_map().values()):
+    key.fileobj.close()
+"""
+
+
+def _process_counts(pid: int) -> tuple[int, int, float]:
+    """(open fds, threads, RSS MiB) of ``pid``."""
+    status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+    return len(os.listdir(f"/proc/{pid}/fd")), int(status["Threads"]), int(status["VmRSS"].split()[0]) / 1024
+
+
+def test_idle_and_slowloris_connections_do_not_stop_scrapes(netns, exporter):
+    """1,000 silent and 200 slowloris connections (a byte a second) held for 30 s: scrapes on fresh
+    connections keep answering (p99 <= 50 ms), every attacker is dropped, by the connection cap (1,024: the
+    longest waiting first) or by the 10 s head deadline, and fds, threads and RSS are back where they
+    started after."""
+    import statistics
+    running = exporter(netns(), "--no-collector.tcp", "--no-collector.netstack")
+    pid = running.process.pid
+    for _ in range(20):
+        running.get()
+    time.sleep(0.5)  # the last answer's connection is closed by now
+    start_fds, start_threads, start_rss = _process_counts(pid)
+    attack = subprocess.Popen(["ip", "netns", "exec", running.ns, sys.executable, "-c", _ATTACK, str(running.port),
+                               "1000", "200", "30"], stdout=subprocess.PIPE, text=True)
+    times = []
+    try:
+        time.sleep(1)
+        while attack.poll() is None:
+            start = time.perf_counter()
+            status, _, body = running.get()
+            times.append(time.perf_counter() - start)
+            assert status == 200 and body.endswith(b"\n")
+            time.sleep(0.05)
+    finally:
+        if attack.poll() is None:
+            attack.kill()
+        output = attack.communicate(timeout=30)[0]
+    dropped_idle, dropped_slow = (int(value) for value in output.split())
+    assert (dropped_idle, dropped_slow) == (1000, 200)
+    p99 = statistics.quantiles(times, n=100)[98]
+    assert p99 <= 0.050, f"p99 {p99 * 1e3:.1f} ms, median {statistics.median(times) * 1e3:.1f} ms over {len(times)}"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        fds, threads, rss = _process_counts(pid)
+        if (fds, threads) == (start_fds, start_threads):
+            break
+        time.sleep(0.2)
+    assert (fds, threads) == (start_fds, start_threads)
+    assert rss - start_rss <= 5, f"RSS {start_rss:.1f} -> {rss:.1f} MiB"
