@@ -1,0 +1,111 @@
+"""The kernel's TCP accounting (tcp_accounting.bpf.c): load, attach, run an iterator pass, read the aggregates.
+
+``TcpAccounting`` holds one loaded object: the close hooks count every socket of every network namespace
+at TCP_CLOSE, and ``live_pass()`` runs the socket iterator over the opener's namespace, which moves the
+live sockets' counters into the same aggregates and returns their states and RTTs. ``totals(cookie)``
+reads the aggregates of any namespace by its cookie (``netns_cookie()`` is the caller's own).
+The layouts below mirror the C structs; ``BpfObject.map`` checks their sizes at load.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from typing import NamedTuple
+
+from . import build, libbpf
+
+SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h (Linux 5.14)
+STATES = 16  # slots of live.states: TCP state numbers (include/net/tcp_states.h)
+RTT_BUCKETS = 20  # 19 bounds (the C's rtt_bounds_us) and +Inf
+COUNTERS = 10  # the C enum, in the order of sock_diag's TCP_INFO_COUNTER_NAMES
+
+_AGGREGATE_KEY = struct.Struct("=QI4x")  # struct aggregate_key
+_TOTALS = struct.Struct(f"={COUNTERS + 1}Q")  # struct totals: counters, closed
+_SETTINGS = struct.Struct("=QI4x")  # struct settings: pass, counting
+_LIVE = struct.Struct(f"=Q{STATES}I{RTT_BUCKETS}IQ")  # struct live: pass, states, rtt, rtt_sum_us
+_U32 = struct.Struct("=I")
+_ZERO = _U32.pack(0)
+PROGRAMS = ("tcp_close_1", "tcp_close_2", "tcp_live")
+
+
+def netns_cookie() -> int:
+    """The cookie of the calling thread's network namespace (unique for the boot, never reused)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        return struct.unpack("=Q", probe.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+
+
+class Live(NamedTuple):
+    """One bucket's live sockets in one pass."""
+    states: tuple[int, ...]  # sockets by TCP state number
+    rtt_buckets: tuple[int, ...]  # established sockets by RTT bucket (not cumulative), +Inf last
+    rtt_sum_us: int
+
+
+class Totals(NamedTuple):
+    """One bucket's aggregates: the counters (microseconds for the times) and the closes."""
+    counters: tuple[int, ...]
+    closed: int
+
+
+class TcpAccounting:
+    """The loaded and attached programs. ``buckets`` maps listed local ports to buckets 1..n; every
+    other port is bucket 0. The first pass runs here: sockets open now are the baseline (count from zero).
+    Not thread-safe: the caller serialises ``live_pass`` (one pass at a time)."""
+
+    def __init__(self, buckets: dict[int, int]):
+        self._bucket_count = 1 + max(buckets.values(), default=0)
+        self._object = libbpf.BpfObject(str(build.object_path("tcp_accounting")),
+                                        max_entries={"live": self._bucket_count})
+        self._attachment = libbpf.Attachment()
+        try:
+            self._aggregates = self._object.map("aggregates", key_size=_AGGREGATE_KEY.size, value_size=_TOTALS.size)
+            self._settings = self._object.map("settings", key_size=_U32.size, value_size=_SETTINGS.size)
+            self._live = self._object.map("live", key_size=_U32.size, value_size=_LIVE.size)
+            port_buckets = self._object.map("port_buckets", key_size=_U32.size, value_size=_U32.size)
+            for port, bucket in buckets.items():
+                port_buckets.update(_U32.pack(port), _U32.pack(bucket))
+            for program in PROGRAMS[:2]:
+                self._attachment.attach(self._object, program)
+            self._iterator = self._attachment.attach(self._object, "tcp_live")
+            self._pass = 0
+            self._counting = 0
+            self.live_pass()  # the baseline
+            self._counting = 1
+        except BaseException:
+            self.close()
+            raise
+
+    def live_pass(self) -> list[Live]:
+        """Run the iterator once; the live sockets of each bucket (index = bucket)."""
+        self._pass += 1
+        self._settings.update(_ZERO, _SETTINGS.pack(self._pass, self._counting))
+        fd = self._attachment.open_iterator(self._iterator)
+        try:
+            while os.read(fd, 4096):  # the program writes nothing: reading runs it over every socket
+                pass
+        finally:
+            os.close(fd)
+        _, values, count = self._live.lookup_batch()
+        empty = Live((0,) * STATES, (0,) * RTT_BUCKETS, 0)
+        result = [empty] * self._bucket_count
+        for bucket, fields in enumerate(_LIVE.iter_unpack(values[:count * _LIVE.size])):
+            if fields[0] == self._pass:  # else no socket of this bucket in this pass
+                result[bucket] = Live(fields[1:1 + STATES], fields[1 + STATES:-1], fields[-1])
+        return result
+
+    def totals(self, cookie: int) -> list[Totals]:
+        """The aggregates of the namespace with this cookie (index = bucket), closes of every pass and
+        hook so far."""
+        result = [Totals((0,) * COUNTERS, 0)] * self._bucket_count
+        keys, values, count = self._aggregates.lookup_batch()
+        for (key_cookie, bucket), fields in zip(_AGGREGATE_KEY.iter_unpack(keys[:count * _AGGREGATE_KEY.size]),
+                                                _TOTALS.iter_unpack(values[:count * _TOTALS.size])):
+            if key_cookie == cookie and bucket < self._bucket_count:
+                result[bucket] = Totals(fields[:COUNTERS], fields[COUNTERS])
+        return result
+
+    def close(self) -> None:
+        self._attachment.close()
+        self._object.close()
