@@ -84,6 +84,7 @@ def _library() -> ctypes.CDLL:
             ("bpf_map__max_entries", ctypes.c_uint32, [void_p]),
             ("bpf_program__attach", void_p, [void_p]),
             ("bpf_program__attach_perf_event", void_p, [void_p, c_int]),
+            ("bpf_program__attach_cgroup", void_p, [void_p, c_int]),
             ("bpf_link__destroy", c_int, [void_p]),
             ("bpf_link__fd", c_int, [void_p]),
             ("bpf_iter_create", c_int, [c_int]),
@@ -338,6 +339,18 @@ class Attachment:
             raise _failure(f"attaching {program}", ctypes.get_errno())
         self._links.append(link)
         return link
+
+    def attach_cgroup(self, obj: BpfObject, program: str, cgroup: str) -> None:
+        """Attach a cgroup program (``sockops``, ...) to the cgroup v2 directory ``cgroup`` and below it."""
+        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _log_lines.clear()
+            link = self._lib.bpf_program__attach_cgroup(obj.program(program), fd)
+            if not link:
+                raise _failure(f"attaching {program} to {cgroup}", ctypes.get_errno())
+            self._links.append(link)
+        finally:
+            os.close(fd)  # the link holds the cgroup
 
     def open_iterator(self, link: int) -> int:
         """A new pass of the iterator attached as ``link`` (an ``iter/...`` program): a file descriptor

@@ -44,6 +44,8 @@
 #define TCP_CLOSE 7
 #define STATES 16
 #define USEC_PER_SEC 1000000
+#define SOL_TCP 6
+#define TCP_BPF_SOCK_OPS_CB_FLAGS 1008  /* include/uapi/linux/bpf.h (Linux 6.10) */
 
 extern unsigned int CONFIG_HZ __kconfig;
 
@@ -64,6 +66,7 @@ struct tcp_sock {
 	__u32 segs_in, segs_out, total_retrans, srtt_us;
 	__u64 bytes_received, bytes_acked, bytes_sent, bytes_retrans;
 	__u8 chrono_type;
+	__u8 bpf_sock_ops_cb_flags;
 	__u32 chrono_start;
 	__u32 chrono_stat[3];
 } __attribute__((preserve_access_index));
@@ -206,47 +209,72 @@ static __always_inline __u64 netns_cookie_of(const struct sock_common *skc)
 	return skc->skc_net.net->net_cookie;
 }
 
-static __always_inline int account_state_change(const struct sock *sk, int oldstate, int newstate)
+/* Account a socket's close once: its final counters and the close, claimed in its record. */
+static __always_inline void account_close(struct tcp_sock *tp)
 {
-	if (newstate != TCP_CLOSE && oldstate != TCP_CLOSE)
-		return 0;
-	if (sk->sk_protocol != IPPROTO_TCP)
-		return 0;
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
-	if (!tp)
-		return 0;
-	if (oldstate == TCP_CLOSE) {  /* connect() or listen() again after tcp_disconnect(): a new life */
-		struct contribution *previous = bpf_sk_storage_get(&contributions, tp, 0, 0);
-		if (previous)
-			__builtin_memset(previous, 0, sizeof(*previous));
-		return 0;
-	}
 	struct contribution *seen = record_of(tp);
 	if (!seen || seen->closed)
-		return 0;  /* the other program has accounted this close */
-	struct totals *totals = totals_of(netns_cookie_of(&sk->__sk_common),
+		return;  /* accounted already (by the other hook) */
+	struct totals *totals = totals_of(netns_cookie_of(&tp->inet_conn.icsk_inet.sk.__sk_common),
 					  bucket_of(bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)));
 	if (!totals)
-		return 0;
+		return;
 	__u64 now[COUNTERS];
 	read_counters(tp, now);
 	contribute(seen, now, seen->known || counting() ? totals : NULL);
 	seen->known = 1;
 	seen->closed = 1;
 	__sync_fetch_and_add(&totals->closed, 1);
+}
+
+/* A socket starts a new life: connect() or listen(), also again after tcp_disconnect() closed it. */
+static __always_inline void forget_close(struct tcp_sock *tp)
+{
+	struct contribution *previous = bpf_sk_storage_get(&contributions, tp, 0, 0);
+	if (previous && previous->closed)
+		__builtin_memset(previous, 0, sizeof(*previous));
+}
+
+SEC("sockops")
+int tcp_sockops(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	if (!sk)
+		return 1;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 1;
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		forget_close(tp);
+		/* fall through */
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == TCP_CLOSE)
+			account_close(tp);
+		break;
+	}
+	return 1;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tcp_close, const struct sock *sk, const int oldstate, const int newstate)
+{
+	if (newstate != TCP_CLOSE && oldstate != TCP_CLOSE)
+		return 0;
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+	if (!tp || tp->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG)
+		return 0;  /* tcp_sockops follows this socket */
+	if (oldstate == TCP_CLOSE)
+		forget_close(tp);
+	else
+		account_close(tp);
 	return 0;
-}
-
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tcp_close_1, const struct sock *sk, const int oldstate, const int newstate)
-{
-	return account_state_change(sk, oldstate, newstate);
-}
-
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tcp_close_2, const struct sock *sk, const int oldstate, const int newstate)
-{
-	return account_state_change(sk, oldstate, newstate);
 }
 
 SEC("iter/tcp")
@@ -281,6 +309,10 @@ int tcp_live(struct bpf_iter__tcp *ctx)
 				index = bound;
 		tally->rtt[index]++;
 		tally->rtt_sum_us += rtt;
+	}
+	if (!(tp->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG)) {  /* opened before tcp_sockops came */
+		int flags = tp->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG;
+		bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, &flags, sizeof(flags));
 	}
 	struct contribution *seen = record_of(tp);
 	if (!seen || seen->closed)

@@ -27,7 +27,17 @@ _SETTINGS = struct.Struct("=QI4x")  # struct settings: pass, counting
 _LIVE = struct.Struct(f"=Q{STATES}I{RTT_BUCKETS}IQ")  # struct live: pass, states, rtt, rtt_sum_us
 _U32 = struct.Struct("=I")
 _ZERO = _U32.pack(0)
-PROGRAMS = ("tcp_close_1", "tcp_close_2", "tcp_live")
+PROGRAMS = ("tcp_sockops", "tcp_close", "tcp_live")
+
+
+def cgroup2_root(mounts: str = "/proc/self/mounts") -> str | None:
+    """Where the cgroup v2 hierarchy is mounted (its root as this process sees it), or None."""
+    with open(mounts) as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return fields[1].replace("\\040", " ")
+    return None
 
 
 def netns_cookie() -> int:
@@ -66,8 +76,11 @@ class TcpAccounting:
             port_buckets = self._object.map("port_buckets", key_size=_U32.size, value_size=_U32.size)
             for port, bucket in buckets.items():
                 port_buckets.update(_U32.pack(port), _U32.pack(bucket))
-            for program in PROGRAMS[:2]:
-                self._attachment.attach(self._object, program)
+            # tcp_sockops follows every socket of the cgroup tree (never skipped); tcp_close the others.
+            self.cgroup = cgroup2_root()
+            if self.cgroup is not None:
+                self._attachment.attach_cgroup(self._object, "tcp_sockops", self.cgroup)
+            self._attachment.attach(self._object, "tcp_close")
             self._iterator = self._attachment.attach(self._object, "tcp_live")
             self._pass = 0
             self._counting = 0
