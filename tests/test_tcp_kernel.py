@@ -25,7 +25,8 @@ import pytest
 from tests.support import in_netns, require, run, samples, value
 from tests.support.netns import enter_netns
 from exporter.bpf import libbpf
-from exporter.bpf.tcp_accounting import PROGRAMS, netns_cookie
+from exporter.bpf import tcp_accounting
+from exporter.bpf.tcp_accounting import PROGRAMS, cgroup2_root, netns_cookie
 from exporter.collectors import Scrape
 from exporter.collectors.tcp import TcpCollector
 from exporter.exposition import render_text
@@ -95,10 +96,15 @@ def _settle(ns: str, timeout: float = 20.0, states: tuple = (6, 10)) -> None:
         reader.close()
 
 
+@pytest.mark.parametrize("hooks", ["sockops", "tracepoint only"])
 @pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
-def test_short_lived_connections_between_two_scrapes_count_exactly(netns, family, host):
+def test_short_lived_connections_between_two_scrapes_count_exactly(netns, monkeypatch, family, host, hooks):
+    """Also with the tracepoint alone, as where no cgroup v2 hierarchy is mounted (simulated)."""
     ns = netns()
+    if hooks == "tracepoint only":
+        monkeypatch.setattr(tcp_accounting, "cgroup2_root", lambda: None)
     collector = _kernel_collector(ns)
+    assert collector._accounting._accounting.cgroup == (None if hooks == "tracepoint only" else cgroup2_root())
     with in_netns(ns):
         listener = _listener(family, host)
     before = _scrape(collector, ns)

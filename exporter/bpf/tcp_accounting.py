@@ -1,8 +1,9 @@
 """The kernel's TCP accounting (tcp_accounting.bpf.c): load, attach, run an iterator pass, read the aggregates.
 
-``TcpAccounting`` holds one loaded object: the close hooks count every socket of every network namespace
-at TCP_CLOSE, and ``live_pass()`` runs the socket iterator over the opener's namespace, which moves the
-live sockets' counters into the same aggregates and returns their states and RTTs. ``totals(cookie)``
+``TcpAccounting`` holds one loaded object: the close hooks (a sockops program on the cgroup v2 root, and a
+tracepoint program for the sockets it does not follow) count every socket of every network namespace at
+TCP_CLOSE, and ``live_pass()`` runs the socket iterator over the opener's namespace, which moves the live
+sockets' counters into the same aggregates and returns their states and RTTs. ``totals(cookie)``
 reads the aggregates of any namespace by its cookie (``netns_cookie()`` is the caller's own).
 The layouts below mirror the C structs; ``BpfObject.map`` checks their sizes at load.
 """
