@@ -242,25 +242,25 @@ static __always_inline void forget_close(struct tcp_sock *tp)
 SEC("sockops")
 int tcp_sockops(struct bpf_sock_ops *skops)
 {
+	__u32 op = skops->op;  /* most calls are for other operations (RTO, window, ECN): they return at once */
+	if (op != BPF_SOCK_OPS_STATE_CB && op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_TCP_LISTEN_CB &&
+	    op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		return 1;
+	if (op == BPF_SOCK_OPS_STATE_CB && skops->args[1] != TCP_CLOSE)
+		return 1;
 	struct bpf_sock *sk = skops->sk;
 	if (!sk)
 		return 1;
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
 		return 1;
-	switch (skops->op) {
-	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-	case BPF_SOCK_OPS_TCP_LISTEN_CB:
-		forget_close(tp);
-		/* fall through */
-	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-		break;
-	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] == TCP_CLOSE)
-			account_close(tp);
-		break;
+	if (op == BPF_SOCK_OPS_STATE_CB) {
+		account_close(tp);
+		return 1;
 	}
+	if (op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		forget_close(tp);
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	return 1;
 }
 
