@@ -185,20 +185,32 @@ static __always_inline void read_counters(const struct tcp_sock *tp, __u64 *now)
 	now[BYTES_RETRANS] = tp->bytes_retrans;
 }
 
-/* Add what the counters moved since the record (nothing if `into` is NULL: a baseline) and move it on. */
-static __always_inline void contribute(struct contribution *seen, const __u64 *now, struct totals *into)
+/* What the counters moved since the record, into `delta`: nonzero if anything moved. */
+static __always_inline int moves(const struct contribution *seen, const __u64 *now, __u64 *delta)
+{
+	__u64 moved = 0;
+#pragma unroll
+	for (int index = 0; index < COUNTERS; index++) {
+		if (index == TOTAL_RETRANS || index == SEGS_OUT || index == SEGS_IN)
+			delta[index] = (__u32)(now[index] - seen->counters[index]);
+		else
+			delta[index] = now[index] > seen->counters[index] ? now[index] - seen->counters[index] : 0;
+		moved |= delta[index];
+	}
+	return moved != 0;
+}
+
+/* Add the moves to `totals` (none if NULL: a baseline) and move the record on to `now`. */
+static __always_inline void contribute(struct contribution *seen, const __u64 *now, const __u64 *delta,
+				       struct totals *totals)
 {
 #pragma unroll
 	for (int index = 0; index < COUNTERS; index++) {
-		__u64 delta;
-		if (index == TOTAL_RETRANS || index == SEGS_OUT || index == SEGS_IN)
-			delta = (__u32)(now[index] - seen->counters[index]);
-		else
-			delta = now[index] > seen->counters[index] ? now[index] - seen->counters[index] : 0;
+		if (totals && delta[index])
+			__sync_fetch_and_add(&totals->counters[index], delta[index]);
 		seen->counters[index] = now[index];
-		if (delta && into)
-			__sync_fetch_and_add(&into->counters[index], delta);
 	}
+	seen->known = 1;
 }
 
 static __always_inline int counting(void)
@@ -223,10 +235,10 @@ static __always_inline void account_close(struct tcp_sock *tp)
 					  bucket_of(bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport)));
 	if (!totals)
 		return;
-	__u64 now[COUNTERS];
+	__u64 now[COUNTERS], delta[COUNTERS];
 	read_counters(tp, now);
-	contribute(seen, now, seen->known || counting() ? totals : NULL);
-	seen->known = 1;
+	moves(seen, now, delta);
+	contribute(seen, now, delta, seen->known || counting() ? totals : NULL);
 	seen->closed = 1;
 	__sync_fetch_and_add(&totals->closed, 1);
 }
@@ -321,13 +333,18 @@ int tcp_live(struct bpf_iter__tcp *ctx)
 	struct contribution *seen = record_of(tp);
 	if (!seen || seen->closed)
 		return 0;
-	struct totals *totals = totals_of(netns_cookie_of(skc), bucket);
-	if (!totals)
-		return 0;
-	__u64 now[COUNTERS];
+	__u64 now[COUNTERS], delta[COUNTERS];
 	read_counters(tp, now);
-	contribute(seen, now, seen->known || current->counting ? totals : NULL);
-	seen->known = 1;
+	int moved = moves(seen, now, delta);
+	if (seen->known && !moved)
+		return 0;  /* idle since the last pass: no aggregate to touch */
+	if (!seen->known && !current->counting) {  /* the baseline: counts from here on */
+		contribute(seen, now, delta, NULL);
+		return 0;
+	}
+	struct totals *totals = totals_of(netns_cookie_of(skc), bucket);
+	if (totals)  /* else (no room for the aggregate) the record waits: its moves count at a later visit */
+		contribute(seen, now, delta, totals);
 	return 0;
 }
 
