@@ -12,11 +12,14 @@ peer's FIN but not its SYN, an RST sender has no FIN, bytes_sent is data only.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -329,3 +332,61 @@ def test_every_close_counts_exactly_once_under_load(netns):
     print(f"{rounds} round(s), {counted:.0f} closes counted, recursion misses {misses}")
     assert misses["tcp_close"] > 0, f"no recursion miss in {rounds} rounds: the run did not exercise the case"
     assert misses["tcp_sockops"] == 0
+
+
+def _loaded(name: str) -> int:
+    """How many loaded programs are named ``name`` (any process)."""
+    shown = run("bpftool", "prog", "show", "--json").stdout
+    return sum(1 for program in json.loads(shown.strip() or "[]") if program.get("name") == name)
+
+
+def test_the_exporter_counts_with_the_kernel_method_and_a_kill_leaves_nothing_loaded(netns, exporter):
+    """`ip netns exec` mounts a sysfs of the namespace over /sys, hiding the cgroup v2 mount: the exporter
+    runs with the tracepoint alone here (and says so)."""
+    ns = netns()
+    before = _loaded("tcp_close")
+    process = exporter(ns, "--collector.tcp.local-ports", str(PORT))
+    first = process.scrape()
+    assert value(first, "netio_tcp_accounting_info", method="kernel") == 1
+    for program in PROGRAMS[1:]:
+        assert value(first, "netio_bpf_program_missed_runs_total", program=program) is not None, program
+    assert _loaded("tcp_close") == before + 1
+    with in_netns(ns):
+        listener = _listener()
+        for _ in range(5):
+            _connection(listener)
+    _settle(ns)
+    after = process.scrape()
+    assert _moved(first, after, "netio_tcp_received_bytes_total", local_port=str(PORT)) == 5 * (UP + 1)
+    assert _moved(first, after, "netio_tcp_connections_closed_total", local_port=str(PORT)) == 5
+    process.process.kill()  # kill -9: programs and links go with the process's fds
+    process.process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while _loaded("tcp_close") != before:
+        assert time.monotonic() < deadline, "tcp_close still loaded after the exporter died"
+        time.sleep(0.1)
+    listener.close()
+
+
+def _sockops_on_root() -> int:
+    shown = run("bpftool", "cgroup", "show", cgroup2_root(), "--json").stdout
+    return sum(1 for entry in json.loads(shown.strip() or "[]") if entry.get("name") == "tcp_sockops")
+
+
+def test_a_killed_process_leaves_no_sockops_on_the_cgroup():
+    require(cgroup2_root() is not None, "no cgroup v2 hierarchy mounted")
+    before = _sockops_on_root()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from exporter.bpf.tcp_accounting import TcpAccounting; "
+         "accounting = TcpAccounting({}); print(accounting.cgroup, flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == cgroup2_root()
+        assert _sockops_on_root() == before + 1
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while _sockops_on_root() != before:
+        assert time.monotonic() < deadline, "tcp_sockops still attached after its process died"
+        time.sleep(0.1)

@@ -63,6 +63,8 @@ class Totals(NamedTuple):
 class TcpAccounting:
     """The loaded and attached programs. ``buckets`` maps listed local ports to buckets 1..n; every
     other port is bucket 0. The first pass runs here: sockets open now are the baseline (count from zero).
+    ``cgroup`` is where tcp_sockops is attached, or None and ``sockops_error`` says why (closes are then
+    counted by the tracepoint alone, which the kernel may skip under load).
     Not thread-safe: the caller serialises ``live_pass`` (one pass at a time)."""
 
     def __init__(self, buckets: dict[int, int]):
@@ -79,8 +81,12 @@ class TcpAccounting:
                 port_buckets.update(_U32.pack(port), _U32.pack(bucket))
             # tcp_sockops follows every socket of the cgroup tree (never skipped); tcp_close the others.
             self.cgroup = cgroup2_root()
+            self.sockops_error = None if self.cgroup else "no cgroup v2 hierarchy is mounted"
             if self.cgroup is not None:
-                self._attachment.attach_cgroup(self._object, "tcp_sockops", self.cgroup)
+                try:
+                    self._attachment.attach_cgroup(self._object, "tcp_sockops", self.cgroup)
+                except libbpf.BpfError as error:  # e.g. without CAP_NET_ADMIN: the tracepoint alone
+                    self.cgroup, self.sockops_error = None, str(error).splitlines()[0]
             self._attachment.attach(self._object, "tcp_close")
             self._iterator = self._attachment.attach(self._object, "tcp_live")
             self._pass = 0

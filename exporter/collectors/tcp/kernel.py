@@ -7,10 +7,13 @@ sockets. The sockets open at start count from zero (the first iterator pass is t
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from ...bpf.tcp_accounting import COUNTERS, TcpAccounting, netns_cookie
 from .reading import Reading
+
+log = logging.getLogger("netio_exporter")
 
 
 class KernelAccounting:
@@ -24,6 +27,10 @@ class KernelAccounting:
         # Kernel buckets: listed ports 1..n, every other port 0 (port_buckets starts zeroed).
         self._accounting = TcpAccounting({port: group + 1 for port, group in group_of_port.items()})
         self._bucket_of_group = [group + 1 for group in range(groups - 1)] + [0] if group_of_port else [0]
+        if self._accounting.sockops_error:
+            log.warning("tcp: no sockops program (%s): closes are counted by the inet_sock_set_state tracepoint "
+                        "alone, which the kernel skips when it fires during its own run (see "
+                        "netio_bpf_program_missed_runs_total{program=\"tcp_close\"})", self._accounting.sockops_error)
         self._cookie = netns_cookie()
         self._lock = threading.Lock()
 
