@@ -79,6 +79,11 @@ class TcpAccounting:
             port_buckets = self._object.map("port_buckets", key_size=_U32.size, value_size=_U32.size)
             for port, bucket in buckets.items():
                 port_buckets.update(_U32.pack(port), _U32.pack(bucket))
+            # This namespace's aggregates exist from the start: other namespaces (never removed, their
+            # cookies are never reused) can fill the map, never at this one's expense.
+            self.cookie = netns_cookie()
+            for bucket in range(self._bucket_count):
+                self._aggregates.update(_AGGREGATE_KEY.pack(self.cookie, bucket), bytes(_TOTALS.size))
             # tcp_sockops follows every socket of the cgroup tree (never skipped); tcp_close the others.
             self.cgroup = cgroup2_root()
             self.sockops_error = None if self.cgroup else "no cgroup v2 hierarchy is mounted"
@@ -115,9 +120,10 @@ class TcpAccounting:
                 result[bucket] = Live(fields[1:1 + STATES], fields[1 + STATES:-1], fields[-1])
         return result
 
-    def totals(self, cookie: int) -> list[Totals]:
-        """The aggregates of the namespace with this cookie (index = bucket), closes of every pass and
-        hook so far."""
+    def totals(self, cookie: int | None = None) -> list[Totals]:
+        """The aggregates (index = bucket) of the namespace with this cookie, by default the one this
+        object was made in (the one its iterator walks)."""
+        cookie = self.cookie if cookie is None else cookie
         result = [Totals((0,) * COUNTERS, 0)] * self._bucket_count
         keys, values, count = self._aggregates.lookup_batch()
         for (key_cookie, bucket), fields in zip(_AGGREGATE_KEY.iter_unpack(keys[:count * _AGGREGATE_KEY.size]),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from ...bpf.tcp_accounting import COUNTERS, TcpAccounting, netns_cookie
+from ...bpf.tcp_accounting import COUNTERS, TcpAccounting
 from .reading import Reading
 
 log = logging.getLogger("netio_exporter")
@@ -31,7 +31,6 @@ class KernelAccounting:
             log.warning("tcp: no sockops program (%s): closes are counted by the inet_sock_set_state tracepoint "
                         "alone, which the kernel skips when it fires during its own run (see "
                         "netio_bpf_program_missed_runs_total{program=\"tcp_close\"})", self._accounting.sockops_error)
-        self._cookie = netns_cookie()
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -40,7 +39,7 @@ class KernelAccounting:
     def read(self) -> list[Reading]:
         with self._lock:  # one iterator pass at a time: its per-pass tallies are shared
             live = self._accounting.live_pass()
-            totals = self._accounting.totals(self._cookie)
+            totals = self._accounting.totals()
         return [Reading(list(live[bucket].states), list(totals[bucket].counters), totals[bucket].closed,
                         list(live[bucket].rtt_buckets), live[bucket].rtt_sum_us)
                 for bucket in self._bucket_of_group]
