@@ -96,8 +96,10 @@ static const __u32 rtt_bounds_us[RTT_BOUNDS] = {
 	100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000 };
 struct live { __u64 pass; __u32 states[STATES]; __u32 rtt[RTT_BOUNDS + 1]; __u64 rtt_sum_us; };
 
+/* Per CPU: closes on both CPUs never share a cache line; the adds stay atomic because a close in softirq
+ * may interrupt the iterator's add on the same CPU. User space sums the CPUs. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct aggregate_key);

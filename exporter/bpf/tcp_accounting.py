@@ -82,8 +82,9 @@ class TcpAccounting:
             # This namespace's aggregates exist from the start: other namespaces (never removed, their
             # cookies are never reused) can fill the map, never at this one's expense.
             self.cookie = netns_cookie()
+            self._cpus = libbpf.possible_cpus()
             for bucket in range(self._bucket_count):
-                self._aggregates.update(_AGGREGATE_KEY.pack(self.cookie, bucket), bytes(_TOTALS.size))
+                self._aggregates.update(_AGGREGATE_KEY.pack(self.cookie, bucket), bytes(_TOTALS.size * self._cpus))
             # tcp_sockops follows every socket of the cgroup tree (never skipped); tcp_close the others.
             self.cgroup = cgroup2_root()
             self.sockops_error = None if self.cgroup else "no cgroup v2 hierarchy is mounted"
@@ -125,11 +126,13 @@ class TcpAccounting:
         object was made in (the one its iterator walks)."""
         cookie = self.cookie if cookie is None else cookie
         result = [Totals((0,) * COUNTERS, 0)] * self._bucket_count
-        keys, values, count = self._aggregates.lookup_batch()
-        for (key_cookie, bucket), fields in zip(_AGGREGATE_KEY.iter_unpack(keys[:count * _AGGREGATE_KEY.size]),
-                                                _TOTALS.iter_unpack(values[:count * _TOTALS.size])):
+        stride = _TOTALS.size * self._cpus  # per key: one struct totals per possible CPU
+        keys, values, count = self._aggregates.lookup_batch(stride)
+        for index, (key_cookie, bucket) in enumerate(_AGGREGATE_KEY.iter_unpack(keys[:count * _AGGREGATE_KEY.size])):
             if key_cookie == cookie and bucket < self._bucket_count:
-                result[bucket] = Totals(fields[:COUNTERS], fields[COUNTERS])
+                per_cpu = _TOTALS.iter_unpack(values[index * stride:(index + 1) * stride])
+                fields = [sum(column) for column in zip(*per_cpu)]
+                result[bucket] = Totals(tuple(fields[:COUNTERS]), fields[COUNTERS])
         return result
 
     def close(self) -> None:
