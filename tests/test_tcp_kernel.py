@@ -292,7 +292,8 @@ def test_every_close_counts_exactly_once_under_load(netns):
     ns = netns()
     # RPS on loopback: a packet's receive softirq runs on the CPU its flow hashes to, raised there by an
     # IPI, so it interrupts whatever that CPU runs, close programs included (the nesting the kernel skips).
-    run("ip", "netns", "exec", ns, "sh", "-c", "echo 3 > /sys/class/net/lo/queues/rx-0/rps_cpus")
+    mask = sum(1 << cpu for cpu in os.sched_getaffinity(0))
+    run("ip", "netns", "exec", ns, "sh", "-c", f"echo {mask:x} > /sys/class/net/lo/queues/rx-0/rps_cpus")
     collector = _kernel_collector(ns, frozenset())
     programs = collector._accounting._accounting._object.program_fds()
     misses_before = {name: libbpf.program_info(programs[name])["recursion_misses"] for name in PROGRAMS}
