@@ -57,7 +57,7 @@ def _families() -> tuple[Family, list[Family], Family, Family, Family]:
                             "the dump or entered a state without tcp_info (method polling).")
     rtt = Family.gauge_histogram(_PREFIX + "rtt_seconds", "Smoothed round-trip time of established TCP sockets.")
     method = Family.info(_PREFIX + "accounting_info",
-                         "How the TCP totals are counted: kernel (close hook and socket iterator, short-lived "
+                         "How the TCP totals are counted: kernel (socket iterator and close hooks, short-lived "
                          "connections included) or polling (sock_diag at scrape time); the value is 1.")
     return connections, counters, closed, rtt, method
 
@@ -127,6 +127,6 @@ def _add_arguments(options: Flags) -> None:
 
 
 REGISTRATION = Registration(
-    name="tcp", help="TCP connection states and tcp_info totals: eBPF close hook and socket iterator, "
-                     "else sock_diag polling",
+    name="tcp", help="TCP connection states and tcp_info totals: eBPF socket iterator and close hooks "
+                     "(short-lived connections included), else sock_diag polling",
     add_arguments=_add_arguments, build=lambda args: TcpCollector(args.local_ports))
