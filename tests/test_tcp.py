@@ -144,10 +144,22 @@ def method(request) -> str:
     return request.param
 
 
+_collectors: list[TcpCollector] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_collectors():
+    """Each test's collectors are closed after it: their programs (sockops on the cgroup root) detach."""
+    yield
+    while _collectors:
+        _collectors.pop().close()
+
+
 def _collector_in(ns: str, method: str, ports: frozenset = frozenset({PORT})) -> TcpCollector:
     """A TcpCollector whose sock_diag socket (or BPF accounting) belongs to namespace ``ns``."""
     with in_netns(ns):
         collector = TcpCollector(ports, kernel=method == "kernel")
+    _collectors.append(collector)
     require(collector.method == method, f"the {method} method did not start (eBPF needs root and BTF)")
     return collector
 
@@ -433,7 +445,9 @@ def test_parse_local_ports():
 
 
 def test_describe_names_every_family():
-    names = [metric.name for metric in TcpCollector().describe()]
+    collector = TcpCollector()
+    _collectors.append(collector)
+    names = [metric.name for metric in collector.describe()]
     assert names == ["netio_tcp_connections", "netio_tcp_retransmitted_segments", "netio_tcp_acked_bytes",
                      "netio_tcp_received_bytes", "netio_tcp_sent_segments", "netio_tcp_received_segments",
                      "netio_tcp_busy_seconds", "netio_tcp_rwnd_limited_seconds", "netio_tcp_sndbuf_limited_seconds",
