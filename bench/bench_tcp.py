@@ -1,20 +1,26 @@
-"""TCP collector benchmark: a netio scrape against `ss -tinH` and the bare sock_diag dump.
+"""TCP collector benchmark: the kernel method and the polling method against `ss -tinH` and the floors.
 
-Holds 2k, 10k and 20k TCP sockets (established loopback connections, both ends in the dump, each
-after one request/response so the counters are real) in a network namespace of its own, so the
-host's sockets do not count. The connections live in child processes, at most 8,000 sockets each
-(the open-file limit here is 20,000 per process). For each size it alternates, round after round:
+Holds 0, 2k, 20k and 40k TCP sockets (established loopback connections, both ends counted, each after
+one request/response so the counters are real) in a network namespace of its own, so the host's sockets
+do not count. The connections live in child processes, at most 8,000 sockets each (the open-file limit
+here is 20,000 per process). For each size it alternates, round after round:
 
-  floor   the kernel: the two SOCK_DIAG_BY_FAMILY dumps (AF_INET, AF_INET6, INET_DIAG_INFO) received
-          into a buffer, no per-message work at all
-  netio   a full scrape with the TCP collector, Scrape([TcpCollector()]) rendered to text: steady state,
-          where the sockets were idle since the previous scrape
-  moved   the same after every connection moved one byte each way, so every socket's counters changed
-          (the delta path for every socket; the exchange itself is not timed)
-  ss      `ss -tinH` run to completion, output discarded
+  iter floor  a pass of the socket iterator with a program that does nothing (tcp_iter_floor.bpf.c)
+  dump floor  the two SOCK_DIAG_BY_FAMILY dumps (AF_INET, AF_INET6, INET_DIAG_INFO) received into a
+              buffer, no per-message work at all
+  kernel      a full scrape with the kernel method (Scrape([TcpCollector()]) rendered to text)
+  polling     the same with the polling method (TcpCollector(kernel=False)), after every connection
+              moved one byte each way (the delta path for every socket; the exchange is not timed)
+  ss          `ss -tinH` run to completion, output discarded
 
-and prints medians, ratios and this process's RSS (VmRSS) as a markdown table.
-Run as root:  /opt/netio-venv/bin/python bench/bench_tcp.py [--sizes 2000,10000,20000] [--rounds 11]
+Wall and CPU medians (CPU: user + system of this process, or of `ss` for its row), ratios, and RSS. The
+kernel method's scrape is split into its pass (the iterator and the map reads, timed on a second copy of
+the programs) and the rest, which is Python. Each method runs in a process and a namespace of its own
+(the kernel method in this one, polling in a second), so each RSS column is one method's, and neither sees
+the other's TIME_WAIT sockets. Then the cost of the kernel method's programs from the kernel's run-time statistics
+(bench/bpf_programs.py): the iterator program per socket, and the close hooks per connection over a loop
+of short connections, every state transition included.
+Run as root:  .venv/bin/python -m bench.bench_tcp [--sizes 0,2000,20000,40000] [--rounds 11]
 The namespace and the child processes are removed at exit, the children by their pid.
 """
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import resource
 import signal
@@ -30,12 +37,15 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from bench.bpf_programs import enable_bpf_stats, program_names, program_stats
 from tests.support.netns import enter_netns
 
 SOCKETS_PER_CHILD = 8000
+SHORT_CONNECTIONS = 5000  # for the close hooks' cost
 
 
 def child(connections: int) -> None:
@@ -82,6 +92,7 @@ class Children:
     def __init__(self, namespace: str):
         self.namespace = namespace
         self.processes: list[subprocess.Popen] = []
+        self.held = 0
 
     def add(self, connections: int) -> None:
         process = subprocess.Popen(
@@ -89,8 +100,14 @@ class Children:
              "--child", str(connections)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.processes.append(process)
+        self.held += connections * 2
         if process.stdout.readline().strip() != "ready":
             raise RuntimeError(f"child {process.pid} did not get ready (exit {process.poll()})")
+
+    def hold(self, sockets: int) -> None:
+        """Grow to at least ``sockets`` sockets (connections of two)."""
+        while self.held < sockets:
+            self.add(max(min(SOCKETS_PER_CHILD, sockets - self.held) // 2, 1))
 
     def poke(self) -> None:
         for process in self.processes:
@@ -169,49 +186,69 @@ class KernelFloor:
 
 def _cpu() -> float:
     """CPU seconds (user + system) of this process and of its finished children (the `ss` runs)."""
-    own = time.process_time()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own + children.ru_utime + children.ru_stime
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def _time(function) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) of one call."""
+    """(wall, CPU) seconds of one call."""
     wall, cpu = time.perf_counter(), _cpu()
     function()
     return time.perf_counter() - wall, _cpu() - cpu
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="2000,10000,20000", help="sockets to hold, comma-separated")
-    parser.add_argument("--rounds", type=int, default=11, help="alternating rounds per size")
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child is not None:
-        child(args.child)
-        return 0
-    if os.geteuid() != 0:
-        print("bench_tcp: needs root (network namespaces)", file=sys.stderr)
-        return 2
-    sizes = [int(size) for size in args.sizes.split(",")]
+class Floors:
+    """tcp_floor.bpf.c loaded: called, a pass of the iterator whose program does nothing; ``attach_hooks()``
+    puts the empty sockops and tracepoint programs next to the kernel method's."""
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up on a kill too (the finally below)
-    namespace = f"netio-bench-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", namespace], check=True)
-    children = Children(namespace)
-    try:
-        subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
-        enter_netns(namespace)  # this process (single-threaded) and its `ss` runs now see only the bench's sockets
-        from exporter.collectors import Scrape
-        from exporter.collectors.tcp import TcpCollector
-        from exporter.exposition import render_text
+    def __init__(self, directory: str):
+        from exporter.bpf import build, libbpf
+        path = Path(directory) / "tcp_floor.bpf.o"
+        build.compile_object(Path(__file__).with_name("tcp_floor.bpf.c"), path)
+        self._object = libbpf.BpfObject(str(path))
+        self._attachment = libbpf.Attachment()
+        self._link = self._attachment.attach(self._object, "iterate_nothing")
 
-        floor = KernelFloor()
-        collector = TcpCollector()
-        scrape = Scrape([collector])
+    def attach_hooks(self) -> None:
+        from exporter.bpf.tcp_accounting import cgroup2_root
+        self._attachment.attach_cgroup(self._object, "sockops_nothing", cgroup2_root())
+        self._attachment.attach(self._object, "state_nothing")
+
+    def __call__(self) -> None:
+        fd = self._attachment.open_iterator(self._link)
+        try:
+            while os.read(fd, 4096):
+                pass
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        self._attachment.close()
+        self._object.close()
+
+
+def measure(method: str, sizes: list[int], rounds: int, children: Children) -> dict:
+    """One method over every size: {"rss_before": MiB, "sizes": [{sockets, rss, medians}]}, medians in
+    ms as {row: [wall, cpu]}."""
+    from exporter.collectors import Scrape
+    from exporter.collectors.tcp import TcpCollector
+    from exporter.exposition import render_text
+
+    collector = TcpCollector(kernel=method == "kernel")
+    if collector.method != method:
+        raise SystemExit(f"bench_tcp: the {method} method did not start")
+    scrape = Scrape([collector])
+    dump_floor = KernelFloor()
+    with tempfile.TemporaryDirectory() as directory:
+        floors = {"dump floor": dump_floor}
+        if method == "kernel":
+            from exporter.bpf.tcp_accounting import TcpAccounting
+            floors["iter floor"] = Floors(directory)
+            accounting = TcpAccounting({})  # a second copy of the kernel side: its pass, timed apart
+            floors["pass"] = lambda: (accounting.live_pass(), accounting.totals())
         render_text(scrape.families())  # imports and first allocations happen before the baseline
         gc.collect()
-        rss_before = _rss_mib()
+        result = {"rss_before": _rss_mib(), "sizes": []}
 
         def netio():
             render_text(scrape.families())
@@ -219,52 +256,164 @@ def main() -> int:
         def ss():
             subprocess.run(["ss", "-tinH"], stdout=subprocess.DEVNULL, check=True)
 
-        rows = []
-        held = 0
         for size in sizes:
-            while held < size:
-                sockets = min(SOCKETS_PER_CHILD, size - held)
-                children.add(sockets // 2)
-                held += sockets // 2 * 2
-            in_dump = floor.count()
-            netio()  # the new sockets are first seen here; the timed rounds follow
+            children.hold(size)
+            netio()  # polling: the new sockets are first seen here; the timed rounds follow
             netio()
+            timings: dict[str, list] = {name: [] for name in floors}
+            timings[method] = []
+            if method == "kernel":
+                timings["ss"] = []
+            for _ in range(rounds):
+                for name, floor in floors.items():
+                    timings[name].append(_time(floor))
+                if method == "polling":
+                    children.poke()
+                timings[method].append(_time(netio))
+                if method == "kernel":
+                    timings["ss"].append(_time(ss))
             gc.collect()
-            rss = _rss_mib()  # the exporter's own memory
-            timings: dict[str, list[tuple[float, float]]] = {"floor": [], "netio": [], "moved": [], "ss": []}
-            for _ in range(args.rounds):
-                timings["floor"].append(_time(floor))
-                timings["netio"].append(_time(netio))
-                timings["ss"].append(_time(ss))
-                children.poke()
-                timings["moved"].append(_time(netio))
-            rss = max(rss, _rss_mib())
-            wall = {name: statistics.median(wall for wall, _ in values) * 1e3 for name, values in timings.items()}
-            cpu = {name: statistics.median(cpu for _, cpu in values) * 1e3 for name, values in timings.items()}
-            rows.append((in_dump, wall, cpu, rss))
+            result["sizes"].append({
+                "sockets": dump_floor.count(), "rss": _rss_mib(),
+                "medians": {name: [statistics.median(sample[index] for sample in samples) * 1e3
+                                   for index in range(2)] for name, samples in timings.items()}})
+        if method == "kernel":
+            floors["iter floor"].close()
+            accounting.close()
+    collector.close()
+    return result
 
-        print(f"TCP collector, {args.rounds} alternating rounds per size, medians; "
-              f"kernel {os.uname().release}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
-              f"load average {os.getloadavg()[0]:.2f} at the end\n")
-        for title, key in (("Wall-clock time", 1), ("CPU time (user + system; for ss, of the ss process)", 2)):
-            print(f"{title}:\n")
-            print("| sockets in dump | kernel floor | netio scrape | per socket | every socket moved | per socket "
-                  "| `ss -tinH` | netio / ss | netio / floor |" + (" netio RSS |" if key == 1 else ""))
-            print("|---:" * (10 if key == 1 else 9) + "|")
-            for row in rows:
-                in_dump, medians, rss = row[0], row[key], row[3]
-                per = 1e3 / max(in_dump, 1)
-                print(f"| {in_dump:,} | {medians['floor']:.1f} ms | {medians['netio']:.1f} ms "
-                      f"| {medians['netio'] * per:.2f} µs | {medians['moved']:.1f} ms "
-                      f"| {medians['moved'] * per:.2f} µs | {medians['ss']:.1f} ms "
-                      f"| {medians['netio'] / medians['ss']:.2f} | {medians['netio'] / medians['floor']:.1f} |"
-                      + (f" {rss:.1f} MiB (+{rss - rss_before:.1f}) |" if key == 1 else ""))
-            print()
-        print(f"netio RSS before the first socket: {rss_before:.1f} MiB; 'netio RSS' is the largest seen at that size.")
-        collector.close()
+
+def _program_costs(action) -> dict[str, tuple[int, int]]:
+    """{program name: (run time ns, runs)} of this process's tcp_* programs during ``action()``
+    (run-time statistics on meanwhile)."""
+    stats_fd = enable_bpf_stats()
+    try:
+        before = program_stats(os.getpid())
+        action()
+        after = program_stats(os.getpid())
     finally:
+        os.close(stats_fd)
+    names = program_names(after)
+    return {names[prog_id]: (run_ns - before.get(prog_id, (0, 0))[0], runs - before.get(prog_id, (0, 0))[1])
+            for prog_id, (run_ns, runs) in after.items()}
+
+
+def _short_connections(count: int) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1024)
+    for _ in range(count):
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        client.sendall(b"q" * 100)
+        server.recv(100, socket.MSG_WAITALL)
+        server.sendall(b"r" * 100)
+        client.recv(100, socket.MSG_WAITALL)
+        client.close()
+        server.recv(1)
+        server.close()
+    listener.close()
+    time.sleep(0.2)  # the last closes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="0,2000,20000,40000", help="sockets to hold, comma-separated")
+    parser.add_argument("--rounds", type=int, default=11, help="alternating rounds per size")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--polling-in", help=argparse.SUPPRESS)  # the polling process, in this namespace
+    args = parser.parse_args()
+    if args.child is not None:
+        child(args.child)
+        return 0
+    if os.geteuid() != 0:
+        print("bench_tcp: needs root (network namespaces, eBPF)", file=sys.stderr)
+        return 2
+    sizes = [int(size) for size in args.sizes.split(",")]
+    if args.polling_in:  # its results as one JSON line
+        enter_netns(args.polling_in)
+        children = Children(args.polling_in)
+        try:
+            print(json.dumps(measure("polling", sizes, args.rounds, children)), flush=True)
+        finally:
+            children.stop()
+        return 0
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up on a kill too (the finally below)
+    namespaces = [f"netio-bench-{os.getpid()}-{part}" for part in ("kernel", "polling", "hooks")]
+    children = None
+    try:
+        for namespace in namespaces:
+            subprocess.run(["ip", "netns", "add", namespace], check=True)
+            subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
+        # This process (single-threaded) and its `ss` runs see only the bench's sockets from here.
+        enter_netns(namespaces[0])
+        children = Children(namespaces[0])
+        kernel = measure("kernel", sizes, args.rounds, children)
         children.stop()
-        subprocess.run(["ip", "netns", "del", namespace], check=False)
+        polling = json.loads(subprocess.run(
+            [sys.executable, "-m", "bench.bench_tcp", "--sizes", args.sizes, "--rounds", str(args.rounds),
+             "--polling-in", namespaces[1]], capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+
+        print(f"TCP collector, {args.rounds} alternating rounds per size, medians; kernel {os.uname().release}, "
+              f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
+              f"{os.getloadavg()[0]:.2f} at the end\n")
+        print("| sockets | kernel scrape: wall / CPU | its pass: wall / CPU | Python (scrape - pass): wall / CPU "
+              "| iterator floor | polling scrape: wall / CPU | dump floor | `ss -tinH`: wall / CPU "
+              "| kernel / ss (wall) | kernel RSS | polling RSS |")
+        print("|---:" * 11 + "|")
+        for k, p in zip(kernel["sizes"], polling["sizes"]):
+            km, pm = k["medians"], p["medians"]
+            (wall, cpu), (pass_wall, pass_cpu) = km["kernel"], km["pass"]
+            print(f"| {k['sockets']:,} | {wall:.1f} / {cpu:.1f} ms | {pass_wall:.1f} / {pass_cpu:.1f} ms "
+                  f"| {wall - pass_wall:.1f} / {cpu - pass_cpu:.1f} ms | {km['iter floor'][0]:.1f} ms "
+                  f"| {pm['polling'][0]:.1f} / {pm['polling'][1]:.1f} ms | {km['dump floor'][0]:.1f} ms "
+                  f"| {km['ss'][0]:.1f} / {km['ss'][1]:.1f} ms | {wall / km['ss'][0]:.3f} "
+                  f"| {k['rss']:.1f} MiB (+{k['rss'] - kernel['rss_before']:.1f}) "
+                  f"| {p['rss']:.1f} MiB (+{p['rss'] - polling['rss_before']:.1f}) |")
+
+        from exporter.collectors.tcp import TcpCollector
+        from exporter.exposition import render_text
+        enter_netns(namespaces[2])
+        children = Children(namespaces[2])
+        collector = TcpCollector()
+        try:
+            children.hold(20_000)
+            first = _program_costs(lambda: render_text(collector.read())).get("tcp_live", (0, 0))
+            live = _program_costs(lambda: render_text(collector.read())).get("tcp_live", (0, 0))
+            print(f"\nIterator program (tcp_live) in one scrape at 20,000 sockets: {live[0] / 1e6:.2f} ms, "
+                  f"{live[0] / max(live[1], 1):.0f} ns per socket over {live[1]:,} runs (the scrape that met "
+                  f"them first, making their records: {first[0] / max(first[1], 1):.0f} ns per socket).")
+            children.stop()
+            with tempfile.TemporaryDirectory() as directory:
+                floors = Floors(directory)
+                floors.attach_hooks()
+                try:
+                    costs = _program_costs(lambda: _short_connections(SHORT_CONNECTIONS))
+                finally:
+                    floors.close()
+        finally:
+            collector.close()
+        print(f"\nHooks over {SHORT_CONNECTIONS:,} short loopback connections (both ends, every state change), "
+              "next to empty programs on the same hooks, whose run time is what the statistics themselves add "
+              "(they leave out each hook's dispatch):\n")
+        print("| program | runs per connection | ns per connection | minus the empty program's |")
+        print("|---|---:|---:|---:|")
+        empty = {"tcp_sockops": costs.get("sockops_nothing", (0, 0)), "tcp_close": costs.get("state_nothing", (0, 0))}
+        net_total = 0.0
+        for name in ("tcp_sockops", "tcp_close", "sockops_nothing", "state_nothing"):
+            run_ns, runs = costs.get(name, (0, 0))
+            net = (run_ns - empty[name][0]) / SHORT_CONNECTIONS if name in empty else None
+            net_total += net or 0
+            print(f"| {name} | {runs / SHORT_CONNECTIONS:.1f} | {run_ns / SHORT_CONNECTIONS:.0f} | "
+                  + (f"{net:.0f} |" if net is not None else "|"))
+        print(f"| kernel method, both hooks | | | {net_total:.0f} |")
+    finally:
+        if children is not None:
+            children.stop()
+        for namespace in namespaces:
+            subprocess.run(["ip", "netns", "del", namespace], check=False)
     return 0
 
 

@@ -1,8 +1,10 @@
-"""tcp collector against the real kernel: exact totals from tcp_info, closes, states, retransmissions,
-IPv6, concurrent scrapes, and the exposition; plus the parser and the bookkeeping on synthetic input.
+"""tcp collector against the real kernel, both accounting methods (``method``: kernel and polling): exact
+totals from tcp_info, states, retransmissions, IPv6, sockets open at start, concurrent scrapes, and the
+exposition; then polling's own behaviour, the parser and the bookkeeping on synthetic input. What only
+the kernel method does (short-lived connections, exactly-once closes) is in test_tcp_kernel.py.
 
-Every kernel test runs in namespaces it creates; the collector is created inside ``in_netns`` so its
-netlink socket sees only that namespace's sockets.
+Every kernel test runs in namespaces it creates; the collector is created and read inside ``in_netns``,
+so its netlink socket and its iterator passes see only that namespace's sockets.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import subprocess
 import threading
 import time
 
+import os
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.utils import floatToGoString
 
-from tests.support import in_netns, run, samples, value
+from tests.support import in_netns, require, run, samples, value
 from exporter.collectors import Scrape
-from exporter.collectors.tcp import RTT_BOUNDS_US, STATES, TcpCollector
+from exporter.collectors.tcp import RTT_BOUNDS_US, STATES, TcpCollector, polling
 from exporter.flags import port_list
 from exporter.exposition import render_text
 from exporter.netlink.core import NLM_F_DUMP_INTR, DumpInterrupted
@@ -135,16 +139,35 @@ def _settle(ns: str, timeout: float = 10.0) -> None:
 # --- real kernel ---------------------------------------------------------------------------------
 
 
-def _collector_in(ns: str, ports: frozenset = frozenset({PORT})) -> TcpCollector:
-    """A TcpCollector whose sock_diag socket belongs to namespace ``ns``."""
+@pytest.fixture(params=["kernel", "polling"])
+def method(request) -> str:
+    return request.param
+
+
+_collectors: list[TcpCollector] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_collectors():
+    """Each test's collectors are closed after it: their programs (sockops on the cgroup root) detach."""
+    yield
+    while _collectors:
+        _collectors.pop().close()
+
+
+def _collector_in(ns: str, method: str, ports: frozenset = frozenset({PORT})) -> TcpCollector:
+    """A TcpCollector whose sock_diag socket (or BPF accounting) belongs to namespace ``ns``."""
     with in_netns(ns):
-        return TcpCollector(ports)
+        collector = TcpCollector(ports, kernel=method == "kernel")
+    _collectors.append(collector)
+    require(collector.method == method, f"the {method} method did not start (eBPF needs root and BTF)")
+    return collector
 
 
-def test_totals_on_a_listed_port_move_by_exactly_the_kernels_tcp_info(netns):
+def test_totals_on_a_listed_port_move_by_exactly_the_kernels_tcp_info(netns, method):
     ns = netns()
     clients, request, response = 3, 3000, 30_000  # small enough to sit in socket buffers unread
-    collector = _collector_in(ns)
+    collector = _collector_in(ns, method)
     listener, pairs = _connect_pairs(ns, clients)
     baseline = _quiet([server for _, server in pairs])
     before = _scrape(collector, ns)  # the accepted sockets are already known: the test measures deltas
@@ -173,26 +196,42 @@ def test_totals_on_a_listed_port_move_by_exactly_the_kernels_tcp_info(netns):
     _close_all(pairs, listener)
 
 
-def test_first_seen_sockets_count_in_full(netns):
+def test_sockets_open_at_start_count_from_zero(netns, method):
     ns = netns()
     listener, pairs = _connect_pairs(ns, 2)
     _exchange(pairs, 500, 1500)
-    servers = [server for _, server in pairs]
-    kernel = _quiet(servers)
-    collector = _collector_in(ns)  # created after the traffic: every socket is new
+    before = _quiet([sock for pair in pairs for sock in pair])
+    collector = _collector_in(ns, method)  # created after the traffic: its sockets are the baseline
     parsed = _scrape(collector, ns)
+    for name in COUNTER_METRICS.values():
+        assert value(parsed, name, local_port=str(PORT)) == 0, name
+        assert value(parsed, name, local_port="other") == 0, name
+    assert value(parsed, "netio_tcp_connections", local_port=str(PORT), state="established") == 2
+    _exchange(pairs, 70, 30)  # what they move from now on counts
+    after = _quiet([sock for pair in pairs for sock in pair])
+    moved = _scrape(collector, ns)
+    servers = slice(1, None, 2)
     for field, name in COUNTER_METRICS.items():
-        assert value(parsed, name, local_port=str(PORT)) == sum(info[field] for info in kernel), name
-    assert value(parsed, "netio_tcp_received_bytes_total", local_port=str(PORT)) == 2 * 500
-    # The clients' ends: the kernel counts their SYN as one acknowledged byte.
-    assert value(parsed, "netio_tcp_acked_bytes_total", local_port="other") == 2 * (500 + 1)
-    assert value(parsed, "netio_tcp_received_bytes_total", local_port="other") == 2 * 1500
-    _close_all(pairs, listener)
+        kernel = sum(now[field] - then[field] for now, then in zip(after[servers], before[servers]))
+        assert value(moved, name, local_port=str(PORT)) == kernel, name
+    assert value(moved, "netio_tcp_received_bytes_total", local_port=str(PORT)) == 2 * 70
+    assert value(moved, "netio_tcp_received_bytes_total", local_port="other") == 2 * 30
+    # A socket that appears later counts in full: the client's SYN is one acknowledged byte.
+    with in_netns(ns):
+        client = socket.create_connection(("127.0.0.1", PORT))
+    server, _ = listener.accept()
+    _exchange([(client, server)], 9, 0)
+    _quiet([client, server])
+    later = _scrape(collector, ns)
+    assert _moved(moved, later, "netio_tcp_acked_bytes_total", local_port="other") == 9 + 1
+    assert _moved(moved, later, "netio_tcp_received_bytes_total", local_port=str(PORT)) == 9
+    assert value(later, "netio_tcp_connections_closed_total", local_port=str(PORT)) == 0
+    _close_all(pairs + [(client, server)], listener)
 
 
-def test_closed_sockets_keep_their_bytes_and_count_once(netns):
+def test_polling_closed_sockets_keep_their_bytes_and_count_once(netns):
     ns = netns()
-    collector = _collector_in(ns)
+    collector = _collector_in(ns, "polling")
     listener, pairs = _connect_pairs(ns, 4)
     _exchange(pairs, 1000, 2000)
     _quiet([sock for pair in pairs for sock in pair])
@@ -232,10 +271,10 @@ def test_closed_sockets_keep_their_bytes_and_count_once(netns):
     listener.close()
 
 
-def test_states_land_under_the_right_label(netns):
+def test_states_land_under_the_right_label(netns, method):
     ns = netns()
     listener, pairs = _connect_pairs(ns, 2)
-    collector = _collector_in(ns, frozenset())
+    collector = _collector_in(ns, method, frozenset())
     client, server = pairs.pop()
     client.close()  # the active closer ends in TIME_WAIT
     server.close()
@@ -247,14 +286,14 @@ def test_states_land_under_the_right_label(netns):
     _close_all(pairs, listener)
 
 
-def test_request_sockets_count_by_state_only(netns):
+def test_request_sockets_count_by_state_only(netns, method):
     """A handshake whose last ACK never arrives leaves a request socket (SYN_RECV, no tcp_info)."""
     ns = netns()
     run("ip", "netns", "exec", ns, "nft", "-f", "-", input=(
         "table inet netio_test {\n chain input {\n  type filter hook input priority 0; policy accept;\n"
         f"  tcp dport {PORT} tcp flags & syn != syn drop\n }}\n}}\n"))
+    collector = _collector_in(ns, method)
     with in_netns(ns):
-        collector = TcpCollector(frozenset({PORT}))
         listener = socket.socket()
         listener.bind(("127.0.0.1", PORT))
         listener.listen(8)
@@ -282,9 +321,9 @@ def test_request_sockets_count_by_state_only(netns):
     client.close()
 
 
-def test_retransmissions_under_packet_loss(netns):
+def test_retransmissions_under_packet_loss(netns, method):
     ns = netns()
-    collector = _collector_in(ns, frozenset())
+    collector = _collector_in(ns, method, frozenset())
     listener, pairs = _connect_pairs(ns, 1)
     client, server = pairs[0]
     before = _scrape(collector, ns)
@@ -311,21 +350,22 @@ def test_retransmissions_under_packet_loss(netns):
     _close_all(pairs, listener)
 
 
-def test_ipv6_sockets_are_counted(netns):
+def test_ipv6_sockets_are_counted(netns, method):
     ns = netns()
-    collector = _collector_in(ns)
+    collector = _collector_in(ns, method)
     listener4, pairs4 = _connect_pairs(ns, 1)
     listener6, pairs6 = _connect_pairs(ns, 2, socket.AF_INET6, "::1", PORT + 1)
-    collector6 = _collector_in(ns, frozenset({PORT + 1}))
-    _exchange(pairs6, 600, 0)
     servers6 = [server for _, server in pairs6]
+    start = _quiet(servers6)
+    collector6 = _collector_in(ns, method, frozenset({PORT + 1}))  # its sockets count from here
+    _exchange(pairs6, 600, 0)
     kernel = _quiet(servers6)
     parsed = _scrape(collector6, ns)
     assert value(parsed, "netio_tcp_connections", local_port=str(PORT + 1), state="established") == 2
     assert value(parsed, "netio_tcp_connections", local_port=str(PORT + 1), state="listen") == 1
     assert value(parsed, "netio_tcp_received_bytes_total", local_port=str(PORT + 1)) == 2 * 600
     assert value(parsed, "netio_tcp_received_segments_total", local_port=str(PORT + 1)) == sum(
-        info["segs_in"] for info in kernel)
+        now["segs_in"] - then["segs_in"] for now, then in zip(kernel, start))
     # other: the two IPv6 clients and both ends of the IPv4 connection
     assert value(parsed, "netio_tcp_connections", local_port="other", state="established") == 4
     both = _scrape(collector, ns)
@@ -336,16 +376,17 @@ def test_ipv6_sockets_are_counted(netns):
     _close_all(pairs4 + pairs6, listener4, listener6)
 
 
-def test_concurrent_scrapes_do_not_double_count(netns):
+def test_concurrent_scrapes_do_not_double_count(netns, method):
     ns = netns()
+    collector = _collector_in(ns, method)
     listener, pairs = _connect_pairs(ns, 20)
-    collector = _collector_in(ns)
     results: list[dict] = []
     lock = threading.Lock()
 
     def scrape_together(barrier: threading.Barrier) -> None:
-        barrier.wait()  # the collector's netlink socket lives in the namespace: no setns needed here
-        parsed = samples(render_text(Scrape([collector]).families()).decode())
+        with in_netns(ns):  # the iterator walks the namespace of the thread that runs a pass
+            barrier.wait()
+            parsed = samples(render_text(Scrape([collector]).families()).decode())
         with lock:
             results.append(parsed)
 
@@ -367,21 +408,20 @@ def test_concurrent_scrapes_do_not_double_count(netns):
     _close_all(pairs, listener)
 
 
-def test_promtool_accepts_the_scrape_and_it_matches_generate_latest(netns):
+def test_promtool_accepts_the_scrape_and_it_matches_generate_latest(netns, method):
     ns = netns()
     listener, pairs = _connect_pairs(ns, 2)
     _exchange(pairs, 10, 10)
     _quiet([sock for pair in pairs for sock in pair])
     for ports in (None, frozenset({PORT, 22})):
-        with in_netns(ns):
-            collector = TcpCollector(ports)
+        collector = _collector_in(ns, method, ports)
         text = _render(collector, ns)
         checked = subprocess.run(["/usr/bin/promtool", "check", "metrics"], input=text, capture_output=True, text=True)
         problems = checked.stdout + checked.stderr
         assert checked.returncode == 0 and problems == "", problems
         registry = CollectorRegistry(auto_describe=True)
-        registry.register(collector)
         with in_netns(ns):
+            registry.register(collector)
             reference = generate_latest(registry).decode()
             ours = render_text(collector.read()).decode()
         assert samples(ours) == samples(reference)
@@ -405,12 +445,14 @@ def test_parse_local_ports():
 
 
 def test_describe_names_every_family():
-    names = [metric.name for metric in TcpCollector().describe()]
+    collector = TcpCollector()
+    _collectors.append(collector)
+    names = [metric.name for metric in collector.describe()]
     assert names == ["netio_tcp_connections", "netio_tcp_retransmitted_segments", "netio_tcp_acked_bytes",
                      "netio_tcp_received_bytes", "netio_tcp_sent_segments", "netio_tcp_received_segments",
                      "netio_tcp_busy_seconds", "netio_tcp_rwnd_limited_seconds", "netio_tcp_sndbuf_limited_seconds",
                      "netio_tcp_sent_bytes", "netio_tcp_retransmitted_bytes", "netio_tcp_connections_closed",
-                     "netio_tcp_rtt_seconds"]
+                     "netio_tcp_rtt_seconds", "netio_tcp_accounting_info"]
 
 
 class _FakeReader:
@@ -457,19 +499,20 @@ def _info(total_retrans=0, bytes_acked=0, bytes_received=0, segs_out=0, segs_in=
             bytes_sent, bytes_retrans)
 
 
-def _fake_collector(ports=None) -> tuple[TcpCollector, _FakeReader]:
-    collector = TcpCollector(ports)
-    collector._reader.close()
-    collector._reader = fake = _FakeReader()
-    return collector, fake
+def _fake_collector(monkeypatch, ports=None) -> tuple[TcpCollector, _FakeReader]:
+    """A polling collector whose dumps are the fake's, the first (its baseline at start) empty."""
+    fake = _FakeReader()
+    fake.dumps = [[]]
+    monkeypatch.setattr(polling, "SockDiagReader", lambda: fake)
+    return TcpCollector(ports, kernel=False), fake
 
 
 def _totals(collector: TcpCollector) -> dict:
     return samples(render_text(collector.read()).decode())
 
 
-def test_32_bit_counters_wrap_and_64_bit_counters_never_go_back():
-    collector, fake = _fake_collector()
+def test_32_bit_counters_wrap_and_64_bit_counters_never_go_back(monkeypatch):
+    collector, fake = _fake_collector(monkeypatch)
     near = 2**32 - 10
     fake.dumps = [
         [(1, 1, 80, _info(segs_out=near, segs_in=5, total_retrans=near, bytes_sent=1000))],
@@ -488,8 +531,8 @@ def test_32_bit_counters_wrap_and_64_bit_counters_never_go_back():
     assert value(third, "netio_tcp_sent_bytes_total") == 1050  # moves on from the new reading
 
 
-def test_bookkeeping_of_closes_duplicates_and_interrupted_dumps():
-    collector, fake = _fake_collector(frozenset({80}))
+def test_bookkeeping_of_closes_duplicates_and_interrupted_dumps(monkeypatch):
+    collector, fake = _fake_collector(monkeypatch, frozenset({80}))
     live = _info(bytes_received=100, busy=1_500_000)
     fake.dumps = [
         [(1, 10, 80, _info()), (2, 1, 80, live), (3, 1, 40000, live), (4, 3, 80, None)],  # 4: request socket
@@ -518,7 +561,7 @@ def test_bookkeeping_of_closes_duplicates_and_interrupted_dumps():
     fourth = _totals(collector)
     assert value(fourth, "netio_tcp_received_bytes_total", local_port="80") == 350
     assert value(fourth, "netio_tcp_connections_closed_total", local_port="80") == 2
-    assert len(collector._known[0]) + len(collector._known[1]) == 4  # only the sockets of the last dump
+    assert len(collector._accounting._known[0]) + len(collector._accounting._known[1]) == 4  # only the sockets of the last dump
 
 
 def _message(state: int, port: int, cookie: int, attributes: list[tuple[int, bytes]], flags: int = 0) -> bytes:

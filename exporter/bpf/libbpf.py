@@ -89,7 +89,10 @@ def _library() -> ctypes.CDLL:
             ("bpf_map__max_entries", ctypes.c_uint32, [void_p]),
             ("bpf_program__attach", void_p, [void_p]),
             ("bpf_program__attach_perf_event", void_p, [void_p, c_int]),
+            ("bpf_program__attach_cgroup", void_p, [void_p, c_int]),
             ("bpf_link__destroy", c_int, [void_p]),
+            ("bpf_link__fd", c_int, [void_p]),
+            ("bpf_iter_create", c_int, [c_int]),
             ("bpf_map_lookup_elem", c_int, [c_int, void_p, void_p]),
             ("bpf_map_get_next_key", c_int, [c_int, void_p, void_p]),
             ("bpf_map_delete_elem", c_int, [c_int, void_p]),
@@ -371,13 +374,34 @@ class Attachment:
         self._fds: list[int] = []
         self._lib = _library()
 
-    def attach(self, obj: BpfObject, program: str) -> None:
-        """Attach by the program's section (tp_btf/..., raw_tp/...)."""
+    def attach(self, obj: BpfObject, program: str) -> int:
+        """Attach by the program's section (tp_btf/..., raw_tp/..., iter/...); the link's handle."""
         _log_lines.clear()
         link = self._lib.bpf_program__attach(obj.program(program))
         if not link:
             raise _failure(f"attaching {program}", ctypes.get_errno())
         self._links.append(link)
+        return link
+
+    def attach_cgroup(self, obj: BpfObject, program: str, cgroup: str) -> None:
+        """Attach a cgroup program (``sockops``, ...) to the cgroup v2 directory ``cgroup`` and below it."""
+        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _log_lines.clear()
+            link = self._lib.bpf_program__attach_cgroup(obj.program(program), fd)
+            if not link:
+                raise _failure(f"attaching {program} to {cgroup}", ctypes.get_errno())
+            self._links.append(link)
+        finally:
+            os.close(fd)  # the link holds the cgroup
+
+    def open_iterator(self, link: int) -> int:
+        """A new pass of the iterator attached as ``link`` (an ``iter/...`` program): a file descriptor
+        that runs the program as it is read; the caller closes it."""
+        fd = self._lib.bpf_iter_create(self._lib.bpf_link__fd(link))
+        if fd < 0:
+            raise _failure("creating an iterator", ctypes.get_errno())
+        return fd
 
     def attach_perf_event(self, obj: BpfObject, program: str, perf_fd: int) -> None:
         self._fds.append(perf_fd)  # closed by close() even if the attach fails

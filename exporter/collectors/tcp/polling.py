@@ -1,10 +1,11 @@
-"""tcp: connection states and the kernel's per-socket tcp_info totals, read over sock_diag at scrape time.
+"""Polling: the totals from sock_diag dumps at scrape time, the method used where BPF does not load.
 
-The unit is the socket (a loopback connection is two). Totals are sums over every socket seen, live
-and closed, kept per socket cookie: a socket first seen counts in full; at each scrape a live socket
-adds what its counters moved since the last one (32-bit fields modulo 2^32); a socket that left the
-dump, or entered a state without tcp_info (TIME_WAIT), keeps the values it had at its last scrape and
-counts once in ``netio_tcp_connections_closed_total``. Only the sockets of the last dump are remembered.
+Totals are sums over every socket seen, live and closed, kept per socket cookie. The first dump (at start)
+is the baseline: the sockets open then count from zero. A socket first seen later counts in full; at each
+scrape a live socket adds what its counters moved since the last one (32-bit fields modulo 2^32); a socket
+that left the dump, or entered a state without tcp_info (TIME_WAIT), keeps the values it had at its last
+scrape and counts once in ``netio_tcp_connections_closed_total``. Only the sockets of the last dump are
+remembered, so memory grows with the socket count.
 
 Polling cannot see what happens between two scrapes: sockets that open and close in between count
 as closed only if they are still in the dump (TIME_WAIT) and never with their bytes, and what a
@@ -17,56 +18,16 @@ import threading
 from bisect import bisect_right
 from operator import lt
 
-from ..exposition import Family, format_value
-from ..netlink.core import DumpInterrupted
-from ..netlink.sock_diag import (STATE_NAMES, TCP_ESTABLISHED, TCP_INFO_COUNTER_NAMES, TCP_SYN_RECV,
-                                 SockDiagReader)
-from .. import flags
-from . import Collector, Flags, Registration
+from ...netlink.core import DumpInterrupted
+from ...netlink.sock_diag import TCP_ESTABLISHED, TCP_INFO_COUNTER_NAMES, TCP_SYN_RECV, SockDiagReader
+from .reading import RTT_BOUNDS_US, Reading
 
-_PREFIX = "netio_tcp_"
-
-# tcp_info counter -> (metric name without netio_tcp_ and _total, divisor to base units, help)
-COUNTERS = {
-    "total_retrans": ("retransmitted_segments", 1, "Segments retransmitted by TCP sockets (tcp_info total_retrans)."),
-    "bytes_acked": ("acked_bytes", 1, "Bytes of TCP sockets acknowledged by their peers "
-                                      "(tcp_info bytes_acked; a connect()'s SYN and a FIN count one each)."),
-    "bytes_received": ("received_bytes", 1,
-                       "Bytes received by TCP sockets (tcp_info bytes_received; a FIN counts one)."),
-    "segs_out": ("sent_segments", 1, "Segments sent by TCP sockets (tcp_info segs_out)."),
-    "segs_in": ("received_segments", 1, "Segments received by TCP sockets (tcp_info segs_in)."),
-    "busy_time": ("busy_seconds", 1_000_000, "Time TCP sockets were busy sending data (tcp_info busy_time)."),
-    "rwnd_limited": ("rwnd_limited_seconds", 1_000_000,
-                     "Time TCP sockets were limited by the peer's receive window (tcp_info rwnd_limited)."),
-    "sndbuf_limited": ("sndbuf_limited_seconds", 1_000_000,
-                       "Time TCP sockets were limited by their send buffer (tcp_info sndbuf_limited)."),
-    "bytes_sent": ("sent_bytes", 1, "Bytes sent by TCP sockets, retransmissions included (tcp_info bytes_sent)."),
-    "bytes_retrans": ("retransmitted_bytes", 1, "Bytes retransmitted by TCP sockets (tcp_info bytes_retrans)."),
-}
-assert tuple(COUNTERS) == TCP_INFO_COUNTER_NAMES
 _WRAP_32 = tuple(TCP_INFO_COUNTER_NAMES.index(name) for name in ("total_retrans", "segs_out", "segs_in"))
-
-STATES = ("established", "syn_sent", "syn_recv", "fin_wait1", "fin_wait2", "time_wait",
-          "close", "close_wait", "last_ack", "listen", "closing")
-
-# RTT bucket bounds in microseconds (tcpi_rtt's unit): 10 µs (loopback) to 10 s in 1-2.5-5 steps.
-RTT_BOUNDS_US = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000,
-                 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000)
-_RTT_LE = tuple(format_value(bound / 1e6) for bound in RTT_BOUNDS_US)  # as generate_latest writes le
 
 # Snapshots are decoded and summed in batches: memory stays flat however many sockets moved.
 _FOLD = SockDiagReader.COLUMN_BATCH
 _ATTEMPTS = 3  # a dump the kernel flags as inconsistent is read again, as NetlinkSocket does
 _GONE = None  # what is remembered of a socket already counted as closed that is still in the dump
-
-
-def _families() -> tuple[Family, list[Family], Family, Family]:
-    connections = Family.gauge(_PREFIX + "connections", "TCP sockets by state (a loopback connection is two).")
-    counters = [Family.counter(_PREFIX + name, help) for name, _, help in COUNTERS.values()]
-    closed = Family.counter(_PREFIX + "connections_closed",
-                            "TCP sockets that left the dump or entered a state without tcp_info, each counted once.")
-    rtt = Family.gauge_histogram(_PREFIX + "rtt_seconds", "Smoothed round-trip time of established TCP sockets.")
-    return connections, counters, closed, rtt
 
 
 def _wrapped(now: tuple, then: tuple) -> tuple:
@@ -169,53 +130,50 @@ def _fold_moves(now: list, then: list, moved: list, reader: SockDiagReader) -> N
     then.clear()
 
 
-class TcpCollector(Collector):
-    name = "tcp"
+class SockDiagPolling:
+    """The polling method for label groups by local port: ``groups`` buckets, ``group_of_port`` maps listed
+    ports to theirs, every other port is in the last. Safe to share between threads."""
 
-    def __init__(self, local_ports: frozenset[int] | None = None):
-        if local_ports:
-            ports = sorted(local_ports)
-            self._groups = [(("local_port", str(port)),) for port in ports] + [(("local_port", "other"),)]
-            self._group_of_port = {port: index for index, port in enumerate(ports)}
-        else:
-            self._groups = [()]
-            self._group_of_port = {}
+    method = "polling"
+
+    def __init__(self, groups: int, group_of_port: dict[int, int]):
+        self._groups = groups
+        self._group_of_port = group_of_port
         self._reader = SockDiagReader()
         self._lock = threading.Lock()
         # How many counters this kernel's tcp_info carries: an older kernel's shorter struct lacks the
         # newer ones, and their metrics are absent rather than zero.
-        self._width = len(self._reader.counter_names)
+        self.width = len(self._reader.counter_names)
         # Under the lock, per label group: cookie -> the socket's counter snapshot at its last scrape,
         # or _GONE for a socket already counted as closed that is still in the dump (TIME_WAIT).
-        self._known: list[dict[int, bytes | None]] = [{} for _ in self._groups]
-        self._totals = [[0] * self._width for _ in self._groups]
-        self._closed = [0] * len(self._groups)
+        self._known: list[dict[int, bytes | None]] = [{} for _ in range(groups)]
+        self._totals = [[0] * self.width for _ in range(groups)]
+        self._closed = [0] * groups
+        self.read()  # the baseline: what the sockets open now have done is not counted, nor their closes
+        self._totals = [[0] * self.width for _ in range(groups)]
+        self._closed = [0] * groups
 
     def close(self) -> None:
         self._reader.close()
 
-    def describe_families(self) -> list[Family]:
-        connections, counters, closed, rtt = _families()
-        return [connections, *counters[:self._width], closed, rtt]
-
-    def read(self) -> list[Family]:
+    def read(self) -> list[Reading]:
         with self._lock:  # the dump and the bookkeeping together: concurrent scrapes never double-count
             for attempt in range(_ATTEMPTS):
                 try:
-                    return self._render(*self._scrape())
+                    return self._scrape()
                 except DumpInterrupted:
                     if attempt == _ATTEMPTS - 1:
                         raise
         raise AssertionError("unreachable")
 
-    def _scrape(self) -> tuple[list, list, list, list]:
+    def _scrape(self) -> list[Reading]:
         """Read the kernel and move the totals on.
 
         A dump that fails part way still commits what it saw socket by socket (their moves, and their
         snapshots as the memory of the next attempt) and forgets nobody, so reading again never counts
         anything twice; only a complete dump says which sockets left.
         """
-        tallies = [_Tally(known, self._width, self._reader) for known in self._known]
+        tallies = [_Tally(known, self.width, self._reader) for known in self._known]
         complete = False
         try:
             if len(tallies) == 1:
@@ -241,35 +199,11 @@ class TcpCollector(Collector):
                 for index, moved in enumerate(tally.moved):
                     totals[index] += max(moved, 0)  # the kernel's counters only grow: so do ours
                 self._known[group] = tally.known
-        return ([tally.states for tally in tallies], [list(totals) for totals in self._totals],
-                list(self._closed), [tally.rtts for tally in tallies])
-
-    def _render(self, states: list, totals: list, closed_counts: list, rtts: list) -> list[Family]:
-        connections, counters, closed, rtt = _families()
-        counters = counters[:self._width]
-        divisors = [divisor for _, divisor, _ in COUNTERS.values()]
-        for index, group in enumerate(self._groups):
-            by_name = dict.fromkeys(STATES, 0)
-            for state, name in STATE_NAMES.items():
-                by_name[name] += states[index][state]
-            for name in STATES:
-                connections.add(group + (("state", name),), by_name[name])
-            for field, family in enumerate(counters):
-                total = totals[index][field]
-                family.add(group, total if divisors[field] == 1 else total / divisors[field])
-            closed.add(group, closed_counts[index])
-            values = sorted(rtts[index])
-            buckets = [(le, bisect_right(values, bound)) for bound, le in zip(RTT_BOUNDS_US, _RTT_LE)]
-            rtt.add_histogram(group, buckets + [("+Inf", len(values))], len(values), sum(values) / 1e6)
-        return [connections, *counters, closed, rtt]
-
-
-def _add_arguments(options: Flags) -> None:
-    options.add("--collector.tcp.local-ports", dest="local_ports", type=flags.port_list, metavar="LIST",
-                help="comma-separated local ports: adds a local_port label (these ports, else 'other') to the "
-                     "TCP metrics; off by default to keep cardinality fixed")
-
-
-REGISTRATION = Registration(
-    name="tcp", help="TCP connection states and tcp_info totals over sock_diag",
-    add_arguments=_add_arguments, build=lambda args: TcpCollector(args.local_ports))
+        readings = []
+        for group, tally in enumerate(tallies):
+            values = sorted(tally.rtts)
+            cumulative = [bisect_right(values, bound) for bound in RTT_BOUNDS_US] + [len(values)]
+            buckets = [count - previous for count, previous in zip(cumulative, [0] + cumulative)]
+            readings.append(Reading(tally.states, list(self._totals[group]), self._closed[group], buckets,
+                                    sum(values)))
+        return readings
