@@ -121,7 +121,8 @@ def test_agent_remote_writes_two_hosts_into_the_central_prometheus(netns, tmp_pa
         variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
         empty, asked = [], 0
         for host in targets:
-            values = {"host": [host], "device": "$__all", "device_exclude": variables["device_exclude"]["query"]}
+            values = {"host": [host], "job": "netio", "device": "$__all",
+                      "device_exclude": variables["device_exclude"]["query"]}
             for panel in query_panels(dashboard):
                 for target in panel["targets"]:
                     if not collectors_of(target["expr"]) <= {"link", None}:
