@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
-# Every program in this directory, by name (netstack_time for netstack_time.bpf.c).
+# Every program in this directory, by name (netstack_softirq for netstack_softirq.bpf.c).
 SOURCES = tuple(sorted(path.name[:-len(".bpf.c")] for path in SOURCE_DIR.glob("*.bpf.c")))
 
 

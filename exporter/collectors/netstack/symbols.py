@@ -1,0 +1,93 @@
+"""Kernel function names for NET_RX stack frames, kept current, and the online CPUs.
+
+``CurrentSymbols`` wraps the kallsyms index (``exporter/bpf/kallsyms.py``) with the loaded modules of
+``/proc/modules``: when that file changes (a module loaded or unloaded), ``refresh()`` reads kallsyms
+again, so frames of modules loaded after start resolve. An address in the module area that lies in no
+module's text but past the end of the module whose symbol precedes it (JIT-compiled BPF programs,
+trampolines) has no name rather than the name of that module's last function: a wrong name could be
+a stage marker. The
+sources are paths, so tests can stand in for modprobe and CPU hotplug.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_right
+
+from ...bpf.kallsyms import KernelSymbols
+
+__all__ = ["CurrentSymbols", "online_cpus", "parse_cpu_list"]
+
+
+def _module_extents(text: bytes) -> tuple[list[int], list[int]]:
+    """Sorted (starts, ends) of the modules' core text from /proc/modules lines
+    ("veth 40960 0 - Live 0xffffffffc0a01000"; the address reads 0 without CAP_SYSLOG)."""
+    extents = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[5].startswith(b"0x"):
+            start = int(fields[5], 16)
+            if start:
+                extents.append((start, start + int(fields[1])))
+    extents.sort()
+    return [start for start, _ in extents], [end for _, end in extents]
+
+
+class CurrentSymbols:
+    """Function names of kernel text addresses, re-read when the set of loaded modules changes."""
+
+    def __init__(self, kallsyms_path: str = "/proc/kallsyms", modules_path: str = "/proc/modules"):
+        self._kallsyms_path = kallsyms_path
+        self._modules_path = modules_path
+        self._modules = None
+        self.refresh()
+
+    def _read_modules(self) -> bytes:
+        try:
+            with open(self._modules_path, "rb") as file:
+                return file.read()
+        except FileNotFoundError:  # a kernel without loadable modules
+            return b""
+
+    def refresh(self) -> bool:
+        """Read kallsyms again if /proc/modules changed since the last read; True if it did (names
+        resolved before may be stale). Raises what reading kallsyms raises, keeping the old index."""
+        modules = self._read_modules()
+        if modules == self._modules:
+            return False
+        symbols = KernelSymbols(self._kallsyms_path)  # after /proc/modules: a module loaded between
+        self._symbols = symbols                       # the two reads shows up at the next refresh
+        self._starts, self._ends = _module_extents(modules)
+        self._modules = modules
+        return True
+
+    def function(self, address: int) -> str | None:
+        found = self._symbols.symbol(address)
+        if found is None:
+            return None
+        start, name = found
+        index = bisect_right(self._starts, start) - 1
+        if index >= 0 and start < self._ends[index] <= address:
+            return None  # the symbol is a module's, the address past that module's end
+        return name
+
+    def memory_bytes(self) -> int:
+        return self._symbols.memory_bytes()
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """``"0-3,6"`` (the kernel's cpulist format) -> ``[0, 1, 2, 3, 6]``."""
+    cpus = []
+    for part in text.strip().split(","):
+        if part:
+            first, _, last = part.partition("-")
+            cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def online_cpus(path: str = "/sys/devices/system/cpu/online") -> list[int]:
+    try:
+        with open(path) as file:
+            return parse_cpu_list(file.read())
+    except OSError:
+        return list(range(os.cpu_count() or 1))
