@@ -11,17 +11,25 @@ sum to the recorded NET_RX samples. The rule:
    ``__netif_receive_skb_core`` ``nf_ingress``, from ``ip_rcv``/``ipv6_rcv`` ``nf_prerouting_v*``,
    from ``ip_local_deliver``/``ip6_input`` ``local_delivery_v*``, from ``ip_forward``/``ip6_forward``
    ``forwarding_v*``; other hooks (bridge, POSTROUTING, LOCAL_OUT) let the walk go on outwards.
+   A BPF program (``bpf_prog_*``) also takes its caller's stage: ``tc_classify`` from
+   ``__netif_receive_skb_core``/``__dev_queue_xmit`` (where the tc and TCX hooks are inlined),
+   ``xdp_generic`` from the generic XDP functions.
 3. Markers (``_STAGE_FUNCTIONS`` below, by name with any ``.cold``/``.isra`` suffix stripped):
    ``xdp_generic`` generic XDP; ``tc_classify`` tc/tcx classifiers and actions; ``nf_conntrack``
    connection tracking; ``bridging`` the bridge (``br_*``); ``gro`` generic receive offload;
    ``nf_prerouting_v4/v6`` IP receive up to and including the route lookup (header checks, the
-   PREROUTING hook, routing); ``forwarding_v4/v6`` ``ip_forward`` and what it calls, including the
-   transmit to the next device; ``local_delivery_v4/v6`` ``ip_local_deliver``/``ip6_input``, the
-   LOCAL_IN hook, early demux and the transport protocols (TCP, UDP, ICMP, raw) down to the socket;
+   PREROUTING hook, early demux, routing); ``forwarding_v4/v6`` ``ip_forward`` and what it calls,
+   including the transmit to the next device; ``local_delivery_v4/v6`` ``ip_local_deliver``/``ip6_input``,
+   the LOCAL_IN hook and the transport protocols (TCP, UDP, ICMP, raw) down to the socket, and what the
+   local stack sends while it receives (TCP ACKs, ICMP replies: ``ip_local_out``, ``ip6_xmit``...);
    ``driver_poll`` NAPI and the driver's poll, the backlog, the core receive dispatch
    (``__netif_receive_skb_core``, packet taps) and ``net_rx_action`` itself: what is left when no
    more specific stage is on the stack.
-4. ``other``: the softirq's own entry and exit (the walk meets ``handle_softirqs`` before any marker:
+4. The IP output path (``ip_output``, ``ip_finish_output2``, ``ip6_output``...: ``_IP_OUTPUT_STAGE``) is
+   reached from ``ip_forward``/``ip6_forward`` by tail calls, so their frames are no longer on the
+   stack: an output frame means ``forwarding_v*`` unless a local-delivery frame is further out (a
+   reply the local stack sends), and a more specific stage inside it (conntrack, tc) still wins.
+5. ``other``: the softirq's own entry and exit (the walk meets ``handle_softirqs`` before any marker:
    this includes the cost of the tracepoints that measure it) and stacks with no marker at all.
 """
 
@@ -48,17 +56,21 @@ _STAGE_FUNCTIONS = {
     "nf_prerouting_v4": ("ip_rcv", "ip_rcv_core", "ip_rcv_finish", "ip_rcv_finish_core", "ip_list_rcv",
                          "ip_sublist_rcv", "ip_list_rcv_finish", "ip_sublist_rcv_finish",
                          "ip_route_input_noref", "ip_route_input_slow", "ip_route_input_rcu",
-                         "ip_route_use_hint", "ip_route_input_mc"),
+                         "ip_route_use_hint", "ip_route_input_mc", "ip_error", "tcp_v4_early_demux", "udp_v4_early_demux"),
     "nf_prerouting_v6": ("ipv6_rcv", "ip6_rcv_core", "ip6_rcv_finish", "ip6_rcv_finish_core", "ipv6_list_rcv",
-                         "ip6_sublist_rcv", "ip6_list_rcv_finish", "ip6_route_input", "ip6_route_input_lookup"),
+                         "ip6_sublist_rcv", "ip6_list_rcv_finish", "ip6_route_input", "ip6_route_input_lookup",
+                         "tcp_v6_early_demux", "udp_v6_early_demux"),
     "forwarding_v4": ("ip_forward", "ip_forward_finish"),
     "forwarding_v6": ("ip6_forward", "ip6_forward_finish"),
     "local_delivery_v4": ("ip_local_deliver", "ip_local_deliver_finish", "ip_protocol_deliver_rcu",
-                          "tcp_v4_rcv", "tcp_v4_do_rcv", "tcp_v4_early_demux", "udp_rcv", "__udp4_lib_rcv",
-                          "udp_v4_early_demux", "icmp_rcv", "raw_local_deliver", "igmp_rcv", "udp_unicast_rcv_skb"),
+                          "tcp_v4_rcv", "tcp_v4_do_rcv", "udp_rcv", "__udp4_lib_rcv", "icmp_rcv", "raw_local_deliver",
+                          "igmp_rcv", "udp_unicast_rcv_skb",
+                          # what the local stack sends while it receives (TCP ACKs, ICMP replies)
+                          "ip_local_out", "__ip_local_out", "ip_queue_xmit", "__ip_queue_xmit", "ip_send_skb",
+                          "ip_push_pending_frames", "ip_build_and_send_pkt", "ip_send_unicast_reply"),
     "local_delivery_v6": ("ip6_input", "ip6_input_finish", "ip6_protocol_deliver_rcu", "tcp_v6_rcv",
-                          "tcp_v6_do_rcv", "tcp_v6_early_demux", "udpv6_rcv", "__udp6_lib_rcv",
-                          "udp_v6_early_demux", "icmpv6_rcv", "ip6_mc_input", "rawv6_rcv"),
+                          "tcp_v6_do_rcv", "udpv6_rcv", "__udp6_lib_rcv", "icmpv6_rcv", "ip6_mc_input", "rawv6_rcv",
+                          "ip6_xmit", "ip6_local_out", "__ip6_local_out", "ip6_send_skb", "ip6_push_pending_frames"),
 }
 _STAGE_PREFIXES = (  # checked after the exact names
     ("nf_conntrack_", "nf_conntrack"), ("__nf_conntrack_", "nf_conntrack"), ("nf_ct_", "nf_conntrack"),
@@ -68,6 +80,25 @@ _STAGE_PREFIXES = (  # checked after the exact names
     ("cls_", "tc_classify"), ("tcf_", "tc_classify"), ("tcx_", "tc_classify"),
     ("napi_gro_", "gro"), ("dev_gro_", "gro"), ("gro_", "gro"), ("skb_gro_", "gro"), ("napi_skb_finish", "gro"),
 )
+# The IP output path. In NET_RX it sends what is forwarded, or what the local stack sends while it
+# receives (then a local-delivery frame is further out). ip_forward and ip6_forward reach it by tail
+# calls, so their own frames are gone from the stack by then.
+_IP_OUTPUT_STAGE = {
+    "ip_output": "forwarding_v4", "ip_finish_output": "forwarding_v4", "__ip_finish_output": "forwarding_v4",
+    "ip_finish_output2": "forwarding_v4", "ip_fragment": "forwarding_v4", "ip_do_fragment": "forwarding_v4",
+    "ip6_output": "forwarding_v6", "ip6_finish_output": "forwarding_v6", "__ip6_finish_output": "forwarding_v6",
+    "ip6_finish_output2": "forwarding_v6", "ip6_fragment": "forwarding_v6",
+}
+# A BPF program's frame (bpf_prog_<tag>_<name>; JIT code that kallsyms may not list yet resolves to the
+# program before it, also a bpf_prog_) takes the stage of its caller, as a netfilter hook does. The tc
+# ingress and egress hooks (sch_handle_ingress/egress, tcx_run) are inlined into these callers.
+_BPF_PROGRAM_PREFIX = "bpf_prog_"
+_BPF_PROGRAM_STAGE_BY_CALLER = {
+    "__netif_receive_skb_core": "tc_classify", "__dev_queue_xmit": "tc_classify",
+    "bpf_prog_run_generic_xdp": "xdp_generic", "do_xdp_generic": "xdp_generic",
+    "netif_receive_generic_xdp": "xdp_generic",
+}
+_LOCAL_DELIVERY = frozenset({"local_delivery_v4", "local_delivery_v6"})
 _GRO_INFIXES = ("_gro_receive", "_gro_complete")
 _NF_HOOKS = frozenset({"nf_hook_slow", "nf_hook_slow_list"})
 _NF_HOOK_STAGE_BY_CALLER = {
@@ -77,11 +108,10 @@ _NF_HOOK_STAGE_BY_CALLER = {
     "ip_local_deliver": "local_delivery_v4", "ip6_input": "local_delivery_v6",
     "ip_forward": "forwarding_v4", "ip6_forward": "forwarding_v6",
 }
-# Reached before net_rx_action: the sample is in the softirq's own entry or exit (including the
-# tracepoints that measure it), not in any receive stage.
+# The callers of net_rx_action: reached before it, the sample is in the softirq's own entry or exit
+# (including the tracepoints that measure it), not in any receive stage.
 _SOFTIRQ_BOUNDARY = frozenset({"handle_softirqs", "__do_softirq", "do_softirq", "run_ksoftirqd",
-                               "irq_exit_rcu", "__irq_exit_rcu", "__local_bh_enable_ip", "bpf_trace_run1",
-                               "bpf_trace_run2"})
+                               "irq_exit_rcu", "__irq_exit_rcu"})
 _FUNCTION_STAGE = {name: stage for stage, names in _STAGE_FUNCTIONS.items() for name in names}
 
 
@@ -109,22 +139,30 @@ def classify(functions: Iterable[str]) -> str:
     Names are consumed lazily and the walk stops at the first decision, so callers may pass a
     generator that symbolises frame by frame.
     """
-    after_hook = False
+    callee_stages = None  # after a netfilter hook or a BPF program: the stage its caller gives it
+    output = None  # the forwarding stage of an IP output frame met, decided by what is further out
     for function in functions:
         name = _base_name(function)
         if name in _NF_HOOKS:
-            after_hook = True
+            callee_stages = _NF_HOOK_STAGE_BY_CALLER
             continue
-        if after_hook:
-            after_hook = False
-            stage = _NF_HOOK_STAGE_BY_CALLER.get(name)
+        if name.startswith(_BPF_PROGRAM_PREFIX):
+            callee_stages = _BPF_PROGRAM_STAGE_BY_CALLER
+            continue
+        if callee_stages is not None:
+            stage = callee_stages.get(name)
+            callee_stages = None
             if stage is not None:
-                return stage
+                return stage if output is None or stage in _LOCAL_DELIVERY else output
         if name in _SOFTIRQ_BOUNDARY:
-            return "other"
+            return output or "other"
+        if output is None:
+            output = _IP_OUTPUT_STAGE.get(name)
+            if output is not None:
+                continue
         stage = stage_of_function(name)
         if stage is not None:
-            return stage
-    return "other"
+            return stage if output is None or stage in _LOCAL_DELIVERY else output
+    return output or "other"
 
 
