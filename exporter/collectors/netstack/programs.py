@@ -34,10 +34,12 @@ STACK = struct.Struct(f"<{STACK_DEPTH}Q")
 
 class NetstackPrograms:
     """The loaded objects, their attachments and the reads of their maps. Raises what loading raises
-    (``BpfError``, ``BpfObjectMissing``) after closing whatever it had loaded."""
+    (``BpfError``, ``BpfObjectMissing``) after closing whatever it had loaded. ``max_stacks`` resizes the
+    per-scrape stack tables (MAX_STACKS in netstack_rx_stacks.bpf.c; tests make them small)."""
 
-    def __init__(self, frequency_hz: int, syscalls: bool):
+    def __init__(self, frequency_hz: int, syscalls: bool, max_stacks: int | None = None):
         self.frequency_hz = frequency_hz
+        self._max_stacks = max_stacks
         self.syscalls = syscalls
         self.sampled_cpus: set[int] = set()  # CPUs with an armed cpu-clock event
         self._objects: list[libbpf.BpfObject] = []
@@ -67,7 +69,8 @@ class NetstackPrograms:
                 _KEY.pack(0), network_syscall_set(os.uname().machine))
         if self.frequency_hz:
             self._stacks_object = self._load_object(
-                "netstack_rx_stacks", reuse_maps={"softirq_state": self._softirq.map("softirq_state")})
+                "netstack_rx_stacks", reuse_maps={"softirq_state": self._softirq.map("softirq_state")},
+                max_entries={name: self._max_stacks for name in ("samples_0", "samples_1")} if self._max_stacks else None)
             self._generations = tuple(self._stacks_object.map(name, key_size=STACK.size, value_size=_COUNT.size)
                                       for name in ("samples_0", "samples_1"))
             self._generation_map = self._stacks_object.map("generation", key_size=_KEY.size, value_size=_KEY.size)
