@@ -243,3 +243,19 @@ def test_a_cpu_that_comes_online_is_armed_at_the_next_scrape(caplog):
 @pytest.mark.parametrize("text, cpus", [("0", [0]), ("0-3", [0, 1, 2, 3]), ("0,2-3,7\n", [0, 2, 3, 7]), ("", [])])
 def test_cpu_list_format(text, cpus):
     assert parse_cpu_list(text) == cpus
+
+
+@pytest.mark.parametrize("argv, syscalls", [([], False), (["--collector.netstack.syscalls"], True),
+                                            (["-f", "0", "--collector.netstack.syscalls"], True)])
+def test_the_syscalls_flag_reaches_the_collector(argv, syscalls, monkeypatch):
+    from exporter import cli
+    from exporter.collectors import netstack
+
+    built = []
+    monkeypatch.setattr(netstack, "NetstackCollector", lambda *args, **kwargs: built.append((args, kwargs)))
+    parser = cli.build_parser()
+    args = parser.parse_args(argv)
+    registration = next(r for r in cli.resolve(parser, args) if r.name == "netstack")
+    registration.build(args)
+    assert built[0][1] == {"syscalls": syscalls}
+    assert built[0][0] == ((0,) if "0" in argv else (1000,))
