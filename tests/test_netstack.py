@@ -25,6 +25,7 @@ import time
 import pytest
 
 from tests.support import in_netns, require, run, samples, value
+from tests.support.netstack import loaded_collector, require_bpf
 from exporter.collectors import Scrape
 from exporter.bpf.kallsyms import KernelSymbols
 from exporter.collectors.netstack import CATEGORIES, ENTRIES, LOST_REASONS, NetstackCollector, classify
@@ -34,22 +35,10 @@ from exporter.exposition import render_text
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _require_bpf() -> None:
-    require(os.geteuid() == 0, "needs root (CAP_BPF, CAP_PERFMON) to load eBPF programs")
-    require(os.path.exists("/sys/kernel/btf/vmlinux"), "kernel has no BTF (/sys/kernel/btf/vmlinux)")
-
-
-def _loaded(**kwargs) -> NetstackCollector:
-    _require_bpf()
-    made = NetstackCollector(**kwargs)
-    require(made._error is None, f"netstack collector cannot load: {made._error}")
-    return made
-
-
 @pytest.fixture
 def collector():
     """A loaded netstack collector with the defaults (1000 Hz, no syscall entries); closed at teardown."""
-    made = _loaded()
+    made = loaded_collector()
     yield made
     made.close()
 
@@ -57,7 +46,7 @@ def collector():
 @pytest.fixture
 def syscall_collector():
     """A loaded netstack collector with --collector.netstack.syscalls; closed at teardown."""
-    made = _loaded(syscalls=True)
+    made = loaded_collector(syscalls=True)
     yield made
     made.close()
 
@@ -444,9 +433,7 @@ def test_samples_wait_in_the_kernel_while_symbols_cannot_be_read(collector, netn
 
 
 def test_sampling_off_exports_time_but_no_samples(netns):
-    _require_bpf()
-    collector = NetstackCollector(frequency_hz=0)
-    require(collector._error is None, f"netstack collector cannot load: {collector._error}")
+    collector = loaded_collector(frequency_hz=0)
     try:
         _loopback_tcp(netns(), 0.3)
         parsed = _scrape(collector)
@@ -469,7 +456,7 @@ _CHILD = textwrap.dedent("""
 
 
 def test_without_bpf_capabilities_the_scrape_still_answers():
-    _require_bpf()
+    require_bpf()
     capsh = shutil.which("capsh")
     require(capsh is not None, "capsh not installed (apt-get install libcap2-bin)")
     command = [capsh, "--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--",
@@ -505,7 +492,7 @@ def _program_ids_held_by(pid: int) -> set[int]:
 
 
 def test_sigkill_leaves_no_program_attached():
-    _require_bpf()
+    require_bpf()
     require(shutil.which("bpftool") is not None, "bpftool not installed (apt-get install bpftool)")
     child = subprocess.Popen(
         [sys.executable, "-c", "from exporter.collectors.netstack import NetstackCollector; import sys, time\n"

@@ -28,9 +28,10 @@ from pathlib import Path
 import pytest
 
 from exporter.bpf import build, libbpf, tc
-from exporter.collectors.netstack import CATEGORIES, NetstackCollector
+from exporter.collectors.netstack import CATEGORIES
 from exporter.exposition import render_text
 from tests.support import in_netns, require, run, samples, unique_name
+from tests.support.netstack import loaded_collector
 
 SECONDS = 1.0
 MINIMUM_SAMPLES = 100  # at 1000 Hz: a tenth of a CPU second in NET_RX above the idle windows
@@ -39,9 +40,7 @@ UNOWNED_MAC = "02:00:00:00:00:99"
 
 @pytest.fixture(scope="module")
 def collector():
-    require(os.geteuid() == 0, "needs root (CAP_BPF, CAP_PERFMON) to load eBPF programs")
-    made = NetstackCollector()
-    require(made._error is None, f"netstack collector cannot load: {made._error}")
+    made = loaded_collector()
     made.read()  # the kallsyms index is built before the first window
     yield made
     made.close()

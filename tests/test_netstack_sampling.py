@@ -19,26 +19,14 @@ import pytest
 
 from exporter.bpf import libbpf
 from exporter.collectors import Scrape, self_collectors
-from exporter.collectors.netstack import NetstackCollector
 from exporter.collectors.netstack.programs import NetstackPrograms
 from exporter.collectors.netstack.symbols import CurrentSymbols, online_cpus, parse_cpu_list
 from exporter.exposition import render_text
 from tests.support import in_netns, require, samples, value
+from tests.support.netstack import loaded_collector, require_bpf
 
 DEFAULT_PROGRAMS = {"softirq_entry", "softirq_exit", "sample_net_rx"}
 SYSCALL_PROGRAMS = {"sys_enter", "sched_switch", "sock_send_length", "sock_recv_length"}
-
-
-def _require_bpf() -> None:
-    require(os.geteuid() == 0, "needs root (CAP_BPF, CAP_PERFMON) to load eBPF programs")
-    require(os.path.exists("/sys/kernel/btf/vmlinux"), "kernel has no BTF (/sys/kernel/btf/vmlinux)")
-
-
-def _loaded(**kwargs) -> NetstackCollector:
-    _require_bpf()
-    made = NetstackCollector(**kwargs)
-    require(made._error is None, f"netstack collector cannot load: {made._error}")
-    return made
 
 
 def _scrape(*collectors) -> dict:
@@ -70,7 +58,7 @@ def _loopback_traffic(ns: str, seconds: float) -> None:
 
 
 def test_default_runs_nothing_on_sys_enter_or_sched_switch_and_has_no_syscall_series():
-    collector = _loaded()
+    collector = loaded_collector()
     try:
         names = {name for name, _ in libbpf.loaded_programs()}
         assert names == DEFAULT_PROGRAMS
@@ -84,7 +72,7 @@ def test_default_runs_nothing_on_sys_enter_or_sched_switch_and_has_no_syscall_se
 
 
 def test_syscalls_opt_in_adds_its_programs_and_entries():
-    collector = _loaded(syscalls=True)
+    collector = loaded_collector(syscalls=True)
     try:
         parsed = _scrape(collector)
         assert _entries(parsed) == {"net_rx_softirq", "net_tx_softirq", "tx_syscall", "rx_syscall"}
@@ -94,7 +82,7 @@ def test_syscalls_opt_in_adds_its_programs_and_entries():
 
 
 def test_frequency_0_loads_no_sampler_and_exports_no_sampling_series():
-    collector = _loaded(frequency_hz=0)
+    collector = loaded_collector(frequency_hz=0)
     try:
         parsed = _scrape(collector)
         assert _missed_run_programs(parsed) == {"softirq_entry", "softirq_exit"}
@@ -104,7 +92,7 @@ def test_frequency_0_loads_no_sampler_and_exports_no_sampling_series():
 
 
 def test_sampling_gauge_counts_the_sampled_cpus():
-    collector = _loaded()
+    collector = loaded_collector()
     try:
         parsed = _scrape(collector)
         assert value(parsed, "netio_netstack_rx_sampling_cpus") == len(online_cpus())
@@ -118,7 +106,7 @@ def test_hidden_kernel_addresses_turn_sampling_off_visibly(tmp_path, caplog):
     hidden = tmp_path / "kallsyms"
     hidden.write_text("0000000000000000 T _stext\n0000000000000000 t net_rx_action\n")
     with caplog.at_level(logging.WARNING, logger="netio_exporter"):
-        collector = _loaded(kallsyms_path=str(hidden))
+        collector = loaded_collector(kallsyms_path=str(hidden))
     try:
         parsed = _scrape(collector)
         assert value(parsed, "netio_netstack_rx_sampling_cpus") == 0
@@ -133,7 +121,7 @@ def test_hidden_kernel_addresses_turn_sampling_off_visibly(tmp_path, caplog):
 def test_lost_samples_are_counted_apart_and_never_as_a_category(netns):
     """A stack table of 2 entries fills at once: the samples that found no room are lost by reason, and
     what the tables recorded is all that the categories hold."""
-    _require_bpf()
+    require_bpf()
     programs = NetstackPrograms(1000, syscalls=False, max_stacks=2)
     try:
         programs.attach(online_cpus())
@@ -151,7 +139,7 @@ def test_lost_samples_are_counted_apart_and_never_as_a_category(netns):
 
 
 def test_lost_samples_family_in_a_scrape(netns):
-    collector = _loaded()
+    collector = loaded_collector()
     try:
         _loopback_traffic(netns(), 0.3)
         parsed = _scrape(collector)
@@ -196,13 +184,13 @@ def test_a_kernel_without_modules_has_no_proc_modules(tmp_path):
 def test_collector_reads_symbols_again_after_a_module_change(tmp_path, netns, caplog):
     """The live collector with the real kallsyms copied to a file and a /proc/modules the test writes: a
     change of the modules is noticed at the next scrape, and the cached names are dropped."""
-    _require_bpf()
+    require_bpf()
     require(os.geteuid() == 0, "needs root to read kernel addresses in /proc/kallsyms")
     kallsyms, modules = tmp_path / "kallsyms", tmp_path / "modules"
     with open("/proc/kallsyms", "rb") as real:
         kallsyms.write_bytes(real.read())
     modules.write_text("")
-    collector = _loaded(kallsyms_path=str(kallsyms), modules_path=str(modules))
+    collector = loaded_collector(kallsyms_path=str(kallsyms), modules_path=str(modules))
     try:
         ns = netns()
         _loopback_traffic(ns, 0.5)
@@ -223,7 +211,7 @@ def test_a_cpu_that_comes_online_is_armed_at_the_next_scrape(caplog):
     require(len(online_cpus()) >= 2, "needs two online CPUs")
     first, second = online_cpus()[:2]
     online = [first]
-    collector = _loaded(online_cpus=lambda: list(online))
+    collector = loaded_collector(online_cpus=lambda: list(online))
     try:
         assert collector.programs.sampled_cpus == {first}
         parsed = _scrape(collector)

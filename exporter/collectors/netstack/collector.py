@@ -9,7 +9,7 @@ from collections.abc import Callable
 from ...bpf.kallsyms import KallsymsUnreadable, kallsyms_shows_addresses
 from ...exposition import Family
 from .. import Collector, CollectorUnavailable, log
-from .programs import ENTRIES, LOST_REASONS, STACK, NetstackPrograms
+from .programs import LOST_REASONS, STACK, NetstackPrograms
 from .stages import CATEGORIES, classify
 from .symbols import CurrentSymbols, online_cpus
 
