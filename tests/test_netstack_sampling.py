@@ -247,3 +247,26 @@ def test_the_syscalls_flag_reaches_the_collector(argv, syscalls, monkeypatch):
     registration.build(args)
     assert built[0][1] == {"syscalls": syscalls}
     assert built[0][0] == ((0,) if "0" in argv else (1000,))
+
+
+def test_capabilities_kept_after_start_are_only_what_a_scrape_may_need(tmp_path):
+    """exporter.privileges (least privilege after start) keeps what capabilities_after_start names."""
+    modules = tmp_path / "modules"
+    modules.write_text("")
+    collector = loaded_collector(modules_path=str(modules), online_cpus=lambda: [0])
+    try:
+        possible = collector.programs.possible_cpus
+        assert collector.capabilities_after_start == (("CAP_SYSLOG", "CAP_PERFMON") if possible > 1 else ("CAP_SYSLOG",))
+    finally:
+        collector.close()
+    collector = loaded_collector(modules_path=str(tmp_path / "none"))  # no modules, every CPU sampled
+    try:
+        expected = () if collector.programs.sampled_cpus == set(range(collector.programs.possible_cpus)) else ("CAP_PERFMON",)
+        assert collector.capabilities_after_start == expected
+    finally:
+        collector.close()
+    collector = loaded_collector(frequency_hz=0)
+    try:
+        assert collector.capabilities_after_start == ()
+    finally:
+        collector.close()

@@ -87,6 +87,17 @@ class NetstackCollector(Collector):
             self._symbols_thread.start()
 
     @property
+    def capabilities_after_start(self) -> tuple[str, ...]:
+        """What a scrape may still need while sampling (exporter.privileges keeps these): CAP_SYSLOG to read
+        kallsyms again when modules can change, CAP_PERFMON to open the event of a CPU that can come online."""
+        if self._error is not None or not self.sampling:
+            return ()
+        needed = ["CAP_SYSLOG"] if os.path.exists(self._modules_path) else []
+        if len(self.programs.sampled_cpus) < self.programs.possible_cpus:
+            needed.append("CAP_PERFMON")
+        return tuple(needed)
+
+    @property
     def sampling(self) -> bool:
         """Whether NET_RX stacks are sampled (asked for with -f, and kallsyms shows addresses)."""
         return self.programs is not None and self.programs.frequency_hz > 0

@@ -46,7 +46,7 @@ class NetstackPrograms:
         self._attachment: libbpf.Attachment | None = None
         self._sampling: libbpf.Attachment | None = None
         self._generation = 0
-        self._ncpus = libbpf.possible_cpus()
+        self.possible_cpus = self._ncpus = libbpf.possible_cpus()
         try:
             self._load()
         except BaseException:
