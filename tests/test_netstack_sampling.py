@@ -270,3 +270,18 @@ def test_capabilities_kept_after_start_are_only_what_a_scrape_may_need(tmp_path)
         assert collector.capabilities_after_start == ()
     finally:
         collector.close()
+
+
+def test_a_kallsyms_that_cannot_be_read_again_keeps_the_old_names_and_is_tried_once(tmp_path):
+    """Capabilities dropped after start (exporter.privileges) hide kallsyms; a module change then must not
+    end sampling, nor read kallsyms at every scrape. Malformed /proc/modules lines are skipped."""
+    kallsyms, modules = tmp_path / "kallsyms", tmp_path / "modules"
+    kallsyms.write_text(_CORE)
+    modules.write_text("")
+    symbols = CurrentSymbols(str(kallsyms), str(modules))
+    kallsyms.write_text("0000000000000000 T _stext\n")  # what a reader without CAP_SYSLOG sees
+    modules.write_text("veth 4096 0 - Live 0xffffffffc0001000\nnonsense\nbad size 0 - Live 0xzz\n")
+    with pytest.raises(Exception, match="no addresses"):
+        symbols.refresh()
+    assert not symbols.refresh()  # that change was tried once
+    assert symbols.function(0xffffffff81000150) == "net_rx_action"

@@ -173,15 +173,20 @@ class NetstackCollector(Collector):
         if self._symbols is None and self._symbols_thread is not None:
             self._symbols_thread.join()
             self._symbols_thread = None
-        try:
-            if self._symbols is None:
+        if self._symbols is None:
+            try:
                 self._symbols = CurrentSymbols(self._kallsyms_path, self._modules_path)
-            elif self._symbols.refresh():
+            except KallsymsUnreadable as error:
+                raise CollectorUnavailable(str(error)) from None
+            return self._symbols
+        try:
+            if self._symbols.refresh():
                 log.info("netstack: the loaded modules changed: kernel symbols read again")
                 self._stack_categories.clear()
                 self._function_at.clear()
-        except KallsymsUnreadable as error:
-            raise CollectorUnavailable(str(error)) from None
+        except (KallsymsUnreadable, OSError) as error:  # keep sampling with the symbols read before
+            log.warning("netstack: the loaded modules changed but kallsyms cannot be read again (%s): "
+                        "functions of newly loaded modules stay unnamed", error)
         return self._symbols
 
     def _read_samples(self, samples: Family, lost: Family) -> None:

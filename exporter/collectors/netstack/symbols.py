@@ -25,8 +25,11 @@ def _module_extents(text: bytes) -> tuple[list[int], list[int]]:
     extents = []
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) >= 6 and fields[5].startswith(b"0x"):
-            start = int(fields[5], 16)
+        if len(fields) >= 6 and fields[1].isdigit() and fields[5].startswith(b"0x"):
+            try:
+                start = int(fields[5], 16)
+            except ValueError:  # not this format: no extent rather than no symbols
+                continue
             if start:
                 extents.append((start, start + int(fields[1])))
     extents.sort()
@@ -51,14 +54,21 @@ class CurrentSymbols:
 
     def refresh(self) -> bool:
         """Read kallsyms again if /proc/modules changed since the last read; True if it did (names
-        resolved before may be stale). Raises what reading kallsyms raises, keeping the old index."""
+        resolved before may be stale). Raises what reading kallsyms raises, keeping the old index; each
+        change is tried once, so a kallsyms that cannot be read is not read at every scrape."""
         modules = self._read_modules()
         if modules == self._modules:
             return False
-        symbols = KernelSymbols(self._kallsyms_path)  # after /proc/modules: a module loaded between
-        self._symbols = symbols                       # the two reads shows up at the next refresh
-        self._starts, self._ends = _module_extents(modules)
+        first = self._modules is None
         self._modules = modules
+        try:
+            symbols = KernelSymbols(self._kallsyms_path)  # after /proc/modules: a module loaded between
+        except BaseException:                            # the two reads shows up at the next refresh
+            if first:
+                self._modules = None
+            raise
+        self._symbols = symbols
+        self._starts, self._ends = _module_extents(modules)
         return True
 
     def function(self, address: int) -> str | None:
