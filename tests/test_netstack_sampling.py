@@ -150,7 +150,8 @@ def test_lost_samples_family_in_a_scrape(netns):
 
 
 # Kernel symbols kept current: a fake kallsyms and /proc/modules stand in for modprobe.
-_CORE = "ffffffff81000000 T _stext\nffffffff81000100 t net_rx_action\nffffffff81000200 t ip_rcv\n"
+_CORE = ("ffffffff81000000 T _stext\nffffffff81000100 t net_rx_action\nffffffff81000200 t ip_rcv\n"
+         "ffffffff81000300 T _etext\n")
 _VETH = "ffffffffc0001000 t veth_poll\t[veth]\nffffffffc0001100 t veth_xmit\t[veth]\n"
 _BPF = "ffffffffc0100000 t bpf_prog_0123456789abcdef_drop\t[bpf]\n"
 
@@ -161,15 +162,16 @@ def test_symbols_are_read_again_when_the_loaded_modules_change(tmp_path):
     modules.write_text("")
     symbols = CurrentSymbols(str(kallsyms), str(modules))
     assert symbols.function(0xffffffff81000210) == "ip_rcv"
-    assert symbols.function(0xffffffffc0001010) == "ip_rcv"  # not loaded yet: what precedes it (core)
+    # neither kernel nor module text: run-time generated code, named as a BPF program, never as ip_rcv
+    assert symbols.function(0xffffffffc0001010) == "bpf_prog_"
     assert not symbols.refresh()  # nothing changed: no re-read
     kallsyms.write_text(_CORE + _VETH + _BPF)  # modprobe veth
     modules.write_text("veth 4096 0 - Live 0xffffffffc0001000\n")
     assert symbols.refresh()
     assert symbols.function(0xffffffffc0001010) == "veth_poll"
     assert symbols.function(0xffffffffc0001110) == "veth_xmit"
-    # past the end of veth's text (a BPF program loaded since): no name, not veth_xmit
-    assert symbols.function(0xffffffffc0002010) is None
+    # past the end of veth's text (a BPF program loaded since): a BPF program, not veth_xmit
+    assert symbols.function(0xffffffffc0002010) == "bpf_prog_"
     assert symbols.function(0xffffffffc0100010) == "bpf_prog_0123456789abcdef_drop"
 
 

@@ -63,6 +63,16 @@ class KernelSymbols:
         return (self._addresses[index],
                 self._names[self._offsets[index]:self._offsets[index + 1]].decode(errors="replace"))
 
+    def address_of(self, name: str) -> int | None:
+        """The address of the text symbol ``name`` (the lowest, if several), or None."""
+        needle, start = name.encode(), 0
+        while (found := self._names.find(needle, start)) >= 0:
+            index = bisect_right(self._offsets, found) - 1
+            if self._offsets[index] == found and self._offsets[index + 1] == found + len(needle):
+                return self._addresses[index]
+            start = found + 1
+        return None
+
     def memory_bytes(self) -> int:
         return (self._addresses.itemsize * len(self._addresses) + self._offsets.itemsize * len(self._offsets)
                 + len(self._names))

@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
-__all__ = ["CATEGORIES", "classify", "stage_of_function"]
+__all__ = ["BPF_PROGRAM_PREFIX", "CATEGORIES", "classify", "stage_of_function"]
 
 CATEGORIES = ("driver_poll", "gro", "xdp_generic", "tc_classify", "nf_ingress", "nf_conntrack", "bridging",
               "nf_prerouting_v4", "nf_prerouting_v6", "forwarding_v4", "forwarding_v6",
@@ -89,10 +89,10 @@ _IP_OUTPUT_STAGE = {
     "ip6_output": "forwarding_v6", "ip6_finish_output": "forwarding_v6", "__ip6_finish_output": "forwarding_v6",
     "ip6_finish_output2": "forwarding_v6", "ip6_fragment": "forwarding_v6",
 }
-# A BPF program's frame (bpf_prog_<tag>_<name>; JIT code that kallsyms may not list yet resolves to the
-# program before it, also a bpf_prog_) takes the stage of its caller, as a netfilter hook does. The tc
+# A BPF program's frame (bpf_prog_<tag>_<name>; symbols.py names all run-time generated code so, also
+# programs kallsyms did not list when it was read) takes the stage of its caller, as a netfilter hook does. The tc
 # ingress and egress hooks (sch_handle_ingress/egress, tcx_run) are inlined into these callers.
-_BPF_PROGRAM_PREFIX = "bpf_prog_"
+BPF_PROGRAM_PREFIX = "bpf_prog_"
 _BPF_PROGRAM_STAGE_BY_CALLER = {
     "__netif_receive_skb_core": "tc_classify", "__dev_queue_xmit": "tc_classify",
     "bpf_prog_run_generic_xdp": "xdp_generic", "do_xdp_generic": "xdp_generic",
@@ -146,7 +146,7 @@ def classify(functions: Iterable[str]) -> str:
         if name in _NF_HOOKS:
             callee_stages = _NF_HOOK_STAGE_BY_CALLER
             continue
-        if name.startswith(_BPF_PROGRAM_PREFIX):
+        if name.startswith(BPF_PROGRAM_PREFIX):
             callee_stages = _BPF_PROGRAM_STAGE_BY_CALLER
             continue
         if callee_stages is not None:

@@ -2,10 +2,10 @@
 
 ``CurrentSymbols`` wraps the kallsyms index (``exporter/bpf/kallsyms.py``) with the loaded modules of
 ``/proc/modules``: when that file changes (a module loaded or unloaded), ``refresh()`` reads kallsyms
-again, so frames of modules loaded after start resolve. An address in the module area that lies in no
-module's text but past the end of the module whose symbol precedes it (JIT-compiled BPF programs,
-trampolines) has no name rather than the name of that module's last function: a wrong name could be
-a stage marker. The
+again, so frames of modules loaded after start resolve. An address in neither the kernel's text
+(``_stext`` to ``_etext``) nor a module's is code the kernel generated: a BPF program (programs come
+and go all the time, and one loaded since kallsyms was read would resolve to whatever precedes it), so
+it is named as a BPF program, never as a stage marker. The
 sources are paths, so tests can stand in for modprobe and CPU hotplug.
 """
 
@@ -15,6 +15,7 @@ import os
 from bisect import bisect_right
 
 from ...bpf.kallsyms import KernelSymbols
+from .stages import BPF_PROGRAM_PREFIX
 
 __all__ = ["CurrentSymbols", "online_cpus", "parse_cpu_list"]
 
@@ -68,6 +69,8 @@ class CurrentSymbols:
                 self._modules = None
             raise
         self._symbols = symbols
+        self._core_start = symbols.address_of("_stext") or 0
+        self._core_end = symbols.address_of("_etext") or 2**64  # no _etext: every address is kernel text
         self._starts, self._ends = _module_extents(modules)
         return True
 
@@ -76,10 +79,14 @@ class CurrentSymbols:
         if found is None:
             return None
         start, name = found
-        index = bisect_right(self._starts, start) - 1
-        if index >= 0 and start < self._ends[index] <= address:
-            return None  # the symbol is a module's, the address past that module's end
-        return name
+        if self._core_start <= address < self._core_end:
+            return name
+        index = bisect_right(self._starts, address) - 1
+        if index >= 0 and address < self._ends[index]:
+            return name  # in a module's text, and its symbols were read after it loaded
+        # Neither kernel nor module text: code the kernel made at run time (JIT-compiled BPF programs,
+        # trampolines). Programs loaded since kallsyms was read resolve to whatever precedes them.
+        return name if name.startswith(BPF_PROGRAM_PREFIX) else BPF_PROGRAM_PREFIX
 
     def memory_bytes(self) -> int:
         return self._symbols.memory_bytes()
