@@ -5,19 +5,23 @@ first. For two paths, loopback inside the first namespace and the veth pair betw
 long iperf3 TCP stream (client on CPU 0, server on CPU 1) flows while a helper process holding a
 netstack collector detaches and attaches its programs in 1 s windows, in ABBA order (bench/interleave.py:
 a steady drift of the shared machine cancels; each window's rate is the receiving interface's counters).
-Two conditions: the default 1000 Hz NET_RX sampling ("f1000") and sampling off ("f0"). It prints per
-path and condition the median paired throughput ratio with/without, its 95% confidence interval and the
-loss it means (target: <= 3% at f1000, <= 1% at f0); the collector's read() time after each window with
-the programs on (the first read after start is shown apart) and the
-helper's RSS. Then one more stream of each condition with the kernel's run-time statistics on (bench/bpf_programs.py) shows what
-each program costs (calls/s, run time per call, share of one CPU; the statistics add their own clock
-reads and leave out the tracepoints' dispatch); a C getppid() loop (syscall_loop.c, pinned to CPU 1)
-with each program of hook_cost.bpf.c alone on sys_enter shows what its dispatch, map stores and clock read
-cost a syscall; and the same loop, one of write() to /dev/null and one of sched_yield() between two
-processes on one CPU show the tax every syscall and context switch pays while the collector is loaded. The f1000 profile stream also compares NET_RX's measured time
-with what its stack samples estimate (count / frequency): how far a sampled accounting would be off.
+Three conditions: the default ("default": softirq time, 1000 Hz NET_RX sampling), the default with
+sampling off ("default -f 0") and the opt-in syscall entries ("--collector.netstack.syscalls", at
+1000 Hz). It prints per path and condition the median paired throughput ratio with/without, its 95%
+confidence interval, the loss it means (target: <= 3% at the default) and whether the interval holds 1
+(within noise); the collector's read() time after each window with the programs on (the first read
+after start, which waits for the kallsyms index, is shown apart) and the helper's RSS. Then one more
+loopback stream per condition with the kernel's run-time statistics on (bench/bpf_programs.py) shows
+what each program costs (calls/s, run time per call, share of one CPU; the statistics add their own
+clock reads and leave out the tracepoints' dispatch); a C getppid() loop (syscall_loop.c, pinned to
+CPU 1) with each program of hook_cost.bpf.c alone on sys_enter shows what its dispatch, map stores and
+clock read cost a syscall; and the same loop, one of write() to /dev/null and one of sched_yield()
+between two processes on one CPU show the tax every syscall and context switch pays while the
+collector is loaded, without and with the opt-in (target: 0 ns on getppid() by default). The default's
+profile stream also compares NET_RX's measured time with what its stack samples estimate (count /
+frequency): how far a sampled accounting would be off.
 
-Run as root:  /opt/netio-venv/bin/python bench/bench_netstack.py [--pairs 40] [--window 1] [--syscalls-only]
+Run as root from the repository root:  python -m bench.bench_netstack [--pairs 40] [--window 1] [--syscalls-only]
 The namespaces, the iperf3 processes and the helpers are removed at exit (processes by their pid). The
 run-time statistics are on only while an fd of this process holds them (BPF_ENABLE_STATS).
 """
@@ -37,7 +41,8 @@ from pathlib import Path
 from bench.bpf_programs import enable_bpf_stats, program_names, program_stats
 from bench.interleave import ReceiveCounter, interleave, paired_ratio, ratio_cells
 
-CONDITIONS = {"f1000": 1000, "f0": 0}
+# condition -> (sampling frequency, syscall entries)
+CONDITIONS = {"default": (1000, False), "default -f 0": (0, False), "--collector.netstack.syscalls": (1000, True)}
 PORT = 5201
 
 
@@ -45,22 +50,25 @@ def _run(*command: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(command, check=check, capture_output=True, text=True)
 
 
-def helper(frequency: int) -> None:
+def helper(frequency: int, syscalls: bool) -> None:
     """Hold a collector. Commands on stdin, one answer line each: "attach" / "detach" its programs,
     "scrape" (the read() time in seconds), "rss" (VmRSS in kB), "net_rx" (NET_RX seconds, all CPUs, and
     NET_RX stack samples so far)."""
     from exporter.collectors.netstack import NetstackCollector
-    collector = NetstackCollector(frequency)
-    if collector._symbols_thread:
-        collector._symbols_thread.join()  # the kallsyms index is built before any window is timed
-    print(collector._error or "ready", flush=True)
+    from exporter.collectors.netstack.symbols import online_cpus
+    collector = NetstackCollector(frequency, syscalls=syscalls)
+    try:
+        collector.read()  # waits for the kallsyms index: built before any window is timed
+    except Exception as error:
+        print(error, flush=True)
+        return
+    print("ready", flush=True)
     for line in sys.stdin:
         command = line.strip()
-        if command == "attach" and collector._attachment is None:
-            collector._attachment = collector._attach()
-        elif command == "detach" and collector._attachment is not None:
-            collector._attachment.close()
-            collector._attachment = None
+        if command == "attach":
+            collector.programs.attach(online_cpus())
+        elif command == "detach":
+            collector.programs.detach()
         elif command == "scrape":
             start = time.perf_counter()
             collector.read()
@@ -70,7 +78,7 @@ def helper(frequency: int) -> None:
             families = {family.name: family for family in collector.read()}
             seconds = sum(value for _, labels, value in families["netio_netstack_cpu_seconds"].samples
                           if dict(labels)["entry"] == "net_rx_softirq")
-            samples = sum(value for _, _, value in families["netio_netstack_rx_samples"].samples) \
+            samples = sum(sum(values) for _, _, values in families["netio_netstack_rx_samples"].columns) \
                 if "netio_netstack_rx_samples" in families else 0
             print(seconds, samples, flush=True)
             continue
@@ -83,8 +91,9 @@ def helper(frequency: int) -> None:
 
 
 class Helper:
-    def __init__(self, frequency: int):
-        self.process = subprocess.Popen([sys.executable, "-m", "bench.bench_netstack", "--helper", str(frequency)],
+    def __init__(self, frequency: int, syscalls: bool):
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.bench_netstack", "--helper", str(frequency),
+                                         *(["--helper-syscalls"] if syscalls else [])],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         answer = self.process.stdout.readline().strip()
         if answer != "ready":
@@ -184,11 +193,13 @@ def bench_streams(args) -> None:
         # (namespace of the client, address, the receiving interface in the server's namespace)
         paths = {"loopback": (server_ns, "127.0.0.1", "lo"), "veth": (client_ns, "10.198.0.1", "eth1")}
         results, latencies, first_reads, rss = {}, {}, {}, {}
-        for condition, frequency in CONDITIONS.items():
-            held = Helper(frequency)
+        for condition, (frequency, syscalls) in CONDITIONS.items():
+            start = time.perf_counter()
+            held = Helper(frequency, syscalls)  # "ready" after its first read: the kallsyms index is built
+            first_reads[condition] = time.perf_counter() - start
             latencies[condition] = []
             try:
-                first_reads[condition] = float(held.ask("scrape"))
+                held.ask("detach")
                 for path, (ns, address, device) in paths.items():
                     counter = ReceiveCounter(server_ns, device)
                     stream = Stream(ns, address)
@@ -208,8 +219,8 @@ def bench_streams(args) -> None:
         profile = {}
         stats_fd = enable_bpf_stats()
         try:
-            for condition, frequency in CONDITIONS.items():
-                held = Helper(frequency)
+            for condition, (frequency, syscalls) in CONDITIONS.items():
+                held = Helper(frequency, syscalls)
                 stream = Stream(server_ns, "127.0.0.1")
                 try:
                     before, rx_before = program_stats(held.process.pid), held.ask("net_rx").split()
@@ -218,7 +229,7 @@ def bench_streams(args) -> None:
                     elapsed = time.monotonic() - start
                     after, rx_after = program_stats(held.process.pid), held.ask("net_rx").split()
                     names = program_names(after)  # while the helper still holds them
-                    if frequency:  # NET_RX time as the samples estimate it, against the measured time
+                    if condition == "default":  # NET_RX time as the samples estimate it, against the measured time
                         measured = float(rx_after[0]) - float(rx_before[0])
                         estimated = (float(rx_after[1]) - float(rx_before[1])) / frequency
                         sampled_net_rx = (measured, estimated)
@@ -240,19 +251,22 @@ def bench_streams(args) -> None:
 
     print(f"\niperf3, one TCP stream, {args.pairs} pairs of {args.window:g} s windows without/with the programs, "
           f"kernel {os.uname().release}, {os.cpu_count()} CPUs\n")
-    print("| path | condition | Gbit/s without, median | with/without, median of pairs | 95% interval | loss (95% interval) |")
-    print("|---|---|---:|---:|---:|---|")
+    print("| path | condition | Gbit/s without, median | with/without, median of pairs | 95% interval | loss (95% interval) "
+          "| within noise |")
+    print("|---|---|---:|---:|---:|---|---|")
     for (path, condition), pairs in results.items():
         without = statistics.median(pair.off_bps for pair in pairs)
-        print(f"| {path} | {condition} | {without / 1e9:.2f} | {ratio_cells(paired_ratio(pairs))} |")
-    print("\n| condition | read() after a window, median ms | max ms | first read after start, ms | helper RSS MB |")
+        ratio = paired_ratio(pairs)
+        noise = "yes" if ratio.low <= 1 <= ratio.high else "no"
+        print(f"| {path} | {condition} | {without / 1e9:.2f} | {ratio_cells(ratio)} | {noise} |")
+    print("\n| condition | read() after a window, median ms | max ms | start to first read, ms | helper RSS MB |")
     print("|---|---:|---:|---:|---:|")
     for condition in CONDITIONS:
         values = latencies[condition]
         print(f"| {condition} | {statistics.median(values) * 1e3:.2f} | {max(values) * 1e3:.2f} "
               f"| {first_reads[condition] * 1e3:.2f} | {rss[condition] / 1024:.1f} |")
     measured, estimated = sampled_net_rx
-    print(f"\nNET_RX time during the f1000 profile stream: measured {measured:.3f} s, estimated from the stack "
+    print(f"\nNET_RX time during the default's profile stream: measured {measured:.3f} s, estimated from the stack "
           f"samples (count / 1000 Hz) {estimated:.3f} s, ratio {estimated / measured if measured else float('nan'):.3f}")
     print("\n| condition | program | calls/s | ns/call | CPU share of one core |")
     print("|---|---|---:|---:|---:|")
@@ -266,30 +280,37 @@ def bench_syscalls() -> None:
     """What a sys_enter program costs every syscall, and the tax while the collector is loaded."""
     # getppid() cannot reach a socket: sys_enter only stops the clock; write() can: it reads it.
     # sched_yield() to another process on the CPU: a context switch each, through sched_switch.
+    loaded_conditions = {"default -f 0": False, "--collector.netstack.syscalls -f 0": True}
     with tempfile.TemporaryDirectory() as directory:
         loop = build_syscall_loop(directory)
         hooks = hook_costs(loop)
         syscalls = {"getppid()": "getppid", "write() to /dev/null": "write",
                     "sched_yield() between two processes on one CPU": "yield"}
-        syscall_cost = {(name, loaded): [] for name in syscalls for loaded in (False, True)}
-        for _ in range(5):
-            for name, call in syscalls.items():
-                syscall_cost[(name, False)].append(syscall_nanoseconds(loop, call))
-            held = Helper(0)
-            try:
-                for name, call in syscalls.items():
-                    syscall_cost[(name, True)].append(syscall_nanoseconds(loop, call))
-            finally:
-                held.stop()
+        syscall_cost = {(name, loaded): [] for name in syscalls for loaded in (None, *loaded_conditions)}
+        order = [None, *loaded_conditions]
+        for round_number in range(6):  # each round in another order, so a drift favours no condition
+            for condition in order[round_number % 3:] + order[:round_number % 3]:
+                held = Helper(0, loaded_conditions[condition]) if condition else None
+                try:
+                    for name, call in syscalls.items():
+                        syscall_cost[(name, condition)].append(syscall_nanoseconds(loop, call))
+                finally:
+                    if held:
+                        held.stop()
     print("\n| one program alone (bench/hook_cost.bpf.c) | what each call gains, ns |\n|---|---:|")
     for program, tax in hooks.items():
         hook = "sched_switch, per sched_yield() switch" if program.startswith("switch") else "sys_enter, per getppid()"
         print(f"| {program} ({hook}) | {tax:+.0f} |")
-    print("\n| syscall (syscall_loop.c, median of 5) | nothing loaded, ns | netstack loaded (-f 0), ns | tax |")
-    print("|---|---:|---:|---:|")
+    print("\n| syscall (syscall_loop.c, median of 6) | nothing loaded, ns | "
+          + " | ".join(f"{condition}: ns, tax" for condition in loaded_conditions) + " |")
+    print("|---|---:|" + "---:|" * len(loaded_conditions))
     for name in syscalls:
-        off, loaded = (statistics.median(syscall_cost[(name, key)]) for key in (False, True))
-        print(f"| {name} | {off:.0f} | {loaded:.0f} | {loaded - off:+.0f} |")
+        off = statistics.median(syscall_cost[(name, None)])
+        cells = []
+        for condition in loaded_conditions:
+            loaded = statistics.median(syscall_cost[(name, condition)])
+            cells.append(f"{loaded:.0f}, {loaded - off:+.0f}")
+        print(f"| {name} | {off:.0f} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -300,11 +321,12 @@ def main() -> None:
     parser.add_argument("--syscalls-only", action="store_true",
                         help="only the syscall costs (no namespaces, no iperf3; about a minute)")
     parser.add_argument("--helper", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--helper-syscalls", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pairs < 1 or args.window <= 0 or args.profile_seconds <= 0:
         parser.error("--pairs must be positive, --window and --profile-seconds above 0")
     if args.helper is not None:
-        helper(args.helper)
+        helper(args.helper, args.helper_syscalls)
         return
     if os.geteuid() != 0:
         raise SystemExit("bench_netstack: run as root (namespaces and eBPF)")

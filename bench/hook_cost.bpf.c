@@ -2,7 +2,7 @@
 /*
  * hook_cost: what a program on sys_enter costs every syscall, piece by piece (bench_netstack.py
  * attaches one at a time and times getppid()): `empty` is the tracepoint's dispatch alone, `store`
- * adds the per-CPU array lookup and the stores netstack_time's sys_enter makes, `clock` adds its
+ * adds the per-CPU array lookup and the stores netstack_syscalls.bpf.c's sys_enter makes, `clock` adds its
  * bpf_ktime_get_ns(). `switch_empty`, on sched_switch, is what any program there costs a context
  * switch (timed with sched_yield() between two processes on one CPU).
  */
@@ -27,7 +27,7 @@ int BPF_PROG(empty, struct pt_regs *regs, long id)
 	return 0;
 }
 
-/* The stores netstack_time's sys_enter makes, with `start` as the value of the first. */
+/* The stores netstack_syscalls.bpf.c's sys_enter makes, with `start` as the value of the first. */
 static __always_inline int stamp(__u64 start)
 {
 	__u32 zero = 0;

@@ -1,5 +1,7 @@
-"""netstack collector against the real kernel: softirq and syscall accounting, NET_RX breakdown,
-degradation without privileges, and no program left behind by a killed exporter.
+"""netstack collector against the real kernel: softirq and (opt-in) syscall accounting, the NET_RX
+breakdown's accounting (lost samples, symbols kept current, CPUs that come online), degradation without
+privileges, and no program left behind by a killed exporter. The breakdown on each receive path is in
+test_netstack_paths.py.
 
 The counters are system-wide, so traffic the tests make (in their own namespaces) is compared
 with what the kernel itself reports (/proc/softirqs) or with a baseline window; nothing here
@@ -23,26 +25,28 @@ import time
 import pytest
 
 from tests.support import in_netns, require, run, samples, value
+from tests.support.netstack import loaded_collector, require_bpf
 from exporter.collectors import Scrape
 from exporter.bpf.kallsyms import KernelSymbols
-from exporter.collectors.netstack import (_NETWORK_SYSCALLS, CATEGORIES, ENTRIES,
-                                          NetstackCollector, classify)
+from exporter.collectors.netstack import CATEGORIES, ENTRIES, LOST_REASONS, NetstackCollector, classify
+from exporter.collectors.netstack.syscalls import NETWORK_SYSCALLS
 from exporter.exposition import render_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _require_bpf() -> None:
-    require(os.geteuid() == 0, "needs root (CAP_BPF, CAP_PERFMON) to load eBPF programs")
-    require(os.path.exists("/sys/kernel/btf/vmlinux"), "kernel has no BTF (/sys/kernel/btf/vmlinux)")
+@pytest.fixture
+def collector():
+    """A loaded netstack collector with the defaults (1000 Hz, no syscall entries); closed at teardown."""
+    made = loaded_collector()
+    yield made
+    made.close()
 
 
 @pytest.fixture
-def collector():
-    """A loaded netstack collector at the default 1000 Hz; closed at teardown."""
-    _require_bpf()
-    made = NetstackCollector()
-    require(made._error is None, f"netstack collector cannot load: {made._error}")
+def syscall_collector():
+    """A loaded netstack collector with --collector.netstack.syscalls; closed at teardown."""
+    made = loaded_collector(syscalls=True)
     yield made
     made.close()
 
@@ -100,8 +104,11 @@ def _loopback_tcp(ns: str, seconds: float) -> int:
 def test_describe_touches_no_kernel_and_names_the_contract():
     families = {family.name: family for family in NetstackCollector.describe_families(None)}
     assert set(families) == {"netio_netstack_cpu_seconds", "netio_netstack_invocations",
-                             "netio_netstack_rx_samples"}
-    assert all(family.type == "counter" for family in families.values())
+                             "netio_netstack_rx_samples", "netio_netstack_rx_samples_lost",
+                             "netio_netstack_rx_sampling_cpus"}
+    assert {name: family.type for name, family in families.items() if family.type != "counter"} == {
+        "netio_netstack_rx_sampling_cpus": "gauge"}
+    assert LOST_REASONS == ("table_full", "stack_unreadable")
     assert ENTRIES == ("net_rx_softirq", "net_tx_softirq", "tx_syscall", "rx_syscall")
     assert CATEGORIES == ("driver_poll", "gro", "xdp_generic", "tc_classify", "nf_ingress", "nf_conntrack",
                           "bridging", "nf_prerouting_v4", "nf_prerouting_v6", "forwarding_v4", "forwarding_v6",
@@ -136,8 +143,31 @@ SOFTIRQ = ["net_rx_action", "handle_softirqs", "do_softirq.part.0", "__local_bh_
     (["skb_defer_free_flush", *SOFTIRQ], "driver_poll"),
     # frames outside net_rx_action belong to what the softirq interrupted, never to a stage
     (["bpf_trace_run1", "handle_softirqs", "do_softirq.part.0", "__local_bh_enable_ip", "ip_finish_output2",
-      "tcp_v4_rcv"], "other"),
+      "ip_output", "tcp_v4_rcv"], "other"),
     (["some_unknown_function"], "other"),
+    # ip_forward reaches the output path by tail calls: its frame is gone by then
+    (["veth_xmit", "dev_hard_start_xmit", "__dev_queue_xmit", "ip_finish_output2", "ip_output",
+      "__netif_receive_skb_one_core", "process_backlog", *SOFTIRQ], "forwarding_v4"),
+    (["tun_net_xmit", "__dev_queue_xmit", "ip6_finish_output", "ip6_output", "__netif_receive_skb_one_core",
+      *SOFTIRQ], "forwarding_v6"),
+    # ... but what the local stack sends while it receives (a TCP ACK) is local delivery
+    (["__dev_queue_xmit", "ip_finish_output2", "ip_output", "ip_local_out", "__ip_queue_xmit", "__tcp_transmit_skb",
+      "tcp_ack", "tcp_rcv_established", "tcp_v4_do_rcv", "tcp_v4_rcv", "ip_local_deliver_finish", *SOFTIRQ],
+     "local_delivery_v4"),
+    # conntrack in the output path still wins over forwarding
+    (["nf_conntrack_in", "nf_hook_slow", "ip_output", "__netif_receive_skb_one_core", *SOFTIRQ], "nf_conntrack"),
+    # tc and TCX are inlined into __netif_receive_skb_core: a BPF program's caller decides
+    (["htab_map_hash", "bpf_prog_2d923b728ff2a551_count_and_continue", "__netif_receive_skb_core.constprop.0",
+      *SOFTIRQ], "tc_classify"),
+    (["bpf_prog_2d923b728ff2a551_xdp_count_and_drop", "bpf_prog_run_generic_xdp", "do_xdp_generic",
+      "__netif_receive_skb_core", *SOFTIRQ], "xdp_generic"),
+    # a route to nowhere, early demux: IP receive up to the routing decision
+    (["kfree", "ip_error", "__netif_receive_skb_one_core", *SOFTIRQ], "nf_prerouting_v4"),
+    (["udp_v4_early_demux", "ip_rcv_finish_core", "ip_rcv", *SOFTIRQ], "nf_prerouting_v4"),
+    # bh enabled again inside a stage is not the softirq's own exit
+    (["__local_bh_enable_ip", "nft_do_chain", "nft_do_chain_ipv4", "nf_hook_slow", "ip_rcv", *SOFTIRQ],
+     "nf_prerouting_v4"),
+    (["bpf_prog_ca1240e4a2ca8bfb_softirq_exit", "bpf_trace_run1", *SOFTIRQ[1:]], "other"),
     ([], "other"),
 ])
 def test_each_stack_lands_in_exactly_one_category(stack, category):
@@ -200,7 +230,7 @@ def _connected_udp_pair(ns: str) -> tuple[socket.socket, socket.socket]:
     return sender, receiver
 
 
-def test_udp_sendto_counts_and_dev_null_and_unix_do_not(collector, netns):
+def test_udp_sendto_counts_and_dev_null_and_unix_do_not(syscall_collector, netns):
     calls = 2000
     sender, receiver = _connected_udp_pair(netns())
     target = receiver.getsockname()
@@ -209,9 +239,9 @@ def test_udp_sendto_counts_and_dev_null_and_unix_do_not(collector, netns):
     devnull = os.open(os.devnull, os.O_WRONLY)
 
     def window(action) -> float:
-        before = _tx_invocations(collector)
+        before = _tx_invocations(syscall_collector)
         action()
-        return _tx_invocations(collector) - before
+        return _tx_invocations(syscall_collector) - before
 
     def udp():
         for _ in range(calls):
@@ -239,7 +269,7 @@ def test_udp_sendto_counts_and_dev_null_and_unix_do_not(collector, netns):
 
 
 # Every way Python has to send or receive on a socket, so each syscall number sys_enter must time
-# (netstack._NETWORK_SYSCALLS) is used once: a missing number would leave its calls uncounted.
+# (netstack/syscalls.py) is used once: a missing number would leave its calls uncounted.
 _SENDS = {
     "send (sendto)": lambda sock, _: sock.send(b"x"),
     "write": lambda sock, _: os.write(sock.fileno(), b"x"),
@@ -256,17 +286,17 @@ _RECEIVES = {
 
 
 @pytest.mark.parametrize("way", sorted(_SENDS))
-def test_every_send_syscall_counts(collector, netns, way, tmp_path):
+def test_every_send_syscall_counts(syscall_collector, netns, way, tmp_path):
     calls = 300
     sender, receiver = _connected_udp_pair(netns())
     source_path = tmp_path / "one-byte"
     source_path.write_bytes(b"x")
     source = os.open(source_path, os.O_RDONLY)
     try:
-        before = _tx_invocations(collector)
+        before = _tx_invocations(syscall_collector)
         for _ in range(calls):
             _SENDS[way](sender, source)
-        assert _tx_invocations(collector) - before >= calls
+        assert _tx_invocations(syscall_collector) - before >= calls
     finally:
         os.close(source)
         sender.close()
@@ -274,16 +304,16 @@ def test_every_send_syscall_counts(collector, netns, way, tmp_path):
 
 
 @pytest.mark.parametrize("way", sorted(_RECEIVES))
-def test_every_receive_syscall_counts(collector, netns, way):
+def test_every_receive_syscall_counts(syscall_collector, netns, way):
     calls = 300
     sender, receiver = _connected_udp_pair(netns())
     try:
         for _ in range(calls):
             sender.send(b"x")
-        before = _sum(_scrape(collector), "netio_netstack_invocations_total", entry="rx_syscall")
+        before = _sum(_scrape(syscall_collector), "netio_netstack_invocations_total", entry="rx_syscall")
         for _ in range(calls):
             _RECEIVES[way](receiver)
-        after = _sum(_scrape(collector), "netio_netstack_invocations_total", entry="rx_syscall")
+        after = _sum(_scrape(syscall_collector), "netio_netstack_invocations_total", entry="rx_syscall")
         assert after - before >= calls
     finally:
         sender.close()
@@ -303,7 +333,7 @@ _NETWORK_SYSCALL_NAMES = ("read", "write", "readv", "writev", "sendfile", "sendt
 
 
 def test_network_syscall_numbers_match_the_system_headers():
-    """The numbers in netstack._NETWORK_SYSCALLS, checked against linux-libc-dev's headers where installed."""
+    """The numbers in NETWORK_SYSCALLS, checked against linux-libc-dev's headers where installed."""
     checked = 0
     for machine, native, compat, compat_extra in (
             ("x86_64", "/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "/usr/include/x86_64-linux-gnu/asm/unistd_32.h",
@@ -316,29 +346,29 @@ def test_network_syscall_numbers_match_the_system_headers():
         if compat and os.path.exists(compat):
             compat_numbers = _header_numbers(compat)
             expected |= {compat_numbers[name] for name in _NETWORK_SYSCALL_NAMES + compat_extra}
-            assert expected == set(_NETWORK_SYSCALLS[machine])
+            assert expected == set(NETWORK_SYSCALLS[machine])
         else:
-            assert expected <= set(_NETWORK_SYSCALLS[machine])
+            assert expected <= set(NETWORK_SYSCALLS[machine])
         checked += 1
     if not checked:
         pytest.skip("no kernel UAPI headers (linux-libc-dev) to check the syscall numbers against")
 
 
-def test_recv_that_fails_with_eagain_counts(collector, netns):
+def test_recv_that_fails_with_eagain_counts(syscall_collector, netns):
     calls = 500
     sender, sock = _connected_udp_pair(netns())
     sender.close()
     sock.setblocking(False)
-    before = _sum(_scrape(collector), "netio_netstack_invocations_total", entry="rx_syscall")
+    before = _sum(_scrape(syscall_collector), "netio_netstack_invocations_total", entry="rx_syscall")
     for _ in range(calls):
         with pytest.raises(BlockingIOError):
             sock.recv(16)
-    after = _sum(_scrape(collector), "netio_netstack_invocations_total", entry="rx_syscall")
+    after = _sum(_scrape(syscall_collector), "netio_netstack_invocations_total", entry="rx_syscall")
     sock.close()
     assert after - before >= calls
 
 
-def test_time_blocked_in_recv_is_not_counted(collector, netns):
+def test_time_blocked_in_recv_is_not_counted(syscall_collector, netns):
     """A recv that sleeps for a second costs microseconds of CPU: switched-out time is paused out."""
     blocked = 1.0
     ns = netns()
@@ -348,10 +378,10 @@ def test_time_blocked_in_recv_is_not_counted(collector, netns):
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     timer = threading.Timer(blocked, sender.sendto, (b"wake", receiver.getsockname()))
     name = "netio_netstack_cpu_seconds_total"
-    before = _sum(_scrape(collector), name, entry="rx_syscall")
+    before = _sum(_scrape(syscall_collector), name, entry="rx_syscall")
     timer.start()
     assert receiver.recv(16) == b"wake"
-    after = _sum(_scrape(collector), name, entry="rx_syscall")
+    after = _sum(_scrape(syscall_collector), name, entry="rx_syscall")
     timer.join()
     receiver.close()
     sender.close()
@@ -380,7 +410,7 @@ def test_rx_breakdown_sums_and_loopback_tcp_is_local_delivery(collector, netns):
 
 def test_samples_wait_in_the_kernel_while_symbols_cannot_be_read(collector, netns, monkeypatch):
     """A scrape that cannot symbolise fails before it drains: the next good scrape counts those samples."""
-    from exporter.collectors import netstack
+    from exporter.collectors.netstack import collector as netstack_collector
 
     ns = netns()
     name = "netio_netstack_rx_samples_total"
@@ -391,7 +421,7 @@ def test_samples_wait_in_the_kernel_while_symbols_cannot_be_read(collector, netn
     def unreadable(*args, **kwargs):
         raise PermissionError("/proc/kallsyms: Permission denied (test)")
 
-    monkeypatch.setattr(netstack, "KernelSymbols", unreadable)
+    monkeypatch.setattr(netstack_collector, "CurrentSymbols", unreadable)
     with pytest.raises(PermissionError):
         collector.read()
     monkeypatch.undo()
@@ -403,9 +433,7 @@ def test_samples_wait_in_the_kernel_while_symbols_cannot_be_read(collector, netn
 
 
 def test_sampling_off_exports_time_but_no_samples(netns):
-    _require_bpf()
-    collector = NetstackCollector(frequency_hz=0)
-    require(collector._error is None, f"netstack collector cannot load: {collector._error}")
+    collector = loaded_collector(frequency_hz=0)
     try:
         _loopback_tcp(netns(), 0.3)
         parsed = _scrape(collector)
@@ -428,7 +456,7 @@ _CHILD = textwrap.dedent("""
 
 
 def test_without_bpf_capabilities_the_scrape_still_answers():
-    _require_bpf()
+    require_bpf()
     capsh = shutil.which("capsh")
     require(capsh is not None, "capsh not installed (apt-get install libcap2-bin)")
     command = [capsh, "--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--",
@@ -464,7 +492,7 @@ def _program_ids_held_by(pid: int) -> set[int]:
 
 
 def test_sigkill_leaves_no_program_attached():
-    _require_bpf()
+    require_bpf()
     require(shutil.which("bpftool") is not None, "bpftool not installed (apt-get install bpftool)")
     child = subprocess.Popen(
         [sys.executable, "-c", "from exporter.collectors.netstack import NetstackCollector; import sys, time\n"
@@ -474,7 +502,7 @@ def test_sigkill_leaves_no_program_attached():
         line = child.stdout.readline().strip()
         require(line == "ready", f"netstack collector cannot load: {line or child.stderr.read()}")
         held = _program_ids_held_by(child.pid)
-        assert len(held) >= 7  # six tracing programs and the sampler
+        assert len(held) >= 3  # softirq entry and exit, and the sampler
         assert held <= _loaded_program_ids()
     finally:
         child.send_signal(signal.SIGKILL)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
 _IN_CHECKOUT = (SOURCE_DIR.parent.parent / "setup.py").exists()
-# Every program in this directory, by name (netstack_time for netstack_time.bpf.c).
+# Every program in this directory, by name (netstack_softirq for netstack_softirq.bpf.c).
 SOURCES = tuple(sorted(path.name[:-len(".bpf.c")] for path in SOURCE_DIR.glob("*.bpf.c")))
 
 

@@ -52,20 +52,36 @@ class KernelSymbols:
         return len(self._addresses)
 
     def function(self, address: int) -> str | None:
+        found = self.symbol(address)
+        return found[1] if found else None
+
+    def symbol(self, address: int) -> tuple[int, str] | None:
+        """(start address, name) of the last text symbol at or below ``address``, or None."""
         index = bisect_right(self._addresses, address) - 1
         if index < 0:
             return None
-        return self._names[self._offsets[index]:self._offsets[index + 1]].decode(errors="replace")
+        return (self._addresses[index],
+                self._names[self._offsets[index]:self._offsets[index + 1]].decode(errors="replace"))
+
+    def address_of(self, name: str) -> int | None:
+        """The address of the text symbol ``name`` (the lowest, if several), or None."""
+        needle, start = name.encode(), 0
+        while (found := self._names.find(needle, start)) >= 0:
+            index = bisect_right(self._offsets, found) - 1
+            if self._offsets[index] == found and self._offsets[index + 1] == found + len(needle):
+                return self._addresses[index]
+            start = found + 1
+        return None
 
     def memory_bytes(self) -> int:
         return (self._addresses.itemsize * len(self._addresses) + self._offsets.itemsize * len(self._offsets)
                 + len(self._names))
 
 
-def kallsyms_shows_addresses() -> bool:
+def kallsyms_shows_addresses(path: str = "/proc/kallsyms") -> bool:
     """False where kernel.kptr_restrict shows every address as 0 (per-CPU symbols are 0 anyway)."""
     try:
-        with open("/proc/kallsyms", "rb") as file:
+        with open(path, "rb") as file:
             for line in file:
                 address, kind = line.split()[:2]
                 if kind in (b"t", b"T"):

@@ -4,14 +4,15 @@
  *
  * Hook: a perf_event program on the software cpu-clock event of every CPU, with a fixed sample
  * period (user space opens the events; frequency mode under-samples idle CPUs). A sample looks at
- * `softirq_state` (shared with netstack_time.bpf.c: user space hands this object that map's fd)
+ * `softirq_state` (netstack_shared.h, kept by netstack_softirq.bpf.c: user space hands this object its fd)
  * and, only inside NET_RX, copies the kernel stack into a zeroed buffer and counts it in a hash
  * keyed by the stack itself: identical stacks share an entry, different ones never collide
  * (a BPF stack-trace map would drop samples on hash collisions and fill up for good).
  * Two generations, `samples_0`/`samples_1`: user space flips `generation` at each scrape and
  * drains the other one with a batch lookup-and-delete, so the tables never fill up over time.
- * Samples that find no room (more distinct stacks than MAX_STACKS between two scrapes) or whose
- * stack cannot be read are counted in `unrecorded`, so the total stays exact.
+ * Samples that cannot be recorded are counted in `lost` by reason, never as a stack: LOST_TABLE_FULL
+ * (more distinct stacks than MAX_STACKS between two scrapes), LOST_STACK_UNREADABLE (bpf_get_stack
+ * failed). Recorded plus lost is every sample taken inside NET_RX.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -48,17 +49,19 @@ struct {
 	__type(value, __u32);
 } generation SEC(".maps");
 
+/* Index into `lost`; LOST_REASONS in exporter/collectors/netstack/programs.py has the same order. */
+enum { LOST_TABLE_FULL, LOST_STACK_UNREADABLE, LOST_REASONS };
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, LOST_REASONS);
 	__type(key, __u32);
 	__type(value, __u64);
-} unrecorded SEC(".maps");
+} lost SEC(".maps");
 
-static __always_inline int count_unrecorded(void)
+static __always_inline int count_lost(__u32 reason)
 {
-	__u32 zero = 0;
-	__u64 *count = bpf_map_lookup_elem(&unrecorded, &zero);
+	__u64 *count = bpf_map_lookup_elem(&lost, &reason);
 
 	if (count)
 		__sync_fetch_and_add(count, 1);
@@ -79,7 +82,7 @@ static __always_inline void count_stack(void *samples, struct stack *stack)
 	if (count)
 		__sync_fetch_and_add(count, 1);
 	else
-		count_unrecorded();  /* table full */
+		count_lost(LOST_TABLE_FULL);
 }
 
 SEC("perf_event")
@@ -99,7 +102,7 @@ int sample_net_rx(void *ctx)
 	for (i = 0; i < STACK_DEPTH; i++)  /* unused frames must be zero: the stack is the key */
 		stack->frames[i] = 0;
 	if (bpf_get_stack(ctx, stack->frames, sizeof(stack->frames), 0) <= 0)
-		return count_unrecorded();
+		return count_lost(LOST_STACK_UNREADABLE);
 	if (*current & 1)
 		count_stack(&samples_1, stack);
 	else

@@ -33,7 +33,8 @@ CONTRACT: dict[str | None, set[str]] = {
         "netio_tcp_{sent,received,retransmitted}_segments_total",
         "netio_tcp_{busy,rwnd_limited,sndbuf_limited}_seconds_total", "netio_tcp_connections_closed_total",
         "netio_tcp_rtt_seconds_{bucket,gcount,gsum}", "netio_tcp_accounting_info"),
-    "netstack": _expand("netio_netstack_{cpu_seconds,invocations,rx_samples}_total"),
+    "netstack": _expand("netio_netstack_{cpu_seconds,invocations,rx_samples,rx_samples_lost}_total",
+                        "netio_netstack_rx_sampling_cpus"),
     "mac": _expand("netio_mac_{download,upload}_{bytes,packets}_total", "netio_mac_info",
                    "netio_mac_untracked_{bytes,packets}_total", "netio_mac_table_{entries,max_entries}"),
     "netns": _expand("netio_netns_info", "netio_netns_skipped_total"),
@@ -54,10 +55,10 @@ CONTRACT: dict[str | None, set[str]] = {
 CONTRACT_LABELS = {
     "device", "address", "operstate", "ifalias", "kind",  # link
     "state", "local_port", "le",  # tcp
-    "cpu", "entry", "category",  # netstack
+    "cpu", "entry", "category", "reason",  # netstack
     "mac", "ipv4", "ipv6",  # mac
     "method",  # tcp accounting, tcp archive
-    "netns", "inode", "reason",  # netns
+    "netns", "inode",  # netns (reason: above)
     "protocol",  # sockstat
     "version", "collector", "program",  # self
     "namespace", "daemonset",  # kube-state-metrics

@@ -1,14 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * netstack_time: CPU time and invocations of the network stack per CPU, exclusive in time.
+ * netstack_syscalls: CPU time and invocations of send/receive syscalls on IP sockets per CPU, loaded
+ * only with --collector.netstack.syscalls (every syscall and context switch of the host pays for it).
  *
- * Entries (index into `totals`, a per-CPU array of {nanoseconds, invocations}):
- *   0 net_rx_softirq, 1 net_tx_softirq   tp_btf/softirq_entry + softirq_exit, NET_RX/NET_TX only
- *   2 tx_syscall,     3 rx_syscall       tp_btf/sys_enter stamps the start of every syscall that
- *                                        can reach a socket's sendmsg/recvmsg; tp_btf/sock_send_length
- *                                        / sock_recv_length (they fire when sock_sendmsg/sock_recvmsg
- *                                        return, whatever the result) charge the time since that
- *                                        stamp if the socket is AF_INET/AF_INET6.
+ * Entries (netstack_shared.h's `totals`, shared with netstack_softirq.bpf.c):
+ *   tx_syscall, rx_syscall   tp_btf/sys_enter stamps the start of every syscall that can reach a
+ *                            socket's sendmsg/recvmsg; tp_btf/sock_send_length / sock_recv_length
+ *                            (they fire when sock_sendmsg/sock_recvmsg return, whatever the result)
+ *                            charge the time since that stamp if the socket is AF_INET/AF_INET6.
  * Cost: sys_enter runs for every syscall of every task, so it only writes a per-CPU clock (no
  * hash or task-storage lookup), and reads the clock only for the syscalls in `network_syscalls`
  * (read/write and their vector forms, send and recv calls, sendfile, splice, io_uring_enter; user
@@ -18,15 +17,15 @@
  * to sys_enter adds ~85 ns to every syscall, the per-CPU lookup and stores ~2 ns more,
  * bpf_ktime_get_ns() ~65 ns; the clock read is the one cost the other hooks cannot avoid, so each
  * reads it once.
- * The clock belongs to the task running on the CPU: sched_switch saves it into the outgoing task's
- * task storage and restores the incoming task's, so a syscall that blocks or migrates keeps its
- * clock and the time switched out is paused out of it.
- * Exclusivity: NET softirqs that run inline (bh enable, irq exit) pause the CPU's clock too.
+ * The clock belongs to the task running on the CPU (`cpu_clock`): sched_switch saves it into the
+ * outgoing task's task storage and restores the incoming task's, so a syscall that blocks or
+ * migrates keeps its clock and the time switched out is paused out of it.
+ * Exclusivity: NET softirqs that run inline (bh enable, irq exit) pause the CPU's clock too
+ * (netstack_softirq.bpf.c's softirq_exit).
  * Charging at the send/recv tracepoint instead of at sys_exit saves one program run per syscall;
  * it leaves uncounted the few instructions between the socket call's return and the syscall's
  * return. A syscall that calls the socket layer several times (sendmmsg) is charged in increments
  * and counted once.
- * Shared with netstack_rx_stacks.bpf.c (netstack_shared.h): `softirq_state`, which NET softirq this CPU runs now.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -37,29 +36,11 @@
 #define AF_INET 2
 #define AF_INET6 10
 
-enum { NET_RX_SOFTIRQ_ENTRY, NET_TX_SOFTIRQ_ENTRY, TX_SYSCALL_ENTRY, RX_SYSCALL_ENTRY, ENTRIES };
-
 /* Only the fields used; CO-RE relocates their offsets against the running kernel's BTF. */
 struct sock_common { unsigned short skc_family; } __attribute__((preserve_access_index));
 struct sock { struct sock_common __sk_common; } __attribute__((preserve_access_index));
 struct task_struct { int pid; } __attribute__((preserve_access_index));
 struct pt_regs;
-
-struct totals { __u64 nanoseconds; __u64 invocations; };
-struct syscall_clock {
-	__u64 start;        /* syscall entry, or the last charge within this syscall; 0: none */
-	__u64 paused;       /* NET softirq and switched-out time since `start` */
-	__u64 switched_out; /* in task storage: when the task was switched out */
-	__u32 counted;      /* this syscall's invocation is counted already */
-	__u32 unused;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, ENTRIES);
-	__type(key, __u32);
-	__type(value, struct totals);
-} totals SEC(".maps");
 
 /* Bit n set: syscall number n can reach a socket's sendmsg/recvmsg. Numbers past the set are
  * treated as if they could (never lose a network syscall to an unknown number). */
@@ -73,14 +54,6 @@ struct {
 	__type(value, struct syscall_set);
 } network_syscalls SEC(".maps");
 
-/* The syscall clock of the task running on each CPU. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct syscall_clock);
-} cpu_clock SEC(".maps");
-
 /* The syscall clock of each task that is switched out. */
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -88,58 +61,6 @@ struct {
 	__type(key, int);
 	__type(value, struct syscall_clock);
 } task_clock SEC(".maps");
-
-static __always_inline void charge(__u32 entry, __u64 nanoseconds, int invocation)
-{
-	struct totals *total = bpf_map_lookup_elem(&totals, &entry);
-
-	if (!total)
-		return;
-	/* Atomic: a preempted program and its successor on this CPU may update the same slot. */
-	__sync_fetch_and_add(&total->nanoseconds, nanoseconds);
-	if (invocation)
-		__sync_fetch_and_add(&total->invocations, 1);
-}
-
-SEC("tp_btf/softirq_entry")
-int BPF_PROG(softirq_entry, unsigned int vec)
-{
-	__u32 zero = 0;
-	struct softirq_state *state;
-
-	if (vec != NET_RX_SOFTIRQ && vec != NET_TX_SOFTIRQ)
-		return 0;
-	state = bpf_map_lookup_elem(&softirq_state, &zero);
-	if (state) {
-		state->vec = vec;
-		state->start = bpf_ktime_get_ns();
-	}
-	return 0;
-}
-
-SEC("tp_btf/softirq_exit")
-int BPF_PROG(softirq_exit, unsigned int vec)
-{
-	__u32 zero = 0;
-	struct softirq_state *state;
-	struct syscall_clock *clock;
-	__u64 start, length;
-
-	if (vec != NET_RX_SOFTIRQ && vec != NET_TX_SOFTIRQ)
-		return 0;
-	state = bpf_map_lookup_elem(&softirq_state, &zero);
-	if (!state || !state->start)  /* entered before we attached */
-		return 0;
-	start = state->start;
-	state->start = 0;
-	length = bpf_ktime_get_ns() - start;
-	charge(vec == NET_RX_SOFTIRQ ? NET_RX_SOFTIRQ_ENTRY : NET_TX_SOFTIRQ_ENTRY, length, 1);
-	/* If it ran inline in a task's syscall, that syscall did not run meanwhile. */
-	clock = bpf_map_lookup_elem(&cpu_clock, &zero);
-	if (clock)
-		clock->paused += length;
-	return 0;
-}
 
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
