@@ -12,12 +12,15 @@
  *
  * Namespace: only drops in the exporter's own network namespace (config.netns, the inode number of
  * that namespace) are counted, so other namespaces' drops (a node's containers) can neither fill
- * the table nor appear. A drop's namespace is its socket's (skb->sk) if it has one, else its
- * device's. The device (its ifindex) is counted only if it is in that same namespace: an skb queued
- * on a socket reuses the device pointer for other things (TCP's rb-tree node, UDP's dev_scratch),
- * and such a pointer must not name a device. Drops with neither a socket nor a device belong to no
- * namespace: they count (as ifindex 0, "none") only where config.flags has UNATTRIBUTED, which user
- * space sets in the host's namespace.
+ * the table nor appear. A drop belongs to its device's namespace, and is counted with that device
+ * (its ifindex), unless the device pointer cannot be trusted; then to its socket's namespace, with
+ * no device. Both are known and in different namespaces in two cases: a packet that crossed a veth
+ * pair keeps its sender's socket (skb_scrub_packet keeps skb->sk since 4.19) and its device is where
+ * it was received (dev->ifindex == skb->skb_iif): the device's namespace is the one that dropped it;
+ * a packet queued on a socket has the device pointer reused for other things (TCP's rb-tree node,
+ * UDP's dev_scratch), which match no skb_iif: the socket's namespace dropped it. Drops with neither
+ * a socket nor a device belong to no namespace: they count (as ifindex 0, "none") only where
+ * config.flags has UNATTRIBUTED, which user space sets in the host's namespace.
  *
  * Table: `drops`, a per-CPU hash {location, ifindex, reason} -> packets (location is 0 unless
  * config.flags has LOCATIONS). Per-CPU values need no atomics: the kernel never nests a run of this
@@ -37,7 +40,7 @@ typedef struct { struct net *net; } __attribute__((preserve_access_index)) possi
 struct net_device { int ifindex; possible_net_t nd_net; } __attribute__((preserve_access_index));
 struct sock_common { possible_net_t skc_net; } __attribute__((preserve_access_index));
 struct sock { struct sock_common __sk_common; } __attribute__((preserve_access_index));
-struct sk_buff { struct net_device *dev; struct sock *sk; } __attribute__((preserve_access_index));
+struct sk_buff { struct net_device *dev; struct sock *sk; int skb_iif; } __attribute__((preserve_access_index));
 enum skb_drop_reason { SKB_CONSUMED = 1 };  /* the value is relocated from the kernel's enum */
 
 #define MAX_ENTRIES 4096
@@ -92,7 +95,7 @@ static __always_inline long count(void *map, void *key)
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(kfree_skb, struct sk_buff *skb, void *location, unsigned int reason)
 {
-	__u32 zero = 0, netns = 0, device_netns;
+	__u32 zero = 0, netns = 0, device_netns = 0;
 	struct config *settings = bpf_map_lookup_elem(&config, &zero);
 	struct drop_key key = {};
 	struct net_device *dev;
@@ -109,10 +112,10 @@ int BPF_PROG(kfree_skb, struct sk_buff *skb, void *location, unsigned int reason
 		netns = sk->__sk_common.skc_net.net->ns.inum;
 	if (dev) {
 		device_netns = dev->nd_net.net->ns.inum;
-		if (!sk)
+		if (!sk || device_netns == netns || dev->ifindex == skb->skb_iif) {
 			netns = device_netns;
-		if (device_netns == netns)
 			key.ifindex = dev->ifindex;
+		}
 	}
 	if (netns != settings->netns && (netns || !(settings->flags & UNATTRIBUTED)))
 		return 0;

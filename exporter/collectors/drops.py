@@ -15,7 +15,7 @@ subsystem bits (``SKB_DROP_REASON_SUBSYS_MASK``: mac80211, openvswitch) is named
 
 Devices are named at scrape time from a netlink link dump; the drops of a device that is gone are
 removed from the kernel's table (a host whose containers come and go would fill it otherwise).
-The table holds 4096 (device, reason[, location]) entries; drops of new entries beyond them count
+The table holds ``table_entries`` (4096) (device, reason[, location]) entries; drops of new entries beyond them count
 under ``device="other"`` with their reason.
 
 ``--collector.drops.locations`` adds ``function``, the kernel function that dropped (the
@@ -40,6 +40,7 @@ from ..exposition import Family
 from . import Collector, CollectorUnavailable, Flags, Registration, log
 
 DEFAULT_LOCATIONS_TOP = 20
+TABLE_ENTRIES = 4096  # MAX_ENTRIES of drops.bpf.c
 _REASON_ENUM, _SUBSYSTEM_ENUM = "skb_drop_reason", "skb_drop_reason_subsys"
 _SUBSYSTEM_MASK = "SKB_DROP_REASON_SUBSYS_MASK"
 # The host's network namespace has this inode number where the kernel fixes it (include/linux/proc_ns.h
@@ -54,8 +55,9 @@ _REASON = struct.Struct("<I")
 _LOCATIONS, _UNATTRIBUTED = 1, 2
 
 
-def _reason_label(enumerator: str) -> str:
-    for prefix in ("SKB_DROP_REASON_SUBSYS_", "SKB_DROP_REASON_", "SKB_"):
+def _label(enumerator: str, prefixes: tuple[str, ...]) -> str:
+    """SKB_DROP_REASON_NO_SOCKET -> no_socket: lower case without the first of ``prefixes`` it has."""
+    for prefix in prefixes:
         if enumerator.startswith(prefix):
             return enumerator[len(prefix):].lower()
     return enumerator.lower()
@@ -68,10 +70,10 @@ class ReasonNames:
         reasons = enums.get(_REASON_ENUM)
         if not reasons:
             raise CollectorUnavailable(f"the kernel's BTF has no enum {_REASON_ENUM}: drop reasons need Linux 5.17 or later")
-        self._names = {value: _reason_label(name) for name, value in reversed(reasons.items())}
+        self._names = {value: _label(name, ("SKB_DROP_REASON_", "SKB_")) for name, value in reversed(reasons.items())}
         self._mask = reasons.get(_SUBSYSTEM_MASK, 0)
         self._shift = (self._mask & -self._mask).bit_length() - 1 if self._mask else 0
-        self._subsystems = {value: _reason_label(name) for name, value in enums.get(_SUBSYSTEM_ENUM, {}).items()
+        self._subsystems = {value: _label(name, ("SKB_DROP_REASON_SUBSYS_",)) for name, value in enums.get(_SUBSYSTEM_ENUM, {}).items()
                             if not name.endswith("_NUM") and value}
 
     def __call__(self, value: int) -> str:
@@ -113,11 +115,13 @@ def _family(locations: bool) -> Family:
 class DropsCollector(Collector):
     name = "drops"
 
-    def __init__(self, locations: bool = False, locations_top: int = DEFAULT_LOCATIONS_TOP):
+    def __init__(self, locations: bool = False, locations_top: int = DEFAULT_LOCATIONS_TOP,
+                 table_entries: int = TABLE_ENTRIES):
         if not isinstance(locations_top, int) or not 1 <= locations_top <= 1000:
             raise ValueError(f"locations_top: expected 1-1000, got {locations_top!r}")
         self.locations = locations
         self.locations_top = locations_top
+        self.table_entries = table_entries
         self._lock = threading.Lock()
         self._object = self._attachment = self._netlink = self._symbols = None
         self._error: CollectorUnavailable | None = None
@@ -148,7 +152,8 @@ class DropsCollector(Collector):
         self._netlink = NetlinkSocket(NETLINK_ROUTE)  # opened here, so it dumps this namespace's links
         self._cpus = libbpf.possible_cpus()
         self._per_cpu = struct.Struct(f"<{self._cpus}Q")
-        self._object = libbpf.BpfObject(str(build.object_path("drops")))
+        self._object = libbpf.BpfObject(str(build.object_path("drops")),
+                                         max_entries={"drops": self.table_entries})
         self._drops = self._object.map("drops", key_size=_KEY.size, value_size=8)
         self._overflow = self._object.map("overflow", key_size=_REASON.size, value_size=8)
         config = self._object.map("config", key_size=4, value_size=_CONFIG.size)
