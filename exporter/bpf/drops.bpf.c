@@ -12,15 +12,15 @@
  *
  * Namespace: only drops in the exporter's own network namespace (config.netns, the inode number of
  * that namespace) are counted, so other namespaces' drops (a node's containers) can neither fill
- * the table nor appear. A drop belongs to its device's namespace, and is counted with that device
- * (its ifindex), unless the device pointer cannot be trusted; then to its socket's namespace, with
- * no device. Both are known and in different namespaces in two cases: a packet that crossed a veth
- * pair keeps its sender's socket (skb_scrub_packet keeps skb->sk since 4.19) and its device is where
- * it was received (dev->ifindex == skb->skb_iif): the device's namespace is the one that dropped it;
- * a packet queued on a socket has the device pointer reused for other things (TCP's rb-tree node,
- * UDP's dev_scratch), which match no skb_iif: the socket's namespace dropped it. Drops with neither
- * a socket nor a device belong to no namespace: they count (as ifindex 0, "none") only where
- * config.flags has UNATTRIBUTED, which user space sets in the host's namespace.
+ * the table nor appear. A drop on a device of this namespace is ours, counted with that device (its
+ * ifindex). Otherwise a drop of a socket of this namespace is ours, counted with no device, except
+ * when the packet was received on a device of another namespace (dev->ifindex == skb->skb_iif): a
+ * packet that crossed a veth pair keeps its sender's socket (skb_scrub_packet keeps skb->sk since
+ * 4.19), and dropped over there it is the other namespace's. The device pointer of a packet queued
+ * on a socket is reused for other things (TCP's rb-tree node, UDP's dev_scratch), which is why a
+ * device of another namespace does not simply disown a drop. Drops with neither a socket nor a
+ * device belong to no namespace: they count (ifindex 0, "none") only where config.flags has
+ * UNATTRIBUTED, which user space sets in the host's namespace.
  *
  * Table: `drops`, a per-CPU hash {location, ifindex, reason} -> packets (location is 0 unless
  * config.flags has LOCATIONS). Per-CPU values need no atomics: the kernel never nests a run of this
@@ -95,7 +95,7 @@ static __always_inline long count(void *map, void *key)
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(kfree_skb, struct sk_buff *skb, void *location, unsigned int reason)
 {
-	__u32 zero = 0, netns = 0, device_netns = 0;
+	__u32 zero = 0, device_netns = 0, socket_netns = 0;
 	struct config *settings = bpf_map_lookup_elem(&config, &zero);
 	struct drop_key key = {};
 	struct net_device *dev;
@@ -106,19 +106,22 @@ int BPF_PROG(kfree_skb, struct sk_buff *skb, void *location, unsigned int reason
 	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_CONSUMED) &&
 	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_CONSUMED))
 		return 0;
-	sk = skb->sk;
 	dev = skb->dev;
-	if (sk)
-		netns = sk->__sk_common.skc_net.net->ns.inum;
-	if (dev) {
+	if (dev)
 		device_netns = dev->nd_net.net->ns.inum;
-		if (!sk || device_netns == netns || dev->ifindex == skb->skb_iif) {
-			netns = device_netns;
-			key.ifindex = dev->ifindex;
+	if (dev && device_netns == settings->netns) {
+		key.ifindex = dev->ifindex;
+	} else {
+		sk = skb->sk;
+		if (sk)
+			socket_netns = sk->__sk_common.skc_net.net->ns.inum;
+		if (socket_netns == settings->netns) {
+			if (device_netns && dev->ifindex == skb->skb_iif)
+				return 0;  /* ours, but received and dropped in another namespace */
+		} else if (socket_netns || device_netns || !(settings->flags & UNATTRIBUTED)) {
+			return 0;
 		}
 	}
-	if (netns != settings->netns && (netns || !(settings->flags & UNATTRIBUTED)))
-		return 0;
 	key.reason = reason;
 	if (settings->flags & LOCATIONS)
 		key.location = (__u64)location;
