@@ -376,12 +376,49 @@ def test_without_ebpf_the_collector_is_unavailable_in_one_line_and_the_scrape_an
     assert "CAP_BPF" in lines[0]
 
 
-def test_the_exporter_serves_drops_by_default(netns, exporter):
+_UNPRIVILEGED_CHILD = textwrap.dedent("""
+    import logging, sys
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    from exporter.collectors import Scrape
+    from exporter.collectors.drops import DropsCollector
+    from exporter.collectors.link import LinkCollector
+    from exporter.exposition import render_text
+    scrape = Scrape([LinkCollector(), DropsCollector()])
+    for _ in range(2):
+        text = render_text(scrape.families()).decode()
+    sys.stdout.write(text)
+""")
+
+
+def test_without_bpf_capabilities_the_scrape_still_answers():
+    _require_bpf()
+    capsh = shutil.which("capsh")
+    require(capsh is not None, "capsh not installed (apt-get install libcap2-bin)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([capsh, "--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c",
+                             f'exec "{sys.executable}" -c "$0"', _UNPRIVILEGED_CHILD],
+                            capture_output=True, text=True, cwd=root, timeout=60, env={**os.environ, "PYTHONPATH": root})
+    assert result.returncode == 0, result.stderr
+    parsed = samples(result.stdout)
+    assert value(parsed, "netio_scrape_collector_success", collector="drops") == 0
+    assert value(parsed, "netio_scrape_collector_success", collector="link") == 1
+    errors = [line for line in result.stderr.splitlines() if "collector drops failed" in line]
+    assert len(errors) == 1 and "CAP_BPF" in errors[0], result.stderr
+
+
+@pytest.mark.parametrize("flags", [(), ("--collector.drops.locations", "--collector.drops.locations-top", "3")])
+def test_the_exporter_serves_drops(netns, exporter, flags):
     _require_bpf()
     ns = netns()
-    running = exporter(ns)
+    running = exporter(ns, *flags)
     _udp_to_closed_port(ns, 9)
     time.sleep(0.2)
     parsed = running.scrape()
     assert value(parsed, "netio_scrape_collector_success", collector="drops") == 1
-    assert value(parsed, "netio_drops_total", reason="no_socket", device="lo") == 9
+    # (the HTTP connections of the readiness probe and the scrape may add drops of their own: queue_purge)
+    no_socket = {labels: number for (name, labels), number in parsed.items()
+                 if name == "netio_drops_total" and dict(labels)["reason"] == "no_socket"}
+    assert list(no_socket.values()) == [9], no_socket
+    labels = dict(next(iter(no_socket)))
+    assert labels["device"] == "lo"
+    assert ("function" in labels) == bool(flags)
