@@ -164,11 +164,7 @@ class DropsCollector(Collector):
     def _attach(self):
         from ..bpf import libbpf
         attachment = libbpf.Attachment()
-        try:
-            attachment.attach(self._object, "kfree_skb")
-        except BaseException:
-            attachment.close()
-            raise
+        attachment.attach(self._object, "kfree_skb")  # one link: a failure leaves nothing to undo
         return attachment
 
     def close(self) -> None:
