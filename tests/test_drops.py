@@ -273,6 +273,20 @@ def test_damaged_btf_is_refused_in_one_line(damage, message):
         btf.enums(damage(_synthetic()), REASON_ENUMS)
 
 
+def test_btf_this_reader_cannot_read_makes_the_collector_unavailable(monkeypatch):
+    _require_bpf()
+
+    def newer_kernel(*args, **kwargs):
+        raise btf.BtfError("unknown BTF kind 20: a kernel newer than this reader")
+
+    monkeypatch.setattr(btf, "read_enums", newer_kernel)  # simulated: this kernel's BTF reads fine
+    collector = DropsCollector()
+    with pytest.raises(Exception, match=r"^cannot read the drop reasons from /sys/kernel/btf/vmlinux: unknown BTF "
+                                        r"kind 20"):
+        collector.read()
+    assert collector._object is None  # nothing loaded
+
+
 _TRACE_HELPER = textwrap.dedent("""
     # In a mount namespace of its own: tracefs mounted only here, an instance of our own, removed at exit.
     import os, sys

@@ -140,7 +140,10 @@ class DropsCollector(Collector):
         from ..bpf import btf, build, libbpf
         from ..bpf.kallsyms import KernelSymbols, kallsyms_shows_addresses
         from ..netlink.core import NETLINK_ROUTE, NetlinkSocket
-        self.reason_name = ReasonNames(btf.read_enums((_REASON_ENUM, _SUBSYSTEM_ENUM)))
+        try:
+            self.reason_name = ReasonNames(btf.read_enums((_REASON_ENUM, _SUBSYSTEM_ENUM)))
+        except btf.BtfError as error:
+            raise CollectorUnavailable(f"cannot read the drop reasons from {btf.VMLINUX}: {error}") from None
         if self.locations:
             if kallsyms_shows_addresses():
                 self._symbols = KernelSymbols()
