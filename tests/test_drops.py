@@ -7,6 +7,7 @@ counts: each test asserts the whole change of the family, not just the series it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -23,7 +24,7 @@ import pytest
 from exporter.bpf import btf
 from exporter.bpf.libbpf import BpfError
 from exporter.collectors import Scrape
-from exporter.collectors.drops import DropsCollector, ReasonNames
+from exporter.collectors.drops import DropsCollector, ReasonNames, _host_namespace
 from exporter.collectors.link import LinkCollector
 from exporter.exposition import render_text
 from tests.support import in_netns, require, run, samples, value, veth_pair
@@ -38,12 +39,12 @@ def _require_bpf() -> None:
 
 @pytest.fixture
 def drops_in():
-    """Factory: ``drops_in(ns, **options)`` is a loaded DropsCollector counting namespace ``ns``."""
+    """Factory: ``drops_in(ns, **options)`` is a loaded DropsCollector counting namespace ``ns`` (None: ours)."""
     _require_bpf()
     made = []
 
-    def make(ns: str, **options) -> DropsCollector:
-        with in_netns(ns):
+    def make(ns: str | None, **options) -> DropsCollector:
+        with in_netns(ns) if ns else contextlib.nullcontext():  # None: the namespace the tests run in
             collector = DropsCollector(**options)
         made.append(collector)
         require(collector._error is None, f"drops collector cannot load: {collector._error}")
@@ -153,6 +154,33 @@ def test_a_full_receive_buffer_counts_as_many_drops_as_udp_rcvbuf_errors(netns, 
         receiver.close()
     assert 0 < rcvbuf_errors < 300
     assert change == {("socket_rcvbuff", "lo"): rcvbuf_errors}
+
+
+def test_drops_of_no_namespace_count_in_the_host_only(netns, drops_in):
+    # Datagrams still queued when a UDP socket closes are freed with kfree_skb(): not_specified, with neither
+    # a socket nor a device (UDP keeps its dev_scratch where the device was). No namespace owns them, so a
+    # namespace that is not the host's must not count them (nor anyone else's).
+    ns = netns()
+    collector = drops_in(ns)
+    before = _counts(collector)
+    with in_netns(ns):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            receiver.bind(("127.0.0.1", 0))
+            for _ in range(20):
+                sender.sendto(b"v" * 32, receiver.getsockname())
+    assert _change(collector, before) == {}
+    require(_host_namespace(os.stat("/proc/self/ns/net").st_ino), "the tests do not run in the host's namespace")
+    host = drops_in(None, locations=True, locations_top=1000)
+    require(host.locations, "/proc/kallsyms hides kernel addresses")
+    before = _counts(host)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        receiver.bind(("127.0.0.1", 0))
+        for _ in range(20):
+            sender.sendto(b"v" * 32, receiver.getsockname())
+    # at least ours (other work on the machine may close such sockets at the same time)
+    assert _change(host, before).get(("not_specified", "none", "udp_destruct_common"), 0) >= 20
 
 
 def _frame(destination: str, source: str, source_ip: str, destination_ip: str) -> bytes:

@@ -43,9 +43,9 @@ DEFAULT_LOCATIONS_TOP = 20
 TABLE_ENTRIES = 4096  # MAX_ENTRIES of drops.bpf.c
 _REASON_ENUM, _SUBSYSTEM_ENUM = "skb_drop_reason", "skb_drop_reason_subsys"
 _SUBSYSTEM_MASK = "SKB_DROP_REASON_SUBSYS_MASK"
-# The host's network namespace has this inode number where the kernel fixes it (include/linux/proc_ns.h
-# PROC_NET_INIT_INO); elsewhere /proc/1/ns/net tells.
-_HOST_NETNS_INODE = 0xEFFFFFF9
+# Inode numbers of the initial namespaces (include/linux/proc_ns.h PROC_NET_INIT_INO, fixed since 6.x;
+# PROC_PID_INIT_INO, since 3.8). Dynamic ones start at 0xF0000000, so neither can be another namespace's.
+_HOST_NETNS_INODE, _HOST_PIDNS_INODE = 0xEFFFFFF9, 0xEFFFFFFC
 
 # drops.bpf.c: struct config {u32 netns; u32 flags}, struct drop_key {u64 location; u32 ifindex;
 # u32 reason}; the overflow table is keyed by the reason (u32); values are u64 per CPU.
@@ -85,10 +85,13 @@ class ReasonNames:
 
 
 def _host_namespace(inode: int) -> bool:
-    try:
-        return inode == os.stat("/proc/1/ns/net").st_ino
+    """Whether the network namespace ``inode`` is the host's (the initial one)."""
+    if inode == _HOST_NETNS_INODE:
+        return True
+    try:  # in the initial PID namespace (not a container's), pid 1 is the host's init
+        return os.stat("/proc/self/ns/pid").st_ino == _HOST_PIDNS_INODE and os.stat("/proc/1/ns/net").st_ino == inode
     except OSError:
-        return inode == _HOST_NETNS_INODE
+        return False
 
 
 def _unavailable(error: Exception) -> CollectorUnavailable:
