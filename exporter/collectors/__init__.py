@@ -27,7 +27,8 @@ from ..exposition import Family, to_metric
 log = logging.getLogger("netio_exporter")
 
 # The collectors with flags, in the order of --help, /metrics and the landing page.
-COLLECTORS = ("link", "tcp", "tcp_archive", "netstack", "mac", "netstat", "softnet", "sockstat", "netns")
+COLLECTORS = ("link", "tcp", "tcp_archive", "netstack", "drops", "mac", "netstat", "softnet", "sockstat",
+              "netns")
 # Always on, no flag and no success series: the exporter's own figures.
 SELF_COLLECTORS = ("process", "bpf_programs")
 
