@@ -38,6 +38,7 @@ CONTRACT: dict[str | None, set[str]] = {
     "mac": _expand("netio_mac_{download,upload}_{bytes,packets}_total", "netio_mac_info",
                    "netio_mac_untracked_{bytes,packets}_total", "netio_mac_table_{entries,max_entries}"),
     "netns": _expand("netio_netns_info", "netio_netns_skipped_total"),
+    "drops": {"netio_drops_total"},
     "softnet": _expand("netio_softnet_{processed,dropped,time_squeeze,received_rps,flow_limit_count}_total",
                        "netio_softnet_backlog_len"),
     "sockstat": _expand("netio_sockstat_{sockets_used,inuse,orphan,tw,alloc,memory_bytes}"),
@@ -59,6 +60,7 @@ CONTRACT_LABELS = {
     "mac", "ipv4", "ipv6",  # mac
     "method",  # tcp accounting, tcp archive
     "netns", "inode",  # netns (reason: above)
+    "function",  # drops (reason: above)
     "protocol",  # sockstat
     "version", "collector", "program",  # self
     "namespace", "daemonset",  # kube-state-metrics
