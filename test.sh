@@ -4,6 +4,7 @@
 set -eu
 cd "$(dirname "$0")"
 . scripts/setup.sh
-ensure_packages iproute2 nftables prometheus iperf3 libcap2-bin procps systemd clang libbpf-dev bpftool chromium chromium-driver
+ensure_packages iproute2 nftables prometheus iperf3 libcap2-bin procps systemd clang libbpf-dev bpftool chromium chromium-driver \
+    zstd openssl gcc util-linux
 ensure_venv test
 exec .venv/bin/python -m pytest -ra "$@" tests
