@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 from ..bpf.build import object_path
 from ..bpf.libbpf import Attachment, BpfObject, RingBuffer
+from ..bpf.tcp_accounting import netns_cookie
 
-SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h (Linux 5.14)
 _U64 = struct.Struct("=Q")
 
 # struct start_record and struct final_record in tcp_archive.bpf.c, told apart by their size
@@ -35,17 +35,10 @@ class Final(NamedTuple):
     old_state: int
 
 
-def netns_cookie() -> int:
-    """The cookie of this process's network namespace (unique for the boot, unlike its inode number)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        return _U64.unpack(probe.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
-
-
 def _address(family: int, raw: bytes) -> str:
     if family == socket.AF_INET:
         return socket.inet_ntop(socket.AF_INET, raw[:4])
-    text = socket.inet_ntop(socket.AF_INET6, raw)
-    return text
+    return socket.inet_ntop(socket.AF_INET6, raw)
 
 
 class Start(NamedTuple):
