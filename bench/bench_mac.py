@@ -53,7 +53,7 @@ from pathlib import Path
 from bench.bpf_programs import enable_bpf_stats, program_names, program_stats
 from bench.interleave import ReceiveCounter, interleave, paired_ratio, ratio_cells
 from tests.support.netns import NetnsProcess, in_netns
-from exporter.collectors.mac import _CLIENT, _KEY  # noqa: E402
+from exporter.collectors.mac import CLIENT, CLIENT_KEY
 
 EXPORTER_PORT, IPERF_PORT = 7070, 5201  # the namespaces are our own: nothing else listens there
 SERVER_IP, CLIENT_IP = "10.196.0.1", "10.196.0.2"
@@ -199,8 +199,8 @@ def iperf(lab: Lab, protocol: str, args, running: list[NetnsProcess]) -> dict:
 
 def peer_counters(device, mac: str) -> tuple[int, int, int, int]:
     """(upload bytes, upload packets, download bytes, download packets) of ``mac`` in the device's table."""
-    value = device.clients.lookup(_KEY.pack(bytes.fromhex(mac.replace(":", ""))))
-    return _CLIENT.unpack(value)[:4] if value else (0, 0, 0, 0)
+    value = device.clients.lookup(CLIENT_KEY.pack(bytes.fromhex(mac.replace(":", ""))))
+    return CLIENT.unpack(value)[:4] if value else (0, 0, 0, 0)
 
 
 def bench_throughput(lab: Lab, args, running: list[NetnsProcess], notes: list[str]) -> dict:

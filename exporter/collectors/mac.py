@@ -40,8 +40,8 @@ log = logging.getLogger("netio_exporter")
 ATTACH_MODES = ("auto", "tcx", "clsact")
 DEFAULT_MAX_ENTRIES = 4096  # clients per interface; mac.bpf.c's table is sized to it at load
 DEFAULT_IDLE_TIMEOUT = 3600.0
-_KEY = struct.Struct("=6s2x")
-_CLIENT = struct.Struct("=5QI16sB3x")  # struct client in mac.bpf.c
+CLIENT_KEY = struct.Struct("=6s2x")
+CLIENT = struct.Struct("=5QI16sB3x")  # struct client in mac.bpf.c
 _UNTRACKED = struct.Struct("=QQ")
 _ZERO_KEY = struct.pack("=I", 0)
 
@@ -96,9 +96,9 @@ class _Device:
         self.name = name
         self.attach_mode = attach_mode
         self.object = BpfObject(str(object_path("mac")), max_entries={"clients": max_entries})
-        self.clients = self.object.map("clients")
-        self.untracked = self.object.map("untracked")
-        self.self_map = self.object.map("self")
+        self.clients = self.object.map("clients", key_size=CLIENT_KEY.size, value_size=CLIENT.size)
+        self.untracked = self.object.map("untracked", key_size=len(_ZERO_KEY), value_size=_UNTRACKED.size)
+        self.self_map = self.object.map("self", key_size=len(_ZERO_KEY), value_size=CLIENT_KEY.size)
         self._program_fds = {direction: self.object.program_fd(f"mac_{direction}") for direction in tc.DIRECTIONS}
         self._program_ids = {direction: tc.program_id(fd) for direction, fd in self._program_fds.items()}
         self._netlink = NetlinkSocket(NETLINK_ROUTE)  # the per-scrape check of clsact filters
@@ -120,7 +120,7 @@ class _Device:
         if keys != self._keys:
             self._keys = keys
             self._rows = tuple((("device", self.name), ("mac", _mac_text(keys[offset:offset + 6])))
-                               for offset in range(0, len(keys), _KEY.size))
+                               for offset in range(0, len(keys), CLIENT_KEY.size))
         return self._rows
 
     def info_rows(self, rows: tuple, ipv4s: tuple, ipv6s: tuple) -> tuple:
@@ -135,7 +135,7 @@ class _Device:
     def forget_if_idle(self, key: bytes, idle_before: int) -> bool:
         """Delete the client if it is still idle now (it may have sent a frame since the sweep)."""
         value = self.clients.lookup(key)
-        if value is not None and _CLIENT.unpack(value)[4] < idle_before:
+        if value is not None and CLIENT.unpack(value)[4] < idle_before:
             return self.clients.delete(key)
         return False
 
@@ -158,7 +158,7 @@ class _Device:
             return False
         link = next((link for link in dump_links() if link.index == ifindex), None)
         own = bytes.fromhex(link.address.replace(":", "")) if link and len(link.address) == 17 else bytes(6)
-        self.self_map.update(_ZERO_KEY, _KEY.pack(own))
+        self.self_map.update(_ZERO_KEY, CLIENT_KEY.pack(own))
         self._attach(ifindex)
         self.ifindex = ifindex
         if self._missing_said:
@@ -268,14 +268,14 @@ class MacCollector(Collector):
 
     def _read_device(self, device: _Device, families: dict[str, Family], now: int) -> None:
         keys, values, count = device.clients.lookup_batch()
-        clients = list(_CLIENT.iter_unpack(values))
+        clients = list(CLIENT.iter_unpack(values))
         idle_before = now - self._idle_ns
         idle = {index for index, client in enumerate(clients) if client[4] < idle_before}
         if idle:
             for index in idle:
-                device.forget_if_idle(keys[index * _KEY.size:(index + 1) * _KEY.size], idle_before)
+                device.forget_if_idle(keys[index * CLIENT_KEY.size:(index + 1) * CLIENT_KEY.size], idle_before)
             keep = [index for index in range(count) if index not in idle]
-            keys = b"".join(keys[index * _KEY.size:(index + 1) * _KEY.size] for index in keep)
+            keys = b"".join(keys[index * CLIENT_KEY.size:(index + 1) * CLIENT_KEY.size] for index in keep)
             clients = [clients[index] for index in keep]
         rows = device.rows(keys)
         up_bytes, up_packets, down_bytes, down_packets, _, ipv4s, ipv6s, _ = zip(*clients) if clients else ((),) * 8
