@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from tests.support import in_netns, run, value, veth_pair
+from tests.support import in_netns, run, samples, value, veth_pair
 
 PAYLOAD = 200
 UDP_WIRE = PAYLOAD + 14 + 20 + 8  # Ethernet, IPv4, UDP headers
@@ -272,3 +272,52 @@ def test_namespace_tcp_totals_are_monotonic_and_exact_while_connections_churn(ne
     assert moved("netio_tcp_acked_bytes_total", "other") == count * (up + 2)
     assert moved("netio_tcp_connections_closed_total", str(TCP_PORT)) == count
     listener.close()
+
+
+def test_without_bpf_each_namespace_is_polled_as_the_host_is(netns):
+    """The polling method (kernel=False, as where BPF does not load) in process: the collector and its
+    namespaces are made and read in "home"; the opener thread is born there too."""
+    from exporter.collectors import Scrape
+    from exporter.collectors.tcp import TcpCollector
+    from exporter.exposition import render_text
+    from exporter.netlink.namespaces import Namespaces
+    home, busy = netns(), netns()
+    listener = _tcp_listener(busy)
+    with in_netns(home):
+        shared = Namespaces(re.escape(busy))
+        collector = TcpCollector(frozenset({TCP_PORT}), kernel=False, namespaces=shared)
+
+    def scrape():
+        with in_netns(home):
+            return samples(render_text(Scrape([collector]).families()).decode())
+
+    try:
+        assert collector.method == "polling"
+        client, server = _tcp_open(busy, listener)
+        _tcp_send(client, server, 1000)
+        before = scrape()  # first sight: the live pair counts from here
+        _tcp_send(client, server, 4000)
+        _tcp_connection(busy, listener, 20_000, 1_000)  # opened and closed between scrapes: not seen
+        _tcp_send(server, client, 700)
+        after = scrape()
+        port = str(TCP_PORT)
+
+        def moved(name, local_port, **labels):
+            return (value(after, name, local_port=local_port, **labels)
+                    - value(before, name, local_port=local_port, **labels))
+
+        assert moved("netio_tcp_received_bytes_total", port, netns=busy) == 4000
+        assert moved("netio_tcp_sent_bytes_total", "other", netns=busy) == 4000
+        assert moved("netio_tcp_sent_bytes_total", port, netns=busy) == 700
+        assert moved("netio_tcp_connections_closed_total", port, netns=busy) == 0
+        assert value(after, "netio_tcp_connections", netns=busy, local_port=port, state="established") == 1
+        assert moved("netio_tcp_received_bytes_total", port) == 0  # the exporter's own namespace
+        _tcp_close(client, server)
+        _tcp_settle(busy)
+        closed = scrape()
+        assert value(closed, "netio_tcp_connections_closed_total", netns=busy, local_port=port) \
+            - value(after, "netio_tcp_connections_closed_total", netns=busy, local_port=port) == 1
+    finally:
+        collector.close()
+        shared.close()
+        listener.close()
