@@ -7,6 +7,8 @@ The unit is the socket (a loopback connection is two). Two ways to count, chosen
   its last scrape, and short-lived connections entirely.
 In both, the sockets open at start count from zero (a restart never spikes a rate), sockets that appear
 later count in full. ``netio_tcp_accounting_info{method}`` says which method counts.
+With ``--collector.netns``, every other network namespace is counted by the same method, with a ``netns``
+label (kernel.py's NamespaceTotals: the close aggregates and a sock_diag dump of the namespace).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 from ...exposition import Family, format_value
 from ...netlink.sock_diag import STATE_NAMES, TCP_INFO_COUNTER_NAMES
 from ... import flags
-from .. import Collector, Flags, Registration
+from .. import Collector, Flags, Registration, namespaces
 from .polling import SockDiagPolling
 from .reading import RTT_BOUNDS_US
 
@@ -76,9 +78,13 @@ def _start_accounting(groups: int, group_of_port: dict[int, int], kernel: bool):
 
 
 class TcpCollector(Collector):
+    """With ``namespaces`` (``--collector.netns``) the same families also cover every other network
+    namespace, each by the same method (``namespace_reader()`` of the accounting, made inside it) and with a
+    ``netns`` label first; a namespace that vanished, or cannot be read, has no series."""
+
     name = "tcp"
 
-    def __init__(self, local_ports: frozenset[int] | None = None, kernel: bool = True):
+    def __init__(self, local_ports: frozenset[int] | None = None, kernel: bool = True, namespaces=None):
         if local_ports:
             ports = sorted(local_ports)
             self._groups = [(("local_port", str(port)),) for port in ports] + [(("local_port", "other"),)]
@@ -88,6 +94,7 @@ class TcpCollector(Collector):
             group_of_port = {}
         self._accounting = _start_accounting(len(self._groups), group_of_port, kernel)
         self.method = self._accounting.method
+        self._namespaces = namespaces
 
     def close(self) -> None:
         self._accounting.close()
@@ -97,27 +104,41 @@ class TcpCollector(Collector):
         return [connections, *counters[:self._accounting.width], closed, rtt, method]
 
     def read(self) -> list[Family]:
-        readings = self._accounting.read()
         connections, counters, closed, rtt, method = _families()
         counters = counters[:self._accounting.width]
+        self._add(self._accounting.read(), self._groups, connections, counters, closed, rtt)
+        if self._namespaces is not None:
+            for namespace in self._namespaces.current():
+                reader = self._namespaces.reader(namespace, "tcp", self._accounting.namespace_reader)
+                if reader is None:
+                    continue
+                try:
+                    readings = reader.read()
+                except OSError:  # it went away between discovery and now: no series
+                    continue
+                netns = (("netns", namespace.label),)
+                self._add(readings, [netns + group for group in self._groups], connections, counters, closed, rtt)
+        method.add((("method", self.method),))
+        return [connections, *counters, closed, rtt, method]
+
+    @staticmethod
+    def _add(readings: list, groups: list, connections: Family, counters: list[Family], closed: Family,
+             rtt: Family) -> None:
         divisors = [divisor for _, divisor, _ in COUNTERS.values()]
-        for group, reading in zip(self._groups, readings):
+        for group, reading in zip(groups, readings):
             by_name = dict.fromkeys(STATES, 0)
             for state, name in STATE_NAMES.items():
                 by_name[name] += reading.states[state]
             for name in STATES:
                 connections.add(group + (("state", name),), by_name[name])
-            for field, family in enumerate(counters):
-                total = reading.counters[field]
-                family.add(group, total if divisors[field] == 1 else total / divisors[field])
+            for family, total, divisor in zip(counters, reading.counters, divisors):
+                family.add(group, total if divisor == 1 else total / divisor)
             closed.add(group, reading.closed)
             cumulative, buckets = 0, []
             for le, count in zip(_RTT_LE + ("+Inf",), reading.rtt_buckets):
                 cumulative += count
                 buckets.append((le, cumulative))
             rtt.add_histogram(group, buckets, cumulative, reading.rtt_sum_us / 1e6)
-        method.add((("method", self.method),))
-        return [connections, *counters, closed, rtt, method]
 
 
 def _add_arguments(options: Flags) -> None:
@@ -129,4 +150,4 @@ def _add_arguments(options: Flags) -> None:
 REGISTRATION = Registration(
     name="tcp", help="TCP connection states and tcp_info totals: eBPF socket iterator and close hooks "
                      "(short-lived connections included), else sock_diag polling",
-    add_arguments=_add_arguments, build=lambda args: TcpCollector(args.local_ports))
+    add_arguments=_add_arguments, build=lambda args: TcpCollector(args.local_ports, namespaces=namespaces(args)))

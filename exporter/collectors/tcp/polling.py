@@ -4,8 +4,9 @@ Totals are sums over every socket seen, live and closed, kept per socket cookie.
 is the baseline: the sockets open then count from zero. A socket first seen later counts in full; at each
 scrape a live socket adds what its counters moved since the last one (32-bit fields modulo 2^32); a socket
 that left the dump, or entered a state without tcp_info (TIME_WAIT), keeps the values it had at its last
-scrape and counts once in ``netio_tcp_connections_closed_total``. Only the sockets of the last dump are
-remembered, so memory grows with the socket count.
+scrape and counts once in ``netio_tcp_connections_closed_total`` (with ``track_left``, the counters it had
+then are summed in ``left``, for the kernel method's other namespaces). Only the sockets of the last dump
+are remembered, so memory grows with the socket count.
 
 Polling cannot see what happens between two scrapes: sockets that open and close in between count
 as closed only if they are still in the dump (TIME_WAIT) and never with their bytes, and what a
@@ -46,7 +47,7 @@ class _Tally:
     are decoded and summed in batches, column by column, which costs far less than socket by socket.
     """
 
-    __slots__ = ("known", "states", "rtts", "moved", "closed", "visit", "finish")
+    __slots__ = ("known", "states", "rtts", "moved", "closed", "left", "visit", "finish")
 
     def __init__(self, previous: dict, width: int, reader: SockDiagReader):
         self.known: dict[int, bytes | None] = {}  # the group's memory for the next scrape
@@ -54,6 +55,7 @@ class _Tally:
         self.rtts: list[int] = []
         self.moved = [0] * width
         self.closed = [0]  # a cell the visitor updates: the visitor holds no reference to the tally
+        self.left: list[bytes] = []  # the last counted snapshots of the sockets that lost their tcp_info
         self.visit, self.finish = self._visitor(previous, reader)
 
     def _visitor(self, previous: dict, reader: SockDiagReader):
@@ -62,7 +64,7 @@ class _Tally:
         known = self.known
         states, rtts, moved, closed = self.states, self.rtts, self.moved, self.closed
         fresh, now, then = [], [], []  # snapshots of new sockets; of moved sockets, and their previous ones
-        add_fresh, add_now, add_then = fresh.append, now.append, then.append
+        add_fresh, add_now, add_then, add_left = fresh.append, now.append, then.append, self.left.append
 
         def visit(cookie, state, port, rtt, snapshot):
             if cookie in known:
@@ -74,6 +76,8 @@ class _Tally:
                     known[cookie] = _GONE
                     if before is not _GONE:
                         closed[0] += 1  # it just closed, or opened and closed since the last scrape
+                        if before:
+                            add_left(before)
                 return
             if state == TCP_ESTABLISHED:
                 rtts.append(rtt)
@@ -136,7 +140,7 @@ class SockDiagPolling:
 
     method = "polling"
 
-    def __init__(self, groups: int, group_of_port: dict[int, int]):
+    def __init__(self, groups: int, group_of_port: dict[int, int], track_left: bool = False):
         self._groups = groups
         self._group_of_port = group_of_port
         self._reader = SockDiagReader()
@@ -149,12 +153,19 @@ class SockDiagPolling:
         self._known: list[dict[int, bytes | None]] = [{} for _ in range(groups)]
         self._totals = [[0] * self.width for _ in range(groups)]
         self._closed = [0] * groups
+        # With ``track_left``, per label group: the sum of the counters each socket that closed had at its
+        # last scrape (what these totals counted of it up to there, plus its baseline), or None.
+        self.left: list[list[int]] | None = [[0] * self.width for _ in range(groups)] if track_left else None
         self.read()  # the baseline: what the sockets open now have done is not counted, nor their closes
         self._totals = [[0] * self.width for _ in range(groups)]
         self._closed = [0] * groups
 
     def close(self) -> None:
         self._reader.close()
+
+    def namespace_reader(self) -> "SockDiagPolling":
+        """The same counting for the calling thread's network namespace (call it there)."""
+        return SockDiagPolling(self._groups, self._group_of_port)
 
     def read(self) -> list[Reading]:
         with self._lock:  # the dump and the bookkeeping together: concurrent scrapes never double-count
@@ -191,9 +202,13 @@ class SockDiagPolling:
                 tally.finish()
                 remaining = self._known[group]  # after a complete dump: the sockets that left it
                 if complete:
-                    self._closed[group] += sum(1 for snapshot in remaining.values() if snapshot is not _GONE)
+                    gone = [snapshot for snapshot in remaining.values() if snapshot is not _GONE]
+                    self._closed[group] += len(gone)
+                    tally.left.extend(gone)
                 else:
                     tally.known.update(remaining)
+                if self.left is not None and tally.left:
+                    _fold_fresh(tally.left, self.left[group], self._reader)
                 self._closed[group] += tally.closed[0]
                 totals = self._totals[group]
                 for index, moved in enumerate(tally.moved):
