@@ -213,6 +213,7 @@ def main() -> int:
     def terminate(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
 
     prefix = f"nbns{os.getpid()}x"
     namespaces = Namespaces(prefix)
