@@ -218,12 +218,74 @@ def test_every_panel_is_described_keyed_on_host_and_within_the_metric_contract()
 def test_rows_repeat_per_host_and_cover_every_collector():
     dashboard = load_dashboard()
     repeated = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row" and panel.get("repeat")]
-    assert all("$host" in title for title in repeated) and len(repeated) == 5, repeated
+    assert all("$host" in title for title in repeated) and len(repeated) == 7, repeated
     covered = set()
     for panel in query_panels(dashboard):
         for target in panel["targets"]:
             covered |= collectors_of(target["expr"])
-    assert covered == {"link", "tcp", "netstack", "mac", None}
+    assert covered == {"link", "tcp", "netstack", "mac", "softnet", "netstat", "drops", None}
+
+
+# Issue 17 item 5 and issue 18 item 4: what the Kernel drops row shows, query by query.
+KERNEL_DROPS = {
+    "Softnet backlog drops per CPU": ['rate(netio_softnet_dropped_total{host=~"$host"}[$__rate_interval])'],
+    "Softnet time squeezes per CPU": ['rate(netio_softnet_time_squeeze_total{host=~"$host"}[$__rate_interval])'],
+    "Listen queue overflows":
+        ['rate(netio_netstat_tcpext_listenoverflows_total{host=~"$host", netns=""}[$__rate_interval])'],
+    "UDP receive buffer errors":
+        ['rate(netio_netstat_udp_rcvbuferrors_total{host=~"$host", netns=""}[$__rate_interval])',
+         'rate(netio_netstat_udp6_rcvbuferrors_total{host=~"$host", netns=""}[$__rate_interval])'],
+    "TCP retransmits": ['rate(netio_netstat_tcp_retranssegs_total{host=~"$host", netns=""}[$__rate_interval])'],
+    "Drops by reason": ['topk(10, sum by (host, reason) (rate(netio_drops_total{host=~"$host"}[$__rate_interval])))'],
+    "Drops by reason and device":
+        ['topk(10, sum by (host, device, reason) (rate(netio_drops_total{host=~"$host"}[$__rate_interval])))'],
+}
+# The Containers row: other network namespaces (netns!=""), ranked once over the range.
+CONTAINERS = {"Top namespaces by throughput": ("netio_network_receive_bytes_total", "netio_network_transmit_bytes_total"),
+              "Top namespaces by TCP retransmits": ("netio_netstat_tcp_retranssegs_total",),
+              "Top namespaces by connections": ("netio_netstat_tcp_currestab",)}
+
+
+def _row(dashboard: dict, title: str) -> dict:
+    (row,) = [panel for panel in dashboard["panels"] if panel["type"] == "row" and panel["title"] == title]
+    return row
+
+
+def test_kernel_drops_row():
+    row = _row(load_dashboard(), "Kernel drops: $host")
+    assert row["collapsed"] and row["repeat"] == "host"
+    assert {panel["title"]: [target["expr"] for target in panel["targets"]] for panel in row["panels"]} == KERNEL_DROPS
+
+
+def test_containers_row_ranks_other_namespaces():
+    row = _row(load_dashboard(), "Containers: $host")
+    assert row["collapsed"] and row["repeat"] == "host"
+    assert {panel["title"] for panel in row["panels"]} == set(CONTAINERS)
+    for panel in row["panels"]:
+        exprs = [target["expr"] for target in panel["targets"]]
+        assert [name for expr in exprs for name in sorted(metric_names(expr))] == list(CONTAINERS[panel["title"]])
+        for expr in exprs:
+            for selector in re.findall(r"\bnetio_[a-z0-9_]+(\{[^}]*\})", expr):
+                assert 'netns!=""' in selector, (panel["title"], expr)
+            assert expr.count("by (host, netns)") == 2 and "and on (host, netns)" in expr, expr
+        assert all("{{netns}}" in target["legendFormat"] for target in panel["targets"]), panel["title"]
+
+
+def test_host_panels_select_the_exporters_own_namespace():
+    """With --collector.netns the link and netstat families also carry every other namespace (a ``netns``
+    label); a host panel that did not say ``netns=""`` would add the containers' interfaces to the host's."""
+    dashboard = load_dashboard()
+    containers = {panel["id"] for panel in _row(dashboard, "Containers: $host")["panels"]}
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    exprs = [(panel["title"], target["expr"]) for panel in query_panels(dashboard) if panel["id"] not in containers
+             for target in panel["targets"]] + [("$device", variables["device"]["query"]["query"])]
+    checked = 0
+    for title, expr in exprs:
+        for name, selector in re.findall(r"\b(netio_[a-z0-9_]+)(\{[^}]*\})?", expr):
+            if COLLECTOR_OF.get(name) in ("link", "netstat"):
+                assert 'netns=""' in selector, f"{title}: {name}{selector}"
+                checked += 1
+    assert checked > 20, checked
 
 
 def test_per_host_rows_are_collapsed_so_all_hosts_cost_few_queries():
@@ -372,10 +434,15 @@ def test_top_ten_panels_choose_their_ten_once_over_the_range():
             expr = target["expr"]
             if "topk" not in expr:
                 continue
-            assert re.search(r"topk\(10, sum by \(host, device, mac\) \(increase\(\w+\{[^}]*\}\[\$__range\]", expr), expr
+            if metric_names(expr) == {"netio_drops_total"}:
+                continue  # drop reasons: the kernel's enum, a handful at once; ten per step stay few
+            match = re.search(r"topk\(10, (?:sum|max) by \((host, [\w, ]+)\) \((?:increase|max_over_time)\(\w+\{[^}]*\}"
+                              r"\[\$__range\]", expr)
+            assert match and match.group(1) in ("host, device, mac", "host, netns"), expr
             if panel["type"] == "timeseries":
-                assert "[$__range] @ end())" in expr and "and on (host, device, mac)" in expr, expr
-                assert "{{device}}" in target["legendFormat"], panel["title"]
+                assert "[$__range] @ end())" in expr and f"and on ({match.group(1)})" in expr, expr
+                if "mac" in match.group(1):
+                    assert "{{device}}" in target["legendFormat"], panel["title"]
 
 
 def test_every_expression_is_valid_promql(tmp_path):
