@@ -63,7 +63,8 @@ def query_panels(dashboard: dict) -> list[dict]:
 
 
 def collectors_of(expr: str) -> set[str | None]:
-    return {COLLECTOR_OF.get(name) for name in metric_names(expr)}
+    """The collectors whose series ``expr`` needs: other namespaces' (``netns!=""``) come with netns only."""
+    return {COLLECTOR_OF.get(name) for name in metric_names(expr)} | ({"netns"} if 'netns!=""' in expr else set())
 
 
 _VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)(?::[\w]+)?\}|\[\[(\w+)\]\]")
@@ -222,7 +223,7 @@ def test_rows_repeat_per_host_and_cover_every_collector():
     for panel in query_panels(dashboard):
         for target in panel["targets"]:
             covered |= collectors_of(target["expr"])
-    assert covered == {"link", "tcp", "netstack", "mac", "softnet", "netstat", "drops", None}
+    assert covered == {"link", "tcp", "netstack", "mac", "softnet", "netstat", "drops", "netns", None}
 
 
 # Issue 17 item 5 and issue 18 item 4: what the Kernel drops row shows, query by query.
@@ -845,8 +846,7 @@ def _run_every_panel(dashboard: dict, ns: str, port: int, hosts: dict, device: s
                    for r in _query(ns, port, f'netio_scrape_collector_success{{host="{host}"}}')}
         for panel in query_panels(dashboard):
             for target in panel["targets"]:
-                needs = collectors_of(target["expr"]) | ({"netns"} if 'netns!=""' in target["expr"] else set())
-                missing = sorted(c for c in needs if c is not None and success.get(c) != "1")
+                missing = sorted(c for c in collectors_of(target["expr"]) if c is not None and success.get(c) != "1")
                 reason = "; ".join(
                     f"collector {c} " + ("not in this build (no netio_scrape_collector_success series)"
                                          if c not in success else "reports netio_scrape_collector_success 0")
