@@ -23,8 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.cli import build_parser
-from tests.support import free_port, in_netns, require, veth_pair
+from tests.support import free_port, in_netns, require, run, veth_pair
 from tests.support.contract import COLLECTOR_OF, CONTRACT_LABELS, label_names, metric_names
 
 try:
@@ -64,7 +63,8 @@ def query_panels(dashboard: dict) -> list[dict]:
 
 
 def collectors_of(expr: str) -> set[str | None]:
-    return {COLLECTOR_OF.get(name) for name in metric_names(expr)}
+    """The collectors whose series ``expr`` needs: other namespaces' (``netns!=""``) come with netns only."""
+    return {COLLECTOR_OF.get(name) for name in metric_names(expr)} | ({"netns"} if 'netns!=""' in expr else set())
 
 
 _VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)(?::[\w]+)?\}|\[\[(\w+)\]\]")
@@ -218,12 +218,74 @@ def test_every_panel_is_described_keyed_on_host_and_within_the_metric_contract()
 def test_rows_repeat_per_host_and_cover_every_collector():
     dashboard = load_dashboard()
     repeated = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row" and panel.get("repeat")]
-    assert all("$host" in title for title in repeated) and len(repeated) == 5, repeated
+    assert all("$host" in title for title in repeated) and len(repeated) == 7, repeated
     covered = set()
     for panel in query_panels(dashboard):
         for target in panel["targets"]:
             covered |= collectors_of(target["expr"])
-    assert covered == {"link", "tcp", "netstack", "mac", None}
+    assert covered == {"link", "tcp", "netstack", "mac", "softnet", "netstat", "drops", "netns", None}
+
+
+# Issue 17 item 5 and issue 18 item 4: what the Kernel drops row shows, query by query.
+KERNEL_DROPS = {
+    "Softnet backlog drops per CPU": ['rate(netio_softnet_dropped_total{host=~"$host"}[$__rate_interval])'],
+    "Softnet time squeezes per CPU": ['rate(netio_softnet_time_squeeze_total{host=~"$host"}[$__rate_interval])'],
+    "Listen queue overflows":
+        ['rate(netio_netstat_tcpext_listenoverflows_total{host=~"$host", netns=""}[$__rate_interval])'],
+    "UDP receive buffer errors":
+        ['rate(netio_netstat_udp_rcvbuferrors_total{host=~"$host", netns=""}[$__rate_interval])',
+         'rate(netio_netstat_udp6_rcvbuferrors_total{host=~"$host", netns=""}[$__rate_interval])'],
+    "TCP retransmits": ['rate(netio_netstat_tcp_retranssegs_total{host=~"$host", netns=""}[$__rate_interval])'],
+    "Drops by reason": ['topk(10, sum by (host, reason) (rate(netio_drops_total{host=~"$host"}[$__rate_interval])))'],
+    "Drops by reason and device":
+        ['topk(10, sum by (host, device, reason) (rate(netio_drops_total{host=~"$host"}[$__rate_interval])))'],
+}
+# The Containers row: other network namespaces (netns!=""), ranked once over the range.
+CONTAINERS = {"Top namespaces by throughput": ("netio_network_receive_bytes_total", "netio_network_transmit_bytes_total"),
+              "Top namespaces by TCP retransmits": ("netio_netstat_tcp_retranssegs_total",),
+              "Top namespaces by connections": ("netio_netstat_tcp_currestab",)}
+
+
+def _row(dashboard: dict, title: str) -> dict:
+    (row,) = [panel for panel in dashboard["panels"] if panel["type"] == "row" and panel["title"] == title]
+    return row
+
+
+def test_kernel_drops_row():
+    row = _row(load_dashboard(), "Kernel drops: $host")
+    assert row["collapsed"] and row["repeat"] == "host"
+    assert {panel["title"]: [target["expr"] for target in panel["targets"]] for panel in row["panels"]} == KERNEL_DROPS
+
+
+def test_containers_row_ranks_other_namespaces():
+    row = _row(load_dashboard(), "Containers: $host")
+    assert row["collapsed"] and row["repeat"] == "host"
+    assert {panel["title"] for panel in row["panels"]} == set(CONTAINERS)
+    for panel in row["panels"]:
+        exprs = [target["expr"] for target in panel["targets"]]
+        assert [name for expr in exprs for name in sorted(metric_names(expr))] == list(CONTAINERS[panel["title"]])
+        for expr in exprs:
+            for selector in re.findall(r"\bnetio_[a-z0-9_]+(\{[^}]*\})", expr):
+                assert 'netns!=""' in selector, (panel["title"], expr)
+            assert expr.count("by (host, netns)") == 2 and "and on (host, netns)" in expr, expr
+        assert all("{{netns}}" in target["legendFormat"] for target in panel["targets"]), panel["title"]
+
+
+def test_host_panels_select_the_exporters_own_namespace():
+    """With --collector.netns the link and netstat families also carry every other namespace (a ``netns``
+    label); a host panel that did not say ``netns=""`` would add the containers' interfaces to the host's."""
+    dashboard = load_dashboard()
+    containers = {panel["id"] for panel in _row(dashboard, "Containers: $host")["panels"]}
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+    exprs = [(panel["title"], target["expr"]) for panel in query_panels(dashboard) if panel["id"] not in containers
+             for target in panel["targets"]] + [("$device", variables["device"]["query"]["query"])]
+    checked = 0
+    for title, expr in exprs:
+        for name, selector in re.findall(r"\b(netio_[a-z0-9_]+)(\{[^}]*\})?", expr):
+            if COLLECTOR_OF.get(name) in ("link", "netstat"):
+                assert 'netns=""' in selector, f"{title}: {name}{selector}"
+                checked += 1
+    assert checked > 20, checked
 
 
 def test_per_host_rows_are_collapsed_so_all_hosts_cost_few_queries():
@@ -372,10 +434,15 @@ def test_top_ten_panels_choose_their_ten_once_over_the_range():
             expr = target["expr"]
             if "topk" not in expr:
                 continue
-            assert re.search(r"topk\(10, sum by \(host, device, mac\) \(increase\(\w+\{[^}]*\}\[\$__range\]", expr), expr
+            if metric_names(expr) == {"netio_drops_total"}:
+                continue  # drop reasons: the kernel's enum, a handful at once; ten per step stay few
+            match = re.search(r"topk\(10, (?:sum|max) by \((host, [\w, ]+)\) \((?:increase|max_over_time)\(\w+\{[^}]*\}"
+                              r"\[\$__range\]", expr)
+            assert match and match.group(1) in ("host, device, mac", "host, netns"), expr
             if panel["type"] == "timeseries":
-                assert "[$__range] @ end())" in expr and "and on (host, device, mac)" in expr, expr
-                assert "{{device}}" in target["legendFormat"], panel["title"]
+                assert "[$__range] @ end())" in expr and f"and on ({match.group(1)})" in expr, expr
+                if "mac" in match.group(1):
+                    assert "{{device}}" in target["legendFormat"], panel["title"]
 
 
 def test_every_expression_is_valid_promql(tmp_path):
@@ -450,6 +517,52 @@ class _Traffic:
             sock.close()
 
 
+class _KernelDrops:
+    """In each namespace, until stopped: a listener (backlog 0, never accepting) that new connections
+    overflow, and UDP sockets (IPv4 and IPv6, the smallest receive buffer, never read) that datagrams
+    overflow: ListenOverflows, Udp and Udp6 RcvbufErrors and the drops collector's reasons move."""
+
+    def __init__(self, namespaces):
+        self._namespaces = []
+        for ns in namespaces:
+            # IPv6 on loopback only (veth_pair turns it off everywhere else, so the veth stays quiet)
+            run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=0")
+            with in_netns(ns):
+                listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+                full = []
+                for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                    receiver = socket.socket(family, socket.SOCK_DGRAM)
+                    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the kernel's minimum
+                    receiver.bind((address, 0))
+                    full.append((receiver, socket.socket(family, socket.SOCK_DGRAM)))
+            self._namespaces.append((ns, listener, full, []))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for ns, listener, full, connecting in self._namespaces:
+                for receiver, sender in full:
+                    for _ in range(5):
+                        sender.sendto(b"r" * 1000, receiver.getsockname())
+                with in_netns(ns):  # this thread only; a socket stays in the namespace it was made in
+                    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                client.setblocking(False)
+                client.connect_ex(listener.getsockname())
+                connecting.append(client)
+                if len(connecting) > 20:
+                    connecting.pop(0).close()
+            self._stop.wait(0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for _, listener, full, connecting in self._namespaces:
+            for sock in (listener, *connecting, *(sock for pair in full for sock in pair)):
+                sock.close()
+
+
 @pytest.fixture
 def prometheus_process(tmp_path):
     """Factory: ``start(ns, config)`` runs Prometheus in ``ns`` on ``config`` (a dict); ended at teardown."""
@@ -515,7 +628,10 @@ def test_every_panel_returns_data_for_two_hosts(netns, exporter, prometheus_proc
     "127.0.0.1" (from the address), as prometheus-multi-host.yml derives them, and a third target where
     nothing listens ("netio-down"). Every panel query of the dashboard, for each live host, is accepted and
     returns data unless its collector is not exported there. Exporter B runs with the netstack syscall entries
-    when the CLI has them (A with the default: none), so the netstack panels are checked in both cases.
+    (A with the default: none), so the netstack panels are checked in both cases, and with --collector.netns
+    for A's namespace, whose veth carries the traffic: B's Containers row shows it, and B's host panels keep
+    B's own figures. Both namespaces overflow a listen queue and UDP receive buffers and send to a closed
+    port, so the Kernel drops row moves (the drops collector's eBPF must run: with CI set it may not skip).
     The tables are merged as Grafana's merge transformation does: one Interfaces row per device, and an
     Exporters row for the target that is down."""
     require(yaml is not None, "PyYAML not installed (it is in the test extra: pip install -e '.[test]')")
@@ -523,11 +639,9 @@ def test_every_panel_returns_data_for_two_hosts(netns, exporter, prometheus_proc
     ns_a, dev_a, ip_a, _ = pair["a"]
     ns_b, dev_b, ip_b, _ = pair["b"]
     assert dev_a == dev_b
-    options = {option for action in build_parser()._actions for option in action.option_strings}
-    extra = ["--collector.mac.device", dev_a] if "--collector.mac.device" in options else []
-    syscalls = ["--collector.netstack.syscalls"] if "--collector.netstack.syscalls" in options else []
-    exporter_a = exporter(ns_a, *extra, address=ip_a)
-    exporter_b = exporter(ns_b, *extra, *syscalls)
+    exporter_a = exporter(ns_a, "--collector.mac.device", dev_a, address=ip_a)
+    exporter_b = exporter(ns_b, "--collector.mac.device", dev_a, "--collector.netstack.syscalls",
+                          "--collector.netns", "--collector.netns.include", re.escape(ns_a))
     hosts = {"netio-a": ns_a, "127.0.0.1": ns_b}
 
     targets_file = tmp_path / "netio-targets.json"
@@ -542,11 +656,13 @@ def test_every_panel_returns_data_for_two_hosts(netns, exporter, prometheus_proc
     job["static_configs"] = [{"targets": [f"127.0.0.1:{exporter_b.port}"]}]
     job["file_sd_configs"] = [{"files": [str(targets_file)]}]
     traffic = _Traffic(ns_a, ns_b, ip_b)
+    drops = _KernelDrops([ns_a, ns_b])
     try:
         port = prometheus_process(ns_b, config)
         rate = f'rate(netio_network_receive_bytes_total{{device="{dev_a}"}}[5s]) > 0'
-        _wait_for(lambda: {r["metric"]["host"] for r in _query(ns_b, port, rate)} == set(hosts), 40,
-                  "non-zero receive rate from both hosts")
+        _wait_for(lambda: {r["metric"]["host"] for r in _query(ns_b, port, rate)} == set(hosts) | {"127.0.0.1"}
+                  and len(_query(ns_b, port, rate)) == 3, 40,
+                  "non-zero receive rate from both hosts and A's namespace seen from B")
         time.sleep(2)  # a few more scrapes for every rate() window
         dashboard = load_dashboard()
         report = _run_every_panel(dashboard, ns_b, port, hosts, dev_a)
@@ -554,19 +670,40 @@ def test_every_panel_returns_data_for_two_hosts(netns, exporter, prometheus_proc
         exporters = _table(dashboard, "Exporters", ns_b, port, [*hosts, "netio-down"])
         entries = {host: _answer(dashboard, "Network stack invocations by entry", ns_b, port, [host])
                    for host in hosts}
+        kernel_drops = {(host, panel["title"], target["refId"]): _query(ns_b, port, interpolate(
+                            target["expr"], dashboard, _selection(dashboard, [host]), LIVE_MACROS))
+                        for host in hosts for panel in _row(dashboard, "Kernel drops: $host")["panels"]
+                        for target in panel["targets"]}
+        at = time.time()
+        own = _own_namespace_figures(dashboard, ns_b, port, "127.0.0.1", at)
+        containers = {target["refId"]: _query(ns_b, port, interpolate(
+                          target["expr"], dashboard, _selection(dashboard, ["127.0.0.1"]), LIVE_MACROS))
+                      for target in _panel(dashboard, "Top namespaces by throughput")["targets"]}
         rules = _api(ns_b, port, "rules")["data"]["groups"]
     finally:
+        drops.close()
         traffic.close()
 
     print("\n" + "\n".join(f"{status:<15} {host:<10} {title} [{ref}]{': ' + reason if reason else ''}"
                            for title, ref, host, status, reason in report))
     failures = [line for line in report if line[3] in ("EMPTY", "REFUSED", "NaN")]
     assert not failures, "\n".join(map(str, failures))
+    # only A's Containers row is empty (no --collector.netns there); B's shows A's namespace, with traffic
+    empty = {(title, host) for title, _, host, status, _ in report if status == "expected-empty"}
+    assert empty == {(title, "netio-a") for title in CONTAINERS}, empty
+    for ref, answer in containers.items():
+        assert [r["metric"]["netns"] for r in answer] == [ns_a] and float(answer[0]["value"][1]) > 0, (ref, answer)
     alert_rules = [rule for group in rules for rule in group["rules"]]
     expected = sum(len(group["rules"]) for group in yaml.safe_load(ALERTS.read_text())["groups"])
     assert len(alert_rules) == expected and all(rule["health"] in ("ok", "unknown") for rule in alert_rules), \
         alert_rules
 
+    for (host, title, ref), answer in kernel_drops.items():
+        assert answer, (host, title, ref)
+        if title in ("Listen queue overflows", "UDP receive buffer errors", "Drops by reason"):
+            assert max(float(r["value"][1]) for r in answer) > 0, (host, title, ref, answer)
+        if title.startswith("Drops by reason"):
+            assert "no_socket" in {r["metric"]["reason"] for r in answer}, (host, title, answer)
     for host, rows in interfaces.items():
         devices = [row["device"] for row in rows]
         assert len(devices) == len(set(devices)) and dev_a in devices, (host, rows)
@@ -580,10 +717,41 @@ def test_every_panel_returns_data_for_two_hosts(netns, exporter, prometheus_proc
         assert row["Value #A"] == 1 and row["version"] and 0 < row["Value #C"] <= row["Value #D"], row
     for host, answer in entries.items():
         found = {r["metric"]["entry"] for r in answer}
-        if found:  # (netstack runs there)
-            assert {"net_rx_softirq", "net_tx_softirq"} <= found, found
-            if syscalls:  # the flag exists: syscall entries only where it is given
-                assert bool(found & {"tx_syscall", "rx_syscall"}) == (host == "127.0.0.1"), (host, found)
+        assert {"net_rx_softirq", "net_tx_softirq"} <= found, (host, found)
+        # the syscall entries only where --collector.netstack.syscalls is given
+        assert bool(found & {"tx_syscall", "rx_syscall"}) == (host == "127.0.0.1"), (host, found)
+    assert own["mixed"], "the test's namespace series would not have mixed in: the check below proves nothing"
+    for title, (answer, without_netns) in own["panels"].items():
+        assert not any("netns" in r["metric"] for r in answer), (title, answer)
+    (total,), per_device = own["throughput"]
+    assert float(total["value"][1]) == pytest.approx(sum(float(r["value"][1]) for r in per_device)), own["throughput"]
+
+
+def _own_namespace_figures(dashboard: dict, ns: str, port: int, host: str, at: float) -> dict:
+    """Every host panel of ``host`` (not the Containers row) at one time, as the dashboard asks and as it
+    would without its ``netns=""`` matchers; whether the latter differs anywhere (namespace series would mix
+    in); and the host's receive throughput beside the sum of its per-device series."""
+    containers = {panel["id"] for panel in _row(dashboard, "Containers: $host")["panels"]}
+    values = _selection(dashboard, [host])
+
+    def ask(expr: str) -> list:
+        answer = _api(ns, port, "query", query=interpolate(expr, dashboard, values, LIVE_MACROS), time=at)
+        assert answer["status"] == "success", (expr, answer)
+        return sorted(answer["data"]["result"], key=lambda r: sorted(r["metric"].items()))
+
+    panels, mixed = {}, False
+    for panel in query_panels(dashboard):
+        if panel["id"] in containers:
+            continue
+        for target in panel["targets"]:
+            if 'netns=""' not in target["expr"]:
+                continue
+            answer, without = ask(target["expr"]), ask(target["expr"].replace(', netns=""', ""))
+            panels[f"{panel['title']} [{target['refId']}]"] = answer, without
+            mixed |= answer != without
+    throughput = (ask(_panel(dashboard, "Throughput by host")["targets"][0]["expr"]),
+                  ask(_panel(dashboard, "Throughput per device")["targets"][0]["expr"]))
+    return {"panels": panels, "mixed": mixed, "throughput": throughput}
 
 
 LIVE_MACROS = {"__rate_interval": "5s", "__interval": "1s", "__interval_ms": "1000", "__range": "1m",

@@ -94,11 +94,13 @@ ALERT_TEST_TOPICS = ("for", "reset", "NaN", "intermittent")
 NOT_APPLICABLE = {
     # gauges: nothing to reset
     "reset": {"NetioExporterDown", "NetioExporterAbsent", "NetioExporterRestarting", "NetioScrapesSlow",
-              "NetioCollectorFailing", "NetioPhysicalLinkDown", "NetioExporterPodsUnavailable"},
+              "NetioCollectorFailing", "NetioPhysicalLinkDown", "NetioExporterPodsUnavailable",
+              "NetioNetRxSamplingOff", "NetioMACTableFull"},
     # no division
     "NaN": {"NetioExporterDown", "NetioExporterAbsent", "NetioExporterRestarting", "NetioScrapesSlow",
             "NetioCollectorFailing", "NetioNICRingDrops", "NetioLinkFlapping", "NetioPhysicalLinkDown",
-            "NetioNetstackCPUHigh", "NetioMACTableFull", "NetioExporterPodsUnavailable"},
+            "NetioNetstackCPUHigh", "NetioExporterPodsUnavailable", "NetioNetRxSamplingOff", "NetioSoftnetDrops",
+            "NetioListenOverflows", "NetioKernelDrops"},
 }
 LINK_DEVICE_MATCHER = 'device!~"lo|veth.*|cali.*|lxc.*|tap.*|vnet.*"'
 RUNBOOK_BASE = "https://github.com/netio-exporter/netio-exporter/blob/main/README.md#"
@@ -211,13 +213,35 @@ def test_link_alerts_skip_virtual_devices_with_one_documented_matcher():
                 assert LINK_DEVICE_MATCHER in matchers, f"{rule['alert']}: {name}{matchers}"
 
 
+# The background the kernel-drops rule leaves out; README's NetioKernelDrops runbook explains each reason.
+KERNEL_DROPS_BACKGROUND = 'reason!~"no_socket|otherhost|not_specified|queue_purge|socket_close"'
+
+
+def test_kernel_drop_alerts_use_the_kernels_counters():
+    rules = {rule["alert"]: rule for rule in _rules()}
+    assert rules["NetioSoftnetDrops"]["expr"] == "rate(netio_softnet_dropped_total[5m]) > 0"
+    assert rules["NetioListenOverflows"]["expr"] == "rate(netio_netstat_tcpext_listenoverflows_total[5m]) > 0"
+    drops = rules["NetioKernelDrops"]
+    assert f"rate(netio_drops_total{{{KERNEL_DROPS_BACKGROUND}}}[5m])" in drops["expr"], drops["expr"]
+    assert drops["expr"].rstrip().endswith("> 10") and drops["for"] == "15m"
+    assert rules["NetioNetRxSamplingOff"]["expr"] == "netio_netstack_rx_sampling_cpus == 0"
+    assert rules["NetioMACTableFull"]["expr"] == \
+        "netio_mac_table_entries / (netio_mac_table_max_entries > 0) > 0.9"
+    readme = (ROOT / "README.md").read_text()
+    runbook = readme[readme.index("#### NetioKernelDrops"):][:2000]
+    assert KERNEL_DROPS_BACKGROUND in readme
+    for reason in KERNEL_DROPS_BACKGROUND.split('"')[1].split("|"):
+        assert f"`{reason}`" in runbook, reason
+
+
 def test_alert_rules_use_the_metric_contract():
     rules = _rules()
     alerts = {rule["alert"] for rule in rules}
     assert {"NetioExporterDown", "NetioExporterAbsent", "NetioCollectorFailing", "NetioInterfaceReceiveErrors",
             "NetioInterfaceTransmitErrors", "NetioInterfaceReceiveDrops", "NetioInterfaceTransmitDrops",
             "NetioNICRingDrops", "NetioLinkFlapping", "NetioPhysicalLinkDown", "NetioExporterRestarting",
-            "NetioScrapesSlow", "NetioTCPRetransmissionRatioHigh", "NetioNetstackCPUHigh"} <= alerts
+            "NetioScrapesSlow", "NetioTCPRetransmissionRatioHigh", "NetioNetstackCPUHigh", "NetioSoftnetDrops",
+            "NetioListenOverflows", "NetioKernelDrops", "NetioNetRxSamplingOff", "NetioMACTableFull"} <= alerts
     for rule in rules:
         names = metric_names(rule["expr"])
         assert names and names <= set(COLLECTOR_OF), f"{rule['alert']}: {names - set(COLLECTOR_OF)}"

@@ -39,6 +39,8 @@ CONTRACT: dict[str | None, set[str]] = {
                    "netio_mac_untracked_{bytes,packets}_total", "netio_mac_table_{entries,max_entries}"),
     "netns": _expand("netio_netns_info", "netio_netns_skipped_total"),
     "drops": {"netio_drops_total"},
+    "netstat": _expand("netio_netstat_tcpext_listenoverflows_total", "netio_netstat_udp{,6}_rcvbuferrors_total",
+                       "netio_netstat_tcp_retranssegs_total", "netio_netstat_tcp_currestab"),
     "softnet": _expand("netio_softnet_{processed,dropped,time_squeeze,received_rps,flow_limit_count}_total",
                        "netio_softnet_backlog_len"),
     "sockstat": _expand("netio_sockstat_{sockets_used,inuse,orphan,tw,alloc,memory_bytes}"),
