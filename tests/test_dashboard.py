@@ -272,7 +272,7 @@ def test_containers_row_ranks_other_namespaces():
 
 
 def test_host_panels_select_the_exporters_own_namespace():
-    """With --collector.netns the link and netstat families also carry every other namespace (a ``netns``
+    """With --collector.netns the link, tcp and netstat families also carry every other namespace (a ``netns``
     label); a host panel that did not say ``netns=""`` would add the containers' interfaces to the host's."""
     dashboard = load_dashboard()
     containers = {panel["id"] for panel in _row(dashboard, "Containers: $host")["panels"]}
@@ -282,7 +282,7 @@ def test_host_panels_select_the_exporters_own_namespace():
     checked = 0
     for title, expr in exprs:
         for name, selector in re.findall(r"\b(netio_[a-z0-9_]+)(\{[^}]*\})?", expr):
-            if COLLECTOR_OF.get(name) in ("link", "netstat"):
+            if COLLECTOR_OF.get(name) in ("link", "tcp", "netstat"):
                 assert 'netns=""' in selector, f"{title}: {name}{selector}"
                 checked += 1
     assert checked > 20, checked
