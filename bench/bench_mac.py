@@ -48,7 +48,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from bench.bpf_programs import enable_bpf_stats, program_names, program_stats
 from bench.interleave import ReceiveCounter, interleave, paired_ratio, ratio_cells

@@ -8,19 +8,17 @@ import io
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from exporter.archive import Archive
 from exporter.archive.files import ArchiveFiles
-from exporter.archive.reader import COLUMNS, frames, records, write_csv
+from exporter.archive.reader import COLUMNS, frames, records
 from exporter.netlink import tcp_info
-from tests.support import in_netns, require, run, samples, value
+from tests.support import in_netns, require, run, value
 
 INTERVAL = 0.05
 

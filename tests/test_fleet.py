@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from tests.support import free_port, in_netns, require
-from tests.test_dashboard import collectors_of, interpolate, load_dashboard, query_panels
-from tests.test_webconfig import LIGHT, WebExporter, make_pki
+from tests.support.dashboard import collectors_of, interpolate, load_dashboard, query_panels
+from tests.support.web import LIGHT, WebExporter, make_pki
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 

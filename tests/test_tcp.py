@@ -17,7 +17,6 @@ import subprocess
 import threading
 import time
 
-import os
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest

@@ -3,7 +3,6 @@ and client certificates), basic auth with bcrypt, a wrong-password flood, and re
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
@@ -18,57 +17,13 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.support import NetnsProcess, free_port, in_netns, require
-from tests.support.pki import make_authority, make_certificate
-
-LIGHT = ("--no-collector.tcp", "--no-collector.netstack")  # the server under test, not the collectors
-
-
-def make_pki(directory: Path) -> Path:
-    require(shutil.which("openssl") is not None, "openssl not installed")
-    return make_authority(directory)
-
+from tests.support import in_netns
+from tests.support.pki import make_certificate
+from tests.support.web import LIGHT, WebExporter, basic, make_pki
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-class WebExporter(NetnsProcess):
-    """netio-exporter -P with --web.config.file, in ``ns`` on 127.0.0.1; clients over TLS when asked."""
-
-    def __init__(self, ns: str, config: Path, tls: bool, *flags: str):
-        self.port = free_port(ns)
-        super().__init__(ns, [sys.executable, "-m", "exporter", "-P", "-a", "127.0.0.1", "-p", str(self.port),
-                              "--web.config.file", str(config), *flags])
-        self.tls = tls
-        try:
-            self.wait_listening(self.port)
-        except BaseException:
-            self.stop()
-            raise
-
-    def connect(self, context: ssl.SSLContext | None = None, timeout: float = 10) -> http.client.HTTPConnection:
-        with in_netns(self.ns):
-            if self.tls:
-                connection = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=context)
-            else:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-            connection.connect()
-        return connection
-
-    def get(self, path: str = "/metrics", headers: dict | None = None, context: ssl.SSLContext | None = None):
-        connection = self.connect(context)
-        try:
-            connection.request("GET", path, headers=headers or {})
-            response = connection.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            connection.close()
 
 
 @pytest.fixture
@@ -125,7 +80,7 @@ def test_a_bad_file_at_start_exits_2_naming_the_key(pki, tmp_path, text, key):
     for name in ("server.crt", "server.key", "ca.crt"):
         shutil.copy(pki / name, tmp_path / name)
     line = _start_fails(text, tmp_path)
-    assert line.startswith(f"netio-exporter: --web.config.file: "), line
+    assert line.startswith("netio-exporter: --web.config.file: "), line
     assert f" {key}" in line or f"/{key}" in line, line
 
 
