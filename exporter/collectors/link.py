@@ -130,14 +130,7 @@ class LinkCollector(Collector):
         self._add(self._reader.read(), None, (), families, attributes)
         if self._namespaces is not None:
             alive = {None}
-            for namespace in self._namespaces.current():
-                reader = self._namespaces.reader(namespace, "link", LinkReader)
-                if reader is None:
-                    continue
-                try:
-                    readings = reader.read()
-                except OSError:  # it went away between discovery and now: no series
-                    continue
+            for namespace, readings in self._namespaces.read_each("link", LinkReader, LinkReader.read):
                 alive.add(namespace.inode)
                 self._add(readings, namespace.inode, (("netns", namespace.label),), families, attributes)
             for inode in [inode for inode in self._layouts if inode not in alive]:

@@ -87,14 +87,7 @@ class NetstatCollector(Collector):
         return families
 
     def _add_namespaces(self, by_name: dict[str, Family], families: list[Family]) -> None:
-        for namespace in self._namespaces.current():
-            files = self._namespaces.reader(namespace, "netstat", SnmpFiles)
-            if files is None:
-                continue
-            try:
-                tables = files.read_tables()
-            except OSError:  # gone since discovery: no series
-                continue
+        for namespace, tables in self._namespaces.read_each("netstat", SnmpFiles, SnmpFiles.read_tables):
             labels = (("netns", namespace.label),)
             for table in tables:
                 key = (table.file, table.protocol, table.fields)

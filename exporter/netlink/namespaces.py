@@ -218,6 +218,20 @@ class Namespaces:
                 return None
             return reader
 
+    def read_each(self, kind: str, factory, read):
+        """``(namespace, read(reader))`` for every current namespace, its ``kind`` reader made by ``factory``
+        inside it; a namespace that cannot be entered, or that went away since discovery (the read raises
+        OSError), is left out: it has no series."""
+        for namespace in self.current():
+            reader = self.reader(namespace, kind, factory)
+            if reader is None:
+                continue
+            try:
+                result = read(reader)
+            except OSError:
+                continue
+            yield namespace, result
+
     def close(self) -> None:
         with self._lock:
             for reader in self._readers.values():

@@ -108,14 +108,8 @@ class TcpCollector(Collector):
         counters = counters[:self._accounting.width]
         self._add(self._accounting.read(), self._groups, connections, counters, closed, rtt)
         if self._namespaces is not None:
-            for namespace in self._namespaces.current():
-                reader = self._namespaces.reader(namespace, "tcp", self._accounting.namespace_reader)
-                if reader is None:
-                    continue
-                try:
-                    readings = reader.read()
-                except OSError:  # it went away between discovery and now: no series
-                    continue
+            for namespace, readings in self._namespaces.read_each("tcp", self._accounting.namespace_reader,
+                                                                  lambda reader: reader.read()):
                 netns = (("netns", namespace.label),)
                 self._add(readings, [netns + group for group in self._groups], connections, counters, closed, rtt)
         method.add((("method", self.method),))
