@@ -9,15 +9,13 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import bcrypt
 import pytest
 import yaml
 
-from tests.support import free_port, in_netns, require
+from tests.support import free_port, prometheus_query, require
 from tests.support.dashboard import collectors_of, interpolate, load_dashboard, query_panels
 from tests.support.web import LIGHT, WebExporter, make_pki
 
@@ -43,15 +41,6 @@ def test_shipped_configs_are_valid():
     for job in (tls, agent):
         assert job["scheme"] == "https" and job["basic_auth"]["password_file"] and job["tls_config"]["ca_file"]
         assert job["relabel_configs"][0]["target_label"] == "host"
-
-
-def _query(ns: str, port: int, expression: str) -> list:
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
-    with in_netns(ns):
-        with urllib.request.urlopen(url, timeout=10) as response:
-            answer = json.load(response)
-    assert answer["status"] == "success", answer
-    return answer["data"]["result"]
 
 
 def _start(binary: str, ns: str, directory: Path, config: dict, *flags: str) -> tuple[subprocess.Popen, int]:
@@ -102,7 +91,7 @@ def test_agent_remote_writes_two_hosts_into_the_central_prometheus(netns, tmp_pa
         deadline, hosts = time.monotonic() + 60, set()
         while time.monotonic() < deadline:
             try:
-                hosts = {r["metric"]["host"] for r in _query(ns, central_port, rate)}
+                hosts = {r["metric"]["host"] for r in prometheus_query(ns, central_port, rate)}
             except OSError:  # still starting
                 pass
             if hosts == set(targets):
@@ -110,7 +99,7 @@ def test_agent_remote_writes_two_hosts_into_the_central_prometheus(netns, tmp_pa
             time.sleep(0.5)
         assert hosts == set(targets), f"hosts in the central Prometheus: {hosts}; agent log: " + \
             (tmp_path / "agent" / "log").read_text()[-2000:]
-        up = _query(ns, central_port, 'up{job="netio"}')
+        up = prometheus_query(ns, central_port, 'up{job="netio"}')
         assert {(r["metric"]["host"], r["metric"]["site"], r["value"][1]) for r in up} == \
             {(host, "site-a", "1") for host in targets}
         time.sleep(2)  # a few more samples for every rate() window
@@ -130,7 +119,7 @@ def test_agent_remote_writes_two_hosts_into_the_central_prometheus(netns, tmp_pa
                     asked += 1
                     # lo is all these exporters have: show it
                     expr = interpolate(target["expr"], dashboard, {**values, "device_exclude": "^$"}, macros)
-                    if not _query(ns, central_port, expr):
+                    if not prometheus_query(ns, central_port, expr):
                         empty.append((host, panel.get("title"), expr))
         assert asked >= 10 and not empty, empty
     finally:

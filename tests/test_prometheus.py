@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, in_netns, require, veth_pair
+from tests.support import prometheus_query, free_port, in_netns, require, veth_pair
 
 try:
     import yaml
@@ -48,15 +48,6 @@ def prometheus(tmp_path):
         process.wait(timeout=20)
 
 
-def _query(ns: str, port: int, expression: str) -> list:
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
-    with in_netns(ns):
-        with urllib.request.urlopen(url, timeout=10) as response:
-            answer = json.load(response)
-    assert answer["status"] == "success", answer
-    return answer["data"]["result"]
-
-
 def test_prometheus_scrapes_rate_with_host_label(netns, exporter, prometheus):
     pair = veth_pair(netns(), netns())
     ns_a, _, _, _ = pair["a"]
@@ -72,7 +63,7 @@ def test_prometheus_scrapes_rate_with_host_label(netns, exporter, prometheus):
         for _ in range(50):
             sender.sendto(b"z" * 500, (ip_b, 9))
         try:
-            result = _query(ns_b, port, expression)
+            result = prometheus_query(ns_b, port, expression)
         except OSError:  # Prometheus still starting
             result = []
         if result and float(result[0]["value"][1]) > 0:
@@ -84,7 +75,7 @@ def test_prometheus_scrapes_rate_with_host_label(netns, exporter, prometheus):
     # prometheus.yml names its one target: the explicit label wins over the address
     assert labels["host"] == "localhost" and labels["device"] == dev_b and labels["job"] == "netio"
     assert float(result[0]["value"][1]) > 0
-    up = _query(ns_b, port, 'netio_scrape_collector_success{collector="link"}')
+    up = prometheus_query(ns_b, port, 'netio_scrape_collector_success{collector="link"}')
     assert up and up[0]["value"][1] == "1"
 
 

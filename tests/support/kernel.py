@@ -17,6 +17,8 @@ import socket
 import subprocess
 import sys
 import time
+import json
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -108,6 +110,16 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
         for sample in family.samples:
             result[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return result
+
+
+def prometheus_query(ns: str, port: int, expression: str) -> list:
+    """The result of an instant query to the Prometheus listening on 127.0.0.1:``port`` in ``ns``."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
+    with in_netns(ns):
+        with urllib.request.urlopen(url, timeout=10) as response:
+            answer = json.load(response)
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
 
 
 def value(parsed: dict, name: str, **labels) -> float | None:
