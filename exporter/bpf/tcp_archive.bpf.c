@@ -130,6 +130,16 @@ struct {
 
 static __always_inline __u16 swap16(__u16 value) { return value >> 8 | value << 8; }
 
+/* A record that found the ring buffer full. */
+static __always_inline int count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *count = bpf_map_lookup_elem(&lost, &zero);
+	if (count)
+		*count += 1;
+	return 0;
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(archive_state, struct sock *sk, int old_state, int new_state)
 {
@@ -145,12 +155,8 @@ int BPF_PROG(archive_state, struct sock *sk, int old_state, int new_state)
 			return 0;
 		*start = bpf_ktime_get_ns();
 		struct start_record *begun = bpf_ringbuf_reserve(&finals, sizeof(*begun), 0);
-		if (!begun) {
-			__u64 *count = bpf_map_lookup_elem(&lost, &zero);
-			if (count)
-				*count += 1;
-			return 0;
-		}
+		if (!begun)
+			return count_lost();
 		begun->cookie = bpf_get_socket_cookie(sk);
 		begun->start_ns = *start;
 		bpf_ringbuf_submit(begun, 0);
@@ -160,12 +166,8 @@ int BPF_PROG(archive_state, struct sock *sk, int old_state, int new_state)
 	if (!tp)
 		return 0;
 	struct final_record *record = bpf_ringbuf_reserve(&finals, sizeof(*record), 0);
-	if (!record) {
-		__u64 *count = bpf_map_lookup_elem(&lost, &zero);
-		if (count)
-			*count += 1;
-		return 0;
-	}
+	if (!record)
+		return count_lost();
 	__u64 *start = bpf_sk_storage_get(&starts, sk, 0, 0);
 	record->cookie = bpf_get_socket_cookie(sk);
 	record->start_ns = start ? *start : 0;
