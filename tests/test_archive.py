@@ -289,6 +289,13 @@ def test_tcp_csv_reads_what_is_whole_of_a_file_being_written_and_stdin(tmp_path)
     assert result.stdout.decode().splitlines() == ["kind", "header", "change"]
 
 
+def test_an_unusable_archive_directory_is_one_clear_line_at_start(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "exporter", "-P", "--collector.tcp.archive", "/proc/netio-nope"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("netio-exporter: --collector.tcp.archive: cannot create /proc/netio-nope:")
+
+
 def test_tcp_csv_bad_input_is_one_clear_line(tmp_path):
     result = _tcp_csv("--fields", "kind,nonsense")
     assert result.returncode == 2 and b"--fields: unknown column 'nonsense'" in result.stderr

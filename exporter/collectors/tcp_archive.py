@@ -7,6 +7,7 @@ counters, so it never slows or changes a scrape. Only the exporter's own network
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .. import flags
@@ -90,6 +91,18 @@ def _add_arguments(options: Flags) -> None:
                 help="archive: delete the oldest files when the archive would pass N bytes")
 
 
+def _check(args: argparse.Namespace) -> str | None:
+    """The archive's directory must be usable at start: a mistyped path is said at once, not logged later."""
+    directory = args.tcp_archive
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        return f"--collector.tcp.archive: cannot create {directory}: {error.strerror}"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"--collector.tcp.archive: {directory} is not writable by this user"
+    return None
+
+
 def _directory(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("expected a directory, got ''")
@@ -130,7 +143,7 @@ def _tcp_csv(args: argparse.Namespace) -> int:
 
 REGISTRATION = Registration(
     name="tcp_archive", help="per-connection archive of tcp_info (with --collector.tcp.archive DIR)",
-    default=False, switch=False, enabled_by="tcp_archive", add_arguments=_add_arguments,
+    default=False, switch=False, enabled_by="tcp_archive", add_arguments=_add_arguments, check=_check,
     build=lambda args: TcpArchiveCollector(args.tcp_archive, args.tcp_archive_interval, args.tcp_archive_rotate,
                                            args.tcp_archive_max_bytes),
     commands=(Command("tcp-csv", "turn tcp archive files into CSV on standard output", _add_csv_arguments,
