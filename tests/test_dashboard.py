@@ -16,14 +16,11 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, in_netns, require, run, veth_pair
+from tests.support import free_port, in_netns, prometheus_api, prometheus_query, require, run, veth_pair
 from tests.support.contract import COLLECTOR_OF, CONTRACT_LABELS, label_names, metric_names
 from tests.support.dashboard import (all_panels, collectors_of, interpolate, load_dashboard,
                                      query_panels, strings, variables_used)
@@ -517,25 +514,6 @@ def prometheus_process(tmp_path):
             process.wait()
 
 
-def _api(ns: str, port: int, path: str, **params) -> dict:
-    url = f"http://127.0.0.1:{port}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
-    with in_netns(ns):
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return json.load(response)
-        except urllib.error.HTTPError as error:  # 400/422: the expression was refused; say why
-            try:
-                return json.load(error)
-            except ValueError:  # 503 "Service Unavailable" while Prometheus starts
-                raise error from None
-
-
-def _query(ns: str, port: int, expr: str) -> list:
-    answer = _api(ns, port, "query", query=expr)
-    assert answer["status"] == "success", f"{expr}: {answer.get('error')}"
-    return answer["data"]["result"]
-
-
 def _wait_for(condition, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while True:
@@ -587,8 +565,8 @@ def test_every_panel_returns_data_for_two_hosts(netns, exporter, prometheus_proc
     try:
         port = prometheus_process(ns_b, config)
         rate = f'rate(netio_network_receive_bytes_total{{device="{dev_a}"}}[5s]) > 0'
-        _wait_for(lambda: {r["metric"]["host"] for r in _query(ns_b, port, rate)} == set(hosts) | {"127.0.0.1"}
-                  and len(_query(ns_b, port, rate)) == 3, 40,
+        _wait_for(lambda: {r["metric"]["host"] for r in prometheus_query(ns_b, port, rate)} == set(hosts) | {"127.0.0.1"}
+                  and len(prometheus_query(ns_b, port, rate)) == 3, 40,
                   "non-zero receive rate from both hosts and A's namespace seen from B")
         time.sleep(2)  # a few more scrapes for every rate() window
         dashboard = load_dashboard()
@@ -597,16 +575,16 @@ def test_every_panel_returns_data_for_two_hosts(netns, exporter, prometheus_proc
         exporters = _table(dashboard, "Exporters", ns_b, port, [*hosts, "netio-down"])
         entries = {host: _answer(dashboard, "Network stack invocations by entry", ns_b, port, [host])
                    for host in hosts}
-        kernel_drops = {(host, panel["title"], target["refId"]): _query(ns_b, port, interpolate(
+        kernel_drops = {(host, panel["title"], target["refId"]): prometheus_query(ns_b, port, interpolate(
                             target["expr"], dashboard, _selection(dashboard, [host]), LIVE_MACROS))
                         for host in hosts for panel in _row(dashboard, "Kernel drops: $host")["panels"]
                         for target in panel["targets"]}
         at = time.time()
         own = _own_namespace_figures(dashboard, ns_b, port, "127.0.0.1", at)
-        containers = {target["refId"]: _query(ns_b, port, interpolate(
+        containers = {target["refId"]: prometheus_query(ns_b, port, interpolate(
                           target["expr"], dashboard, _selection(dashboard, ["127.0.0.1"]), LIVE_MACROS))
                       for target in _panel(dashboard, "Top namespaces by throughput")["targets"]}
-        rules = _api(ns_b, port, "rules")["data"]["groups"]
+        rules = prometheus_api(ns_b, port, "rules")["data"]["groups"]
     finally:
         drops.close()
         traffic.close()
@@ -662,7 +640,7 @@ def _own_namespace_figures(dashboard: dict, ns: str, port: int, host: str, at: f
     values = _selection(dashboard, [host])
 
     def ask(expr: str) -> list:
-        answer = _api(ns, port, "query", query=interpolate(expr, dashboard, values, LIVE_MACROS), time=at)
+        answer = prometheus_api(ns, port, "query", query=interpolate(expr, dashboard, values, LIVE_MACROS), time=at)
         assert answer["status"] == "success", (expr, answer)
         return sorted(answer["data"]["result"], key=lambda r: sorted(r["metric"].items()))
 
@@ -697,7 +675,7 @@ def _panel(dashboard: dict, title: str) -> dict:
 
 def _answer(dashboard: dict, title: str, ns: str, port: int, hosts: list[str]) -> list:
     (target,) = _panel(dashboard, title)["targets"]
-    return _query(ns, port, interpolate(target["expr"], dashboard, _selection(dashboard, hosts), LIVE_MACROS))
+    return prometheus_query(ns, port, interpolate(target["expr"], dashboard, _selection(dashboard, hosts), LIVE_MACROS))
 
 
 def _table(dashboard: dict, title: str, ns: str, port: int, hosts: list[str]) -> list[dict]:
@@ -708,7 +686,7 @@ def _table(dashboard: dict, title: str, ns: str, port: int, hosts: list[str]) ->
     frames = []
     for target in panel["targets"]:
         expr = interpolate(target["expr"], dashboard, _selection(dashboard, hosts), LIVE_MACROS)
-        answer = _api(ns, port, "query", query=expr, time=at)
+        answer = prometheus_api(ns, port, "query", query=expr, time=at)
         assert answer["status"] == "success", answer
         frames.append(grafana_table_frame(answer["data"]["result"], target["refId"], len(panel["targets"])))
     assert [step["id"] for step in panel["transformations"]][:1] == (["merge"] if len(frames) > 1 else ["organize"])
@@ -763,14 +741,14 @@ def _run_every_panel(dashboard: dict, ns: str, port: int, hosts: dict, device: s
     macros = LIVE_MACROS
     variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
     host_query = interpolate(_label_values(variables["host"]), dashboard, _selection(dashboard, []), macros)
-    assert set(hosts) <= {r["metric"]["host"] for r in _query(ns, port, host_query)}
+    assert set(hosts) <= {r["metric"]["host"] for r in prometheus_query(ns, port, host_query)}
     report = []
     for host in hosts:
         values = _selection(dashboard, [host])
         device_query = interpolate(_label_values(variables["device"]), dashboard, values, macros)
-        assert device in {r["metric"]["device"] for r in _query(ns, port, device_query)}
+        assert device in {r["metric"]["device"] for r in prometheus_query(ns, port, device_query)}
         success = {r["metric"]["collector"]: r["value"][1]
-                   for r in _query(ns, port, f'netio_scrape_collector_success{{host="{host}"}}')}
+                   for r in prometheus_query(ns, port, f'netio_scrape_collector_success{{host="{host}"}}')}
         for panel in query_panels(dashboard):
             for target in panel["targets"]:
                 missing = sorted(c for c in collectors_of(target["expr"]) if c is not None and success.get(c) != "1")
@@ -778,7 +756,7 @@ def _run_every_panel(dashboard: dict, ns: str, port: int, hosts: dict, device: s
                     f"collector {c} " + ("not in this build (no netio_scrape_collector_success series)"
                                          if c not in success else "reports netio_scrape_collector_success 0")
                     for c in missing)
-                answer = _api(ns, port, "query", query=interpolate(target["expr"], dashboard, values, macros))
+                answer = prometheus_api(ns, port, "query", query=interpolate(target["expr"], dashboard, values, macros))
                 if answer["status"] != "success":
                     status, reason = "REFUSED", answer.get("error", "")
                 elif any(r["value"][1] == "NaN" for r in answer["data"]["result"]):
@@ -795,7 +773,7 @@ def _run_every_panel(dashboard: dict, ns: str, port: int, hosts: dict, device: s
     values = _selection(dashboard, list(hosts))
     for panel in _overview_panels(dashboard):
         for target in panel["targets"]:
-            answer = _api(ns, port, "query", query=interpolate(target["expr"], dashboard, values, macros))
+            answer = prometheus_api(ns, port, "query", query=interpolate(target["expr"], dashboard, values, macros))
             if answer["status"] != "success":
                 status, reason = "REFUSED", answer.get("error", "")
             else:
@@ -894,7 +872,7 @@ def synthetic_prometheus(netns, prometheus_process, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     ns = netns()
     port = prometheus_process(ns, {"global": {"scrape_interval": "15s"}})
-    _wait_for(lambda: _api(ns, port, "query", query="count(netio_mac_info)", time=SYNTHETIC_START + 60)
+    _wait_for(lambda: prometheus_api(ns, port, "query", query="count(netio_mac_info)", time=SYNTHETIC_START + 60)
               ["data"]["result"], 40, "backfilled series")
     return ns, port
 
@@ -908,14 +886,14 @@ SYNTHETIC_MACROS = {"__rate_interval": "1m", "__interval": "15s", "__range": f"{
 def _over_the_hour(ns: str, port: int, dashboard: dict, expr: str, host: str) -> list:
     """The range query Grafana sends for a time series panel over the dashboard's range."""
     query = interpolate(expr, dashboard, _selection(dashboard, [host]), SYNTHETIC_MACROS)
-    answer = _api(ns, port, "query_range", query=query, start=SYNTHETIC_FROM, end=SYNTHETIC_END, step=60)
+    answer = prometheus_api(ns, port, "query_range", query=query, start=SYNTHETIC_FROM, end=SYNTHETIC_END, step=60)
     assert answer["status"] == "success", f"{query}: {answer.get('error')}"
     return answer["data"]["result"]
 
 
 def _at_the_end(ns: str, port: int, dashboard: dict, expr: str, host: str) -> list:
     query = interpolate(expr, dashboard, _selection(dashboard, [host]), SYNTHETIC_MACROS)
-    answer = _api(ns, port, "query", query=query, time=SYNTHETIC_END)
+    answer = prometheus_api(ns, port, "query", query=query, time=SYNTHETIC_END)
     assert answer["status"] == "success", f"{query}: {answer.get('error')}"
     return answer["data"]["result"]
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import json
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -112,13 +113,25 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     return result
 
 
+def prometheus_api(ns: str, port: int, path: str, **params) -> dict:
+    """The JSON answer of the Prometheus HTTP API at 127.0.0.1:``port``/api/v1/``path`` in ``ns``; an
+    expression Prometheus refuses (400/422) is an answer too, with its error."""
+    url = f"http://127.0.0.1:{port}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+    with in_netns(ns):
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as error:
+            try:
+                return json.load(error)
+            except ValueError:  # 503 "Service Unavailable" while Prometheus starts
+                raise error from None
+
+
 def prometheus_query(ns: str, port: int, expression: str) -> list:
     """The result of an instant query to the Prometheus listening on 127.0.0.1:``port`` in ``ns``."""
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
-    with in_netns(ns):
-        with urllib.request.urlopen(url, timeout=10) as response:
-            answer = json.load(response)
-    assert answer["status"] == "success", answer
+    answer = prometheus_api(ns, port, "query", query=expression)
+    assert answer["status"] == "success", f"{expression}: {answer.get('error')}"
     return answer["data"]["result"]
 
 
