@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, in_netns, prometheus_api, prometheus_query, require, run, veth_pair
+from tests.support import free_port, in_netns, prometheus_api, prometheus_query, require, run, terminate, veth_pair
 from tests.support.contract import COLLECTOR_OF, CONTRACT_LABELS, label_names, metric_names
 from tests.support.dashboard import (all_panels, collectors_of, interpolate, load_dashboard,
                                      query_panels, strings, variables_used)
@@ -506,12 +506,7 @@ def prometheus_process(tmp_path):
 
     yield start
     for process in started:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
 
 
 def _wait_for(condition, timeout: float, what: str):

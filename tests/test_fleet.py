@@ -15,7 +15,7 @@ import bcrypt
 import pytest
 import yaml
 
-from tests.support import free_port, prometheus_query, require
+from tests.support import free_port, prometheus_query, require, terminate
 from tests.support.dashboard import collectors_of, interpolate, load_dashboard, query_panels
 from tests.support.web import LIGHT, WebExporter, make_pki
 
@@ -124,11 +124,6 @@ def test_agent_remote_writes_two_hosts_into_the_central_prometheus(netns, tmp_pa
         assert asked >= 10 and not empty, empty
     finally:
         for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            terminate(process)
         for exporter in exporters:
             exporter.stop()

@@ -113,6 +113,16 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     return result
 
 
+def terminate(process: subprocess.Popen, timeout: float = 20) -> None:
+    """End a process this test started, by its handle: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def prometheus_api(ns: str, port: int, path: str, **params) -> dict:
     """The JSON answer of the Prometheus HTTP API at 127.0.0.1:``port``/api/v1/``path`` in ``ns``; an
     expression Prometheus refuses (400/422) is an answer too, with its error."""
