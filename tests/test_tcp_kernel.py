@@ -12,6 +12,8 @@ peer's FIN but not its SYN, an RST sender has no FIN, bytes_sent is data only.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import multiprocessing
@@ -33,7 +35,7 @@ from exporter.bpf.tcp_accounting import PROGRAMS, cgroup2_root, netns_cookie
 from exporter.collectors import Scrape
 from exporter.collectors.tcp import TcpCollector
 from exporter.exposition import render_text
-from exporter.netlink.sock_diag import SockDiagReader
+from exporter.netlink.sock_diag import TCP_INFO_COUNTERS, SockDiagReader
 
 PORT = 5001
 UP, DOWN = 20_000, 1_000  # bytes each connection sends from the client, from the server
@@ -111,15 +113,34 @@ def _settle(ns: str, timeout: float = 20.0, states: tuple = (6, 10)) -> None:
         reader.close()
 
 
-@pytest.mark.parametrize("hooks", ["sockops", "tracepoint only"])
+@pytest.fixture
+def cgroup_below_root():
+    """A cgroup v2 directory below the root, removed after the test."""
+    root = cgroup2_root()
+    require(root is not None, "no cgroup v2 hierarchy mounted")
+    path = os.path.join(root, f"netio-test-{os.getpid()}")
+    os.mkdir(path)
+    yield path
+    os.rmdir(path)
+
+
+@pytest.mark.parametrize("hooks", ["sockops", "tracepoint only", "below the cgroup root"])
 @pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
-def test_short_lived_connections_between_two_scrapes_count_exactly(netns, monkeypatch, family, host, hooks):
-    """Also with the tracepoint alone, as where no cgroup v2 hierarchy is mounted (simulated)."""
+def test_short_lived_connections_between_two_scrapes_count_exactly(netns, monkeypatch, request, family, host, hooks):
+    """Also with the tracepoint alone: where no cgroup v2 hierarchy is mounted (simulated), and where the
+    mount is not the hierarchy's root (a cgroup namespace, simulated by a cgroup below the root), from
+    where tcp_sockops would not follow every socket."""
     ns = netns()
     if hooks == "tracepoint only":
         monkeypatch.setattr(tcp_accounting, "cgroup2_root", lambda: None)
+    elif hooks == "below the cgroup root":
+        below = request.getfixturevalue("cgroup_below_root")
+        monkeypatch.setattr(tcp_accounting, "cgroup2_root", lambda: below)
     collector = _kernel_collector(ns)
-    assert collector._accounting._accounting.cgroup == (None if hooks == "tracepoint only" else cgroup2_root())
+    accounting = collector._accounting._accounting
+    assert accounting.cgroup == (cgroup2_root() if hooks == "sockops" else None)
+    if hooks == "below the cgroup root":
+        assert accounting.sockops_error == f"{below} is not the cgroup v2 root (a cgroup namespace)"
     with in_netns(ns):
         listener = _listener(family, host)
     before = _scrape(collector, ns)
@@ -186,6 +207,60 @@ def test_long_lived_and_pre_existing_sockets_count_once_at_close(netns):
     again = _scrape(collector, ns)
     assert all(value(again, name, local_port=port) == value(last, name, local_port=port) for name in COUNTERS)
     listener.close()
+
+
+def _disconnect(sock: socket.socket) -> None:
+    """connect(AF_UNSPEC): tcp_disconnect(), which closes the socket and leaves it free to connect again."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    unspecified = ctypes.create_string_buffer(16)  # a struct sockaddr of family AF_UNSPEC (0)
+    if libc.connect(sock.fileno(), unspecified, len(unspecified)) != 0:
+        raise OSError(ctypes.get_errno(), "connect(AF_UNSPEC)")
+
+
+def test_a_socket_that_disconnects_and_connects_again_counts_each_life_once(netns):
+    """The client's first life stalls on a peer that does not read, so its busy time runs; tcp_disconnect()
+    zeroes the byte counters but keeps that time: its second life counts its own bytes and not the first
+    life's time again."""
+    ns = netns()
+    collector = _kernel_collector(ns, frozenset({PORT, PORT + 1}))
+    with in_netns(ns):
+        first_listener, second_listener = _listener(), _listener(port=PORT + 1)
+        client = socket.create_connection(("127.0.0.1", PORT))
+    stalled, _ = first_listener.accept()
+    before = _scrape(collector, ns)
+    client.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            client.send(b"s" * 65536)
+    stall = 0.6
+    time.sleep(stall)
+    offset = {name: offset for name, offset, _ in TCP_INFO_COUNTERS}["bytes_sent"]
+    first_sent, = struct.unpack_from("=Q", client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), offset)
+    client.setblocking(True)
+    _disconnect(client)  # an RST to the stalled peer
+    client.connect(("127.0.0.1", PORT + 1))
+    server, _ = second_listener.accept()
+    client.sendall(b"u" * UP)
+    assert len(server.recv(UP, socket.MSG_WAITALL)) == UP
+    server.sendall(b"d" * DOWN)
+    assert len(client.recv(DOWN, socket.MSG_WAITALL)) == DOWN
+    client.close()
+    assert server.recv(1) == b""
+    for sock in (server, stalled):
+        sock.close()
+    _settle(ns)
+    after = _scrape(collector, ns)
+    second = str(PORT + 1)
+    assert _moved(before, after, "netio_tcp_received_bytes_total", local_port=second) == UP + 1
+    assert _moved(before, after, "netio_tcp_sent_bytes_total", local_port=second) == DOWN
+    assert _moved(before, after, "netio_tcp_connections_closed_total", local_port=second) == 1
+    assert _moved(before, after, "netio_tcp_connections_closed_total", local_port=str(PORT)) == 1
+    assert _moved(before, after, "netio_tcp_sent_bytes_total", local_port="other") == first_sent + UP
+    assert _moved(before, after, "netio_tcp_connections_closed_total", local_port="other") == 2  # two lives
+    busy = _moved(before, after, "netio_tcp_busy_seconds_total", local_port="other")
+    assert 0.9 * stall <= busy < 1.5 * stall, busy  # the first life's stall once (twice: ~2 x stall)
+    for listener in (first_listener, second_listener):
+        listener.close()
 
 
 def _churn(ns: str, connections: int, stop: threading.Event) -> None:
