@@ -21,6 +21,7 @@ the other's TIME_WAIT sockets. Then the cost of the kernel method's programs fro
 (bench/bpf_programs.py): the iterator program per socket, and the close hooks per connection over a loop
 of short connections, every state transition included.
 Run as root:  .venv/bin/python -m bench.bench_tcp [--sizes 0,2000,20000,40000] [--rounds 11]
+              .venv/bin/python -m bench.bench_tcp --programs-only   (the programs' costs alone, seconds)
 The namespace and the child processes are removed at exit, the children by their pid.
 """
 
