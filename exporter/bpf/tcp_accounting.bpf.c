@@ -12,8 +12,8 @@
  *                TCP_CLOSE: its final counters and the close. A cgroup program is called directly by
  *                tcp_set_state(), never skipped.
  *   tcp_close    tp_btf/inet_sock_set_state: accounts the closes tcp_sockops does not (sockets without the
- *                flag, listeners, all of them while tcp_sockops is not attached: `settings.sockops`), and
- *                moves a record on when a closed socket starts a new life. A tracing program is skipped
+ *                flag, closes from LISTEN and SYN_RECV, all of them while tcp_sockops is not attached:
+ *                `settings.sockops`), and moves a record on when a closed socket starts a new life. A tracing program is skipped
  *                when it fires on a CPU where it is already running (a softirq closing a socket during its
  *                run; measured here under load with RPS: 34-51 of 20,000 connections' runs), which the
  *                kernel counts in recursion_misses: sockops does not have that hole.
@@ -31,7 +31,9 @@
  *     bpf_sock_ops_cb_flags has the flag, and then inet_sk_state_store(), the tracepoint, which reads the
  *     same flag under the same lock: exactly one of the two accounts the close. The flag comes from
  *     tcp_sockops (connect, listen; a child is a clone of its listener and has its flags), from tcp_live,
- *     or from another sockops program: with tcp_sockops on the root, sockops runs for any of them.
+ *     or from another sockops program: with tcp_sockops on the root, sockops runs for any of them (another
+ *     program that cleared the flag in its own STATE_CB at a close would have that close counted twice).
+ *     No socket-local storage is made at a close: a socket the iterator never met has contributed nothing.
  *   - Two closes bypass tcp_set_state() and sockops: inet_csk_listen_start() puts a socket back to
  *     TCP_CLOSE with inet_sk_set_state() when listen() fails, and inet_ehash_nolisten() so closes a new
  *     child (SYN_RECV) that lost a race for its hash slot. So the closes from LISTEN and SYN_RECV are the
