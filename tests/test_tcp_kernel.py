@@ -124,32 +124,44 @@ def cgroup_below_root():
     os.rmdir(path)
 
 
+@contextlib.contextmanager
+def _member_of(cgroup: str):
+    """This process in ``cgroup`` meanwhile (its new sockets are that cgroup's), then back in the root."""
+    for path in (cgroup, cgroup2_root()):
+        with open(os.path.join(path, "cgroup.procs"), "w") as procs:
+            procs.write(str(os.getpid()))
+        if path == cgroup:
+            yield
+
+
 @pytest.mark.parametrize("hooks", ["sockops", "tracepoint only", "below the cgroup root"])
 @pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
 def test_short_lived_connections_between_two_scrapes_count_exactly(netns, monkeypatch, request, family, host, hooks):
-    """Also with the tracepoint alone: where no cgroup v2 hierarchy is mounted (simulated), and where the
-    mount is not the hierarchy's root (a cgroup namespace, simulated by a cgroup below the root), from
-    where tcp_sockops would not follow every socket."""
+    """Also with the tracepoint alone, as where no cgroup v2 hierarchy is mounted (simulated), and with
+    tcp_sockops on a cgroup below the root, as from a cgroup namespace's: there the clients are made in
+    that cgroup (tcp_sockops counts their closes) and the listener, so the server ends, outside it: the
+    iterator has enrolled the listener, so they have the flag, but tcp_sockops does not run for them (the
+    tracepoint counts theirs)."""
     ns = netns()
-    if hooks == "tracepoint only":
-        monkeypatch.setattr(tcp_accounting, "cgroup2_root", lambda: None)
-    elif hooks == "below the cgroup root":
-        below = request.getfixturevalue("cgroup_below_root")
+    below = request.getfixturevalue("cgroup_below_root") if hooks == "below the cgroup root" else None
+    if hooks != "sockops":
         monkeypatch.setattr(tcp_accounting, "cgroup2_root", lambda: below)
+    with in_netns(ns):
+        listener = _listener(family, host)  # before the collector: its iterator enrols it
     collector = _kernel_collector(ns)
     accounting = collector._accounting._accounting
-    assert accounting.cgroup == (cgroup2_root() if hooks == "sockops" else None)
-    if hooks == "below the cgroup root":
-        assert accounting.sockops_error == f"{below} is not the cgroup v2 root (a cgroup namespace)"
-    with in_netns(ns):
-        listener = _listener(family, host)
+    assert accounting.cgroup == {"sockops": cgroup2_root(), "tracepoint only": None}.get(hooks, below)
     before = _scrape(collector, ns)
     count, resets = 50, 10
-    with in_netns(ns):
+    with in_netns(ns), (_member_of(below) if below else contextlib.nullcontext()):
         for index in range(count):
             _connection(listener, reset=index < resets)
     _settle(ns)
     after = _scrape(collector, ns)
+    if below:  # the clients' closes were tcp_sockops's, the server ends' the tracepoint's
+        followed = accounting._object.map("followed_cgroups", key_size=8, value_size=1)
+        assert followed.lookup(struct.pack("=Q", os.stat(below).st_ino)) is not None
+        assert followed.lookup(struct.pack("=Q", os.stat(cgroup2_root()).st_ino)) is None
     port, other = str(PORT), "other"
     fins = count - resets  # connections the client closed with a FIN
     assert _moved(before, after, "netio_tcp_received_bytes_total", local_port=port) == count * UP + fins

@@ -6,11 +6,10 @@
  * (`contributions`, socket-local storage) records what the socket has already added; a socket without a
  * record has added nothing. Whoever meets the socket adds what its counters moved since then
  * (current - contributed). The visitors:
- *   tcp_sockops  sockops on the cgroup v2 root (user space attaches it there only when that is the
- *                hierarchy's root, cgroup id 1, so that it follows every socket): enrols each socket at
- *                connect(), listen() and accept (BPF_SOCK_OPS_STATE_CB_FLAG), then accounts it at
- *                TCP_CLOSE: its final counters and the close. A cgroup program is called directly by
- *                tcp_set_state(), never skipped.
+ *   tcp_sockops  sockops on the cgroup v2 root as user space sees it (the hierarchy's, or a cgroup
+ *                namespace's): enrols each socket at connect(), listen() and accept
+ *                (BPF_SOCK_OPS_STATE_CB_FLAG), then accounts it at TCP_CLOSE: its final counters and the
+ *                close. A cgroup program is called directly by tcp_set_state(), never skipped.
  *   tcp_close    tp_btf/inet_sock_set_state: accounts the closes tcp_sockops does not (sockets without the
  *                flag, closes from LISTEN and SYN_RECV, all of them while tcp_sockops is not attached:
  *                `settings.sockops`), and moves a record on when a closed socket starts a new life. A tracing program is skipped
@@ -31,8 +30,12 @@
  *     bpf_sock_ops_cb_flags has the flag, and then inet_sk_state_store(), the tracepoint, which reads the
  *     same flag under the same lock: exactly one of the two accounts the close. The flag comes from
  *     tcp_sockops (connect, listen; a child is a clone of its listener and has its flags), from tcp_live,
- *     or from another sockops program: with tcp_sockops on the root, sockops runs for any of them (another
- *     program that cleared the flag in its own STATE_CB at a close would have that close counted twice).
+ *     or from another sockops program (one that cleared it in its own STATE_CB at a close would have that
+ *     close counted twice). On the hierarchy's root tcp_sockops runs for every socket with the flag; below
+ *     it (`SOCKOPS_BELOW_ROOT`), only for those of its cgroup tree, which a socket never leaves: there it
+ *     records each socket's cgroup in `followed_cgroups` before it accounts a close, and the tracepoint
+ *     leaves a close with the flag to it only if the socket's cgroup is recorded (cgroup ids are never
+ *     reused). A cgroup that does not fit in the map is left to the tracepoint.
  *     No socket-local storage is made at a close: a socket the iterator never met has contributed nothing.
  *   - Two closes bypass tcp_set_state() and sockops: inet_csk_listen_start() puts a socket back to
  *     TCP_CLOSE with inet_sk_set_state() when listen() fails, and inet_ehash_nolisten() so closes a new
@@ -81,7 +84,14 @@ struct sock_common {
 	volatile unsigned char skc_state;
 	possible_net_t skc_net;
 } __attribute__((preserve_access_index));
-struct sock { struct sock_common __sk_common; __u16 sk_protocol; } __attribute__((preserve_access_index));
+struct kernfs_node { __u64 id; } __attribute__((preserve_access_index));
+struct cgroup { struct kernfs_node *kn; } __attribute__((preserve_access_index));
+struct sock_cgroup_data { struct cgroup *cgroup; } __attribute__((preserve_access_index));
+struct sock {
+	struct sock_common __sk_common;
+	__u16 sk_protocol;
+	struct sock_cgroup_data sk_cgrp_data;
+} __attribute__((preserve_access_index));
 struct inet_sock { struct sock sk; __be16 inet_sport; } __attribute__((preserve_access_index));
 struct inet_connection_sock { struct inet_sock icsk_inet; } __attribute__((preserve_access_index));
 struct tcp_sock {
@@ -106,8 +116,9 @@ enum { TOTAL_RETRANS, BYTES_ACKED, BYTES_RECEIVED, SEGS_OUT, SEGS_IN, BUSY_TIME,
 struct aggregate_key { __u64 netns_cookie; __u32 bucket; __u32 unused; };
 struct totals { __u64 counters[COUNTERS]; __u64 closed; };
 struct contribution { __u64 counters[COUNTERS]; __u8 closed; __u8 unused[7]; };
-/* counting: set after user space's first pass; sockops: tcp_sockops is attached and accounts closes. */
+/* counting: set after user space's first pass; sockops: how tcp_sockops accounts closes. */
 struct settings { __u64 pass; __u32 counting; __u32 sockops; };
+enum { SOCKOPS_OFF, SOCKOPS_ROOT, SOCKOPS_BELOW_ROOT };  /* not attached; on the root; on a cgroup below it */
 
 /* RTT buckets (tcpi_rtt microseconds, upper bounds inclusive; the last is +Inf), as the exporter's. */
 #define RTT_BOUNDS 19
@@ -146,6 +157,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct settings);
 } settings SEC(".maps");
+
+/* Below the root: the cgroups (by id, never reused) of the sockets whose close tcp_sockops accounted, so
+ * of cgroups it follows. Full, tcp_sockops leaves the closes of new cgroups to the tracepoint. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u8);
+} followed_cgroups SEC(".maps");
 
 /* One entry per bucket (user space sizes it); an entry whose pass is not the current one is stale. */
 struct {
@@ -242,6 +262,35 @@ static __always_inline __u64 netns_cookie_of(const struct sock_common *skc)
 	return skc->skc_net.net->net_cookie;
 }
 
+static __always_inline __u64 cgroup_of(const struct tcp_sock *tp)
+{
+	return tp->inet_conn.icsk_inet.sk.sk_cgrp_data.cgroup->kn->id;
+}
+
+/* Whether tcp_sockops accounts this socket's closes (it has just run, for a close, if so): it runs for
+ * sockets with the flag, of the cgroups below the one it is attached to. */
+static __always_inline int followed(const struct tcp_sock *tp, const struct settings *current)
+{
+	if (!current->sockops || !(tp->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG))
+		return 0;
+	if (current->sockops == SOCKOPS_ROOT)
+		return 1;  /* every socket */
+	__u64 cgroup = cgroup_of(tp);
+	return bpf_map_lookup_elem(&followed_cgroups, &cgroup) != NULL;
+}
+
+/* tcp_sockops, at a close: whether it accounts it. Below the root it first records the socket's cgroup
+ * as followed (the tracepoint looks it up just after, in the same tcp_set_state()). */
+static __always_inline int follow(const struct tcp_sock *tp, const struct settings *current)
+{
+	if (current->sockops != SOCKOPS_BELOW_ROOT)
+		return current->sockops == SOCKOPS_ROOT;
+	__u64 cgroup = cgroup_of(tp);
+	__u8 yes = 1;
+	return bpf_map_lookup_elem(&followed_cgroups, &cgroup) ||
+	       !bpf_map_update_elem(&followed_cgroups, &cgroup, &yes, BPF_ANY);
+}
+
 /* Account a socket's close: its final counters (what they moved since its record; in full without one,
  * once counting) and the close. */
 static __always_inline void account_close(struct tcp_sock *tp, const struct settings *current)
@@ -291,10 +340,8 @@ int tcp_sockops(struct bpf_sock_ops *skops)
 		    oldstate == TCP_CLOSE)
 			return 1;  /* the closes from LISTEN and SYN_RECV are the tracepoint's (see the header) */
 		struct settings *current = settings_now();
-		if (!current || !current->sockops)
-			return 1;
 		struct tcp_sock *tp = skops->sk ? bpf_skc_to_tcp_sock(skops->sk) : NULL;
-		if (tp)
+		if (current && tp && follow(tp, current))
 			account_close(tp, current);
 		return 1;
 	}
@@ -328,8 +375,7 @@ int BPF_PROG(tcp_close, const struct sock *sk, const int oldstate, const int new
 	struct settings *current = settings_now();
 	if (!current)
 		return 0;
-	if (current->sockops && (tp->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG) &&
-	    oldstate != TCP_LISTEN && oldstate != TCP_SYN_RECV)
+	if (oldstate != TCP_LISTEN && oldstate != TCP_SYN_RECV && followed(tp, current))
 		return 0;  /* tcp_sockops accounted it, just before (tcp_set_state()) */
 	account_close(tp, current);
 	return 0;

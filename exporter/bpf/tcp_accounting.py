@@ -19,6 +19,7 @@ from . import build, libbpf
 
 SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h (Linux 5.14)
 ROOT_CGROUP_ID = 1  # the cgroup v2 root's kernfs id, its directory's inode number (fs/kernfs)
+SOCKOPS_OFF, SOCKOPS_ROOT, SOCKOPS_BELOW_ROOT = range(3)  # settings.sockops: the C enum
 STATES = 16  # slots of live.states: TCP state numbers (include/net/tcp_states.h)
 RTT_BUCKETS = 20  # 19 bounds (the C's rtt_bounds_us) and +Inf
 COUNTERS = 10  # the C enum, in the order of sock_diag's TCP_INFO_COUNTER_NAMES
@@ -64,9 +65,8 @@ class Totals(NamedTuple):
 class TcpAccounting:
     """The loaded and attached programs. ``buckets`` maps listed local ports to buckets 1..n; every
     other port is bucket 0. The first pass runs here: sockets open now are the baseline (count from zero).
-    ``cgroup`` is where tcp_sockops is attached (the cgroup v2 root, so it follows every socket), or None
-    and ``sockops_error`` says why (closes are then counted by the tracepoint alone, which the kernel may
-    skip under load).
+    ``cgroup`` is where tcp_sockops is attached, or None and ``sockops_error`` says why (closes are then
+    counted by the tracepoint alone, which the kernel may skip under load).
     Not thread-safe: the caller serialises ``live_pass`` (one pass at a time)."""
 
     def __init__(self, buckets: dict[int, int]):
@@ -87,14 +87,11 @@ class TcpAccounting:
             self._cpus = libbpf.possible_cpus()
             for bucket in range(self._bucket_count):
                 self._aggregates.update(_AGGREGATE_KEY.pack(self.cookie, bucket), bytes(_TOTALS.size * self._cpus))
-            # tcp_sockops accounts the closes of the sockets it follows (never skipped), tcp_close the others;
-            # it follows every socket only from the hierarchy's root, which tcp_close takes for granted.
-            self.cgroup, self.sockops_error = cgroup2_root(), None
-            if self.cgroup is None:
-                self.sockops_error = "no cgroup v2 hierarchy is mounted"
-            elif os.stat(self.cgroup).st_ino != ROOT_CGROUP_ID:
-                self.cgroup, self.sockops_error = None, f"{self.cgroup} is not the cgroup v2 root (a cgroup namespace)"
-            else:
+            # tcp_sockops accounts the closes of the sockets of its cgroup tree (never skipped), tcp_close the
+            # others; from the hierarchy's root (not from a cgroup namespace's) it follows every socket.
+            self.cgroup = cgroup2_root()
+            self.sockops_error = None if self.cgroup else "no cgroup v2 hierarchy is mounted"
+            if self.cgroup is not None:
                 try:
                     self._attachment.attach_cgroup(self._object, "tcp_sockops", self.cgroup)
                 except libbpf.BpfError as error:  # e.g. without CAP_NET_ADMIN: the tracepoint alone
@@ -103,7 +100,9 @@ class TcpAccounting:
             self._iterator = self._attachment.attach(self._object, "tcp_live")
             self._pass = 0
             self._counting = 0
-            self._sockops = int(self.cgroup is not None)  # from the first pass on (tcp_close counts all until)
+            # From the first pass on (tcp_close counts every close until then).
+            self._sockops = (SOCKOPS_OFF if self.cgroup is None else
+                             SOCKOPS_ROOT if os.stat(self.cgroup).st_ino == ROOT_CGROUP_ID else SOCKOPS_BELOW_ROOT)
             self.live_pass()  # the baseline
             self._counting = 1
         except BaseException:
