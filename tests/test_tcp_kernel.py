@@ -1,8 +1,9 @@
 """tcp's kernel method against the real kernel: connections that open and close between two scrapes count
-exactly (IPv4 and IPv6, FIN and RST), long-lived sockets count once at their close, totals stay monotonic
-while connections churn during scrapes, other namespaces stay out, every close counts exactly once under
-load (cross-checked with the namespace's own Tcp ActiveOpens + PassiveOpens), and without BPF the
-collector falls back to polling.
+exactly (IPv4 and IPv6, FIN and RST; with sockops on the cgroup root, below it, or the tracepoint alone),
+long-lived sockets count once at their close, a socket that disconnects and connects again counts each
+life once, totals stay monotonic while connections churn during scrapes, other namespaces stay out, every
+close counts exactly once under load (cross-checked with the namespace's own Tcp ActiveOpens +
+PassiveOpens), and without BPF the collector falls back to polling.
 
 Each test runs in namespaces it creates; the collector is created and read inside ``in_netns`` (the socket
 iterator walks the namespace of the thread that runs a pass). Expected bytes follow the kernel's SYN/FIN
