@@ -21,6 +21,7 @@ the other's TIME_WAIT sockets. Then the cost of the kernel method's programs fro
 (bench/bpf_programs.py): the iterator program per socket, and the close hooks per connection over a loop
 of short connections, every state transition included.
 Run as root:  .venv/bin/python -m bench.bench_tcp [--sizes 0,2000,20000,40000] [--rounds 11]
+              .venv/bin/python -m bench.bench_tcp --programs-only   (the programs' costs alone, seconds)
 The namespace and the child processes are removed at exit, the children by their pid.
 """
 
@@ -317,11 +318,85 @@ def _short_connections(count: int) -> None:
     time.sleep(0.2)  # the last closes
 
 
+def scrapes(args, sizes: list[int], kernel_namespace: str, polling_namespace: str) -> None:
+    """The table of scrapes: the kernel method in this process (moved into ``kernel_namespace``), polling in
+    a child process in ``polling_namespace``."""
+    enter_netns(kernel_namespace)
+    children = Children(kernel_namespace)
+    try:
+        kernel = measure("kernel", sizes, args.rounds, children)
+    finally:
+        children.stop()
+    polling = json.loads(subprocess.run(
+        [sys.executable, "-m", "bench.bench_tcp", "--sizes", args.sizes, "--rounds", str(args.rounds),
+         "--polling-in", polling_namespace], capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+
+    print(f"TCP collector, {args.rounds} alternating rounds per size, medians; kernel {os.uname().release}, "
+          f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.2f} at the end\n")
+    print("| sockets | kernel scrape: wall / CPU | its pass: wall / CPU | Python (scrape - pass): wall / CPU "
+          "| iterator floor | polling scrape: wall / CPU | dump floor | `ss -tinH`: wall / CPU "
+          "| kernel / ss (wall) | kernel RSS | polling RSS |")
+    print("|---:" * 11 + "|")
+    for k, p in zip(kernel["sizes"], polling["sizes"]):
+        km, pm = k["medians"], p["medians"]
+        (wall, cpu), (pass_wall, pass_cpu) = km["kernel"], km["pass"]
+        print(f"| {k['sockets']:,} | {wall:.1f} / {cpu:.1f} ms | {pass_wall:.1f} / {pass_cpu:.1f} ms "
+              f"| {wall - pass_wall:.1f} / {cpu - pass_cpu:.1f} ms | {km['iter floor'][0]:.1f} ms "
+              f"| {pm['polling'][0]:.1f} / {pm['polling'][1]:.1f} ms | {km['dump floor'][0]:.1f} ms "
+              f"| {km['ss'][0]:.1f} / {km['ss'][1]:.1f} ms | {wall / km['ss'][0]:.3f} "
+              f"| {k['rss']:.1f} MiB (+{k['rss'] - kernel['rss_before']:.1f}) "
+              f"| {p['rss']:.1f} MiB (+{p['rss'] - polling['rss_before']:.1f}) |")
+
+
+def programs(namespace: str) -> None:
+    """What the kernel method's programs cost, from the run-time statistics, in ``namespace``."""
+    from exporter.collectors.tcp import TcpCollector
+    from exporter.exposition import render_text
+    enter_netns(namespace)
+    children = Children(namespace)
+    collector = TcpCollector()
+    try:
+        children.hold(20_000)
+        first = _program_costs(lambda: render_text(collector.read())).get("tcp_live", (0, 0))
+        live = _program_costs(lambda: render_text(collector.read())).get("tcp_live", (0, 0))
+        print(f"\nIterator program (tcp_live) in one scrape at 20,000 sockets: {live[0] / 1e6:.2f} ms, "
+              f"{live[0] / max(live[1], 1):.0f} ns per socket over {live[1]:,} runs (the scrape that met "
+              f"them first, making their records: {first[0] / max(first[1], 1):.0f} ns per socket).")
+        children.stop()
+        with tempfile.TemporaryDirectory() as directory:
+            floors = Floors(directory)
+            floors.attach_hooks()
+            try:
+                costs = _program_costs(lambda: _short_connections(SHORT_CONNECTIONS))
+            finally:
+                floors.close()
+    finally:
+        children.stop()
+        collector.close()
+    print(f"\nHooks over {SHORT_CONNECTIONS:,} short loopback connections (both ends, every state change), "
+          "next to empty programs on the same hooks, whose run time is what the statistics themselves add "
+          "(they leave out each hook's dispatch):\n")
+    print("| program | runs per connection | ns per connection | minus the empty program's |")
+    print("|---|---:|---:|---:|")
+    empty = {"tcp_sockops": costs.get("sockops_nothing", (0, 0)), "tcp_close": costs.get("state_nothing", (0, 0))}
+    net_total = 0.0
+    for name in ("tcp_sockops", "tcp_close", "sockops_nothing", "state_nothing"):
+        run_ns, runs = costs.get(name, (0, 0))
+        net = (run_ns - empty[name][0]) / SHORT_CONNECTIONS if name in empty else None
+        net_total += net or 0
+        print(f"| {name} | {runs / SHORT_CONNECTIONS:.1f} | {run_ns / SHORT_CONNECTIONS:.0f} | "
+              + (f"{net:.0f} |" if net is not None else "|"))
+    print(f"| kernel method, both hooks | | | {net_total:.0f} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="0,2000,20000,40000", help="sockets to hold, comma-separated")
     parser.add_argument("--rounds", type=int, default=11, help="alternating rounds per size")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--programs-only", action="store_true",
+                        help="only the programs' costs (the iterator's per socket, the close hooks' per connection)")
     parser.add_argument("--polling-in", help=argparse.SUPPRESS)  # the polling process, in this namespace
     args = parser.parse_args()
     if args.child is not None:
@@ -341,81 +416,19 @@ def main() -> int:
         return 0
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up on a kill too (the finally below)
-    namespaces = [f"netio-bench-{os.getpid()}-{part}" for part in ("kernel", "polling", "hooks")]
-    children = None
+    parts = ("hooks",) if args.programs_only else ("kernel", "polling", "hooks")
+    namespaces = {part: f"netio-bench-{os.getpid()}-{part}" for part in parts}
     try:
-        for namespace in namespaces:
+        for namespace in namespaces.values():
             subprocess.run(["ip", "netns", "add", namespace], check=True)
             subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
-        # This process (single-threaded) and its `ss` runs see only the bench's sockets from here.
-        enter_netns(namespaces[0])
-        children = Children(namespaces[0])
-        kernel = measure("kernel", sizes, args.rounds, children)
-        children.stop()
-        polling = json.loads(subprocess.run(
-            [sys.executable, "-m", "bench.bench_tcp", "--sizes", args.sizes, "--rounds", str(args.rounds),
-             "--polling-in", namespaces[1]], capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-
-        print(f"TCP collector, {args.rounds} alternating rounds per size, medians; kernel {os.uname().release}, "
-              f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
-              f"{os.getloadavg()[0]:.2f} at the end\n")
-        print("| sockets | kernel scrape: wall / CPU | its pass: wall / CPU | Python (scrape - pass): wall / CPU "
-              "| iterator floor | polling scrape: wall / CPU | dump floor | `ss -tinH`: wall / CPU "
-              "| kernel / ss (wall) | kernel RSS | polling RSS |")
-        print("|---:" * 11 + "|")
-        for k, p in zip(kernel["sizes"], polling["sizes"]):
-            km, pm = k["medians"], p["medians"]
-            (wall, cpu), (pass_wall, pass_cpu) = km["kernel"], km["pass"]
-            print(f"| {k['sockets']:,} | {wall:.1f} / {cpu:.1f} ms | {pass_wall:.1f} / {pass_cpu:.1f} ms "
-                  f"| {wall - pass_wall:.1f} / {cpu - pass_cpu:.1f} ms | {km['iter floor'][0]:.1f} ms "
-                  f"| {pm['polling'][0]:.1f} / {pm['polling'][1]:.1f} ms | {km['dump floor'][0]:.1f} ms "
-                  f"| {km['ss'][0]:.1f} / {km['ss'][1]:.1f} ms | {wall / km['ss'][0]:.3f} "
-                  f"| {k['rss']:.1f} MiB (+{k['rss'] - kernel['rss_before']:.1f}) "
-                  f"| {p['rss']:.1f} MiB (+{p['rss'] - polling['rss_before']:.1f}) |")
-
-        from exporter.collectors.tcp import TcpCollector
-        from exporter.exposition import render_text
-        enter_netns(namespaces[2])
-        children = Children(namespaces[2])
-        collector = TcpCollector()
-        try:
-            children.hold(20_000)
-            first = _program_costs(lambda: render_text(collector.read())).get("tcp_live", (0, 0))
-            live = _program_costs(lambda: render_text(collector.read())).get("tcp_live", (0, 0))
-            print(f"\nIterator program (tcp_live) in one scrape at 20,000 sockets: {live[0] / 1e6:.2f} ms, "
-                  f"{live[0] / max(live[1], 1):.0f} ns per socket over {live[1]:,} runs (the scrape that met "
-                  f"them first, making their records: {first[0] / max(first[1], 1):.0f} ns per socket).")
-            children.stop()
-            with tempfile.TemporaryDirectory() as directory:
-                floors = Floors(directory)
-                floors.attach_hooks()
-                try:
-                    costs = _program_costs(lambda: _short_connections(SHORT_CONNECTIONS))
-                finally:
-                    floors.close()
-        finally:
-            collector.close()
-        print(f"\nHooks over {SHORT_CONNECTIONS:,} short loopback connections (both ends, every state change), "
-              "next to empty programs on the same hooks, whose run time is what the statistics themselves add "
-              "(they leave out each hook's dispatch):\n")
-        print("| program | runs per connection | ns per connection | minus the empty program's |")
-        print("|---|---:|---:|---:|")
-        empty = {"tcp_sockops": costs.get("sockops_nothing", (0, 0)), "tcp_close": costs.get("state_nothing", (0, 0))}
-        net_total = 0.0
-        for name in ("tcp_sockops", "tcp_close", "sockops_nothing", "state_nothing"):
-            run_ns, runs = costs.get(name, (0, 0))
-            net = (run_ns - empty[name][0]) / SHORT_CONNECTIONS if name in empty else None
-            net_total += net or 0
-            print(f"| {name} | {runs / SHORT_CONNECTIONS:.1f} | {run_ns / SHORT_CONNECTIONS:.0f} | "
-                  + (f"{net:.0f} |" if net is not None else "|"))
-        print(f"| kernel method, both hooks | | | {net_total:.0f} |")
+        if not args.programs_only:
+            scrapes(args, sizes, namespaces["kernel"], namespaces["polling"])
+        programs(namespaces["hooks"])
     finally:
-        if children is not None:
-            children.stop()
-        for namespace in namespaces:
+        for namespace in namespaces.values():
             subprocess.run(["ip", "netns", "del", namespace], check=False)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,9 @@
 """tcp's kernel method against the real kernel: connections that open and close between two scrapes count
-exactly (IPv4 and IPv6, FIN and RST), long-lived sockets count once at their close, totals stay monotonic
-while connections churn during scrapes, other namespaces stay out, every close counts exactly once under
-load (cross-checked with the namespace's own Tcp ActiveOpens + PassiveOpens), and without BPF the
-collector falls back to polling.
+exactly (IPv4 and IPv6, FIN and RST; with sockops on the cgroup root, below it, or the tracepoint alone),
+long-lived sockets count once at their close, a socket that disconnects and connects again counts each
+life once, totals stay monotonic while connections churn during scrapes, other namespaces stay out, every
+close counts exactly once under load (cross-checked with the namespace's own Tcp ActiveOpens +
+PassiveOpens), and without BPF the collector falls back to polling.
 
 Each test runs in namespaces it creates; the collector is created and read inside ``in_netns`` (the socket
 iterator walks the namespace of the thread that runs a pass). Expected bytes follow the kernel's SYN/FIN
@@ -12,6 +13,8 @@ peer's FIN but not its SYN, an RST sender has no FIN, bytes_sent is data only.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import multiprocessing
@@ -33,7 +36,7 @@ from exporter.bpf.tcp_accounting import PROGRAMS, cgroup2_root, netns_cookie
 from exporter.collectors import Scrape
 from exporter.collectors.tcp import TcpCollector
 from exporter.exposition import render_text
-from exporter.netlink.sock_diag import SockDiagReader
+from exporter.netlink.sock_diag import TCP_INFO_COUNTERS, SockDiagReader
 
 PORT = 5001
 UP, DOWN = 20_000, 1_000  # bytes each connection sends from the client, from the server
@@ -111,24 +114,55 @@ def _settle(ns: str, timeout: float = 20.0, states: tuple = (6, 10)) -> None:
         reader.close()
 
 
-@pytest.mark.parametrize("hooks", ["sockops", "tracepoint only"])
+@pytest.fixture
+def cgroup_below_root():
+    """A cgroup v2 directory below the root, removed after the test."""
+    root = cgroup2_root()
+    require(root is not None, "no cgroup v2 hierarchy mounted")
+    path = os.path.join(root, f"netio-test-{os.getpid()}")
+    os.mkdir(path)
+    yield path
+    os.rmdir(path)
+
+
+@contextlib.contextmanager
+def _member_of(cgroup: str):
+    """This process in ``cgroup`` meanwhile (its new sockets are that cgroup's), then back in the root."""
+    for path in (cgroup, cgroup2_root()):
+        with open(os.path.join(path, "cgroup.procs"), "w") as procs:
+            procs.write(str(os.getpid()))
+        if path == cgroup:
+            yield
+
+
+@pytest.mark.parametrize("hooks", ["sockops", "tracepoint only", "below the cgroup root"])
 @pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
-def test_short_lived_connections_between_two_scrapes_count_exactly(netns, monkeypatch, family, host, hooks):
-    """Also with the tracepoint alone, as where no cgroup v2 hierarchy is mounted (simulated)."""
+def test_short_lived_connections_between_two_scrapes_count_exactly(netns, monkeypatch, request, family, host, hooks):
+    """Also with the tracepoint alone, as where no cgroup v2 hierarchy is mounted (simulated), and with
+    tcp_sockops on a cgroup below the root, as from a cgroup namespace's: there the clients are made in
+    that cgroup (tcp_sockops counts their closes) and the listener, so the server ends, outside it: the
+    iterator has enrolled the listener, so they have the flag, but tcp_sockops does not run for them (the
+    tracepoint counts theirs)."""
     ns = netns()
-    if hooks == "tracepoint only":
-        monkeypatch.setattr(tcp_accounting, "cgroup2_root", lambda: None)
-    collector = _kernel_collector(ns)
-    assert collector._accounting._accounting.cgroup == (None if hooks == "tracepoint only" else cgroup2_root())
+    below = request.getfixturevalue("cgroup_below_root") if hooks == "below the cgroup root" else None
+    if hooks != "sockops":
+        monkeypatch.setattr(tcp_accounting, "cgroup2_root", lambda: below)
     with in_netns(ns):
-        listener = _listener(family, host)
+        listener = _listener(family, host)  # before the collector: its iterator enrols it
+    collector = _kernel_collector(ns)
+    accounting = collector._accounting._accounting
+    assert accounting.cgroup == {"sockops": cgroup2_root(), "tracepoint only": None}.get(hooks, below)
     before = _scrape(collector, ns)
     count, resets = 50, 10
-    with in_netns(ns):
+    with in_netns(ns), (_member_of(below) if below else contextlib.nullcontext()):
         for index in range(count):
             _connection(listener, reset=index < resets)
     _settle(ns)
     after = _scrape(collector, ns)
+    if below:  # the clients' closes were tcp_sockops's, the server ends' the tracepoint's
+        followed = accounting._object.map("followed_cgroups", key_size=8, value_size=1)
+        assert followed.lookup(struct.pack("=Q", os.stat(below).st_ino)) is not None
+        assert followed.lookup(struct.pack("=Q", os.stat(cgroup2_root()).st_ino)) is None
     port, other = str(PORT), "other"
     fins = count - resets  # connections the client closed with a FIN
     assert _moved(before, after, "netio_tcp_received_bytes_total", local_port=port) == count * UP + fins
@@ -186,6 +220,60 @@ def test_long_lived_and_pre_existing_sockets_count_once_at_close(netns):
     again = _scrape(collector, ns)
     assert all(value(again, name, local_port=port) == value(last, name, local_port=port) for name in COUNTERS)
     listener.close()
+
+
+def _disconnect(sock: socket.socket) -> None:
+    """connect(AF_UNSPEC): tcp_disconnect(), which closes the socket and leaves it free to connect again."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    unspecified = ctypes.create_string_buffer(16)  # a struct sockaddr of family AF_UNSPEC (0)
+    if libc.connect(sock.fileno(), unspecified, len(unspecified)) != 0:
+        raise OSError(ctypes.get_errno(), "connect(AF_UNSPEC)")
+
+
+def test_a_socket_that_disconnects_and_connects_again_counts_each_life_once(netns):
+    """The client's first life stalls on a peer that does not read, so its busy time runs; tcp_disconnect()
+    zeroes the byte counters but keeps that time: its second life counts its own bytes and not the first
+    life's time again."""
+    ns = netns()
+    collector = _kernel_collector(ns, frozenset({PORT, PORT + 1}))
+    with in_netns(ns):
+        first_listener, second_listener = _listener(), _listener(port=PORT + 1)
+        client = socket.create_connection(("127.0.0.1", PORT))
+    stalled, _ = first_listener.accept()
+    before = _scrape(collector, ns)
+    client.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            client.send(b"s" * 65536)
+    stall = 0.6
+    time.sleep(stall)
+    offset = {name: offset for name, offset, _ in TCP_INFO_COUNTERS}["bytes_sent"]
+    first_sent, = struct.unpack_from("=Q", client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256), offset)
+    client.setblocking(True)
+    _disconnect(client)  # an RST to the stalled peer
+    client.connect(("127.0.0.1", PORT + 1))
+    server, _ = second_listener.accept()
+    client.sendall(b"u" * UP)
+    assert len(server.recv(UP, socket.MSG_WAITALL)) == UP
+    server.sendall(b"d" * DOWN)
+    assert len(client.recv(DOWN, socket.MSG_WAITALL)) == DOWN
+    client.close()
+    assert server.recv(1) == b""
+    for sock in (server, stalled):
+        sock.close()
+    _settle(ns)
+    after = _scrape(collector, ns)
+    second = str(PORT + 1)
+    assert _moved(before, after, "netio_tcp_received_bytes_total", local_port=second) == UP + 1
+    assert _moved(before, after, "netio_tcp_sent_bytes_total", local_port=second) == DOWN
+    assert _moved(before, after, "netio_tcp_connections_closed_total", local_port=second) == 1
+    assert _moved(before, after, "netio_tcp_connections_closed_total", local_port=str(PORT)) == 1
+    assert _moved(before, after, "netio_tcp_sent_bytes_total", local_port="other") == first_sent + UP
+    assert _moved(before, after, "netio_tcp_connections_closed_total", local_port="other") == 2  # two lives
+    busy = _moved(before, after, "netio_tcp_busy_seconds_total", local_port="other")
+    assert 0.9 * stall <= busy < 1.5 * stall, busy  # the first life's stall once (twice: ~2 x stall)
+    for listener in (first_listener, second_listener):
+        listener.close()
 
 
 def _churn(ns: str, connections: int, stop: threading.Event) -> None:

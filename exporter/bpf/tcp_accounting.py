@@ -18,13 +18,15 @@ from typing import NamedTuple
 from . import build, libbpf
 
 SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h (Linux 5.14)
+ROOT_CGROUP_ID = 1  # the cgroup v2 root's kernfs id, its directory's inode number (fs/kernfs)
+SOCKOPS_OFF, SOCKOPS_ROOT, SOCKOPS_BELOW_ROOT = range(3)  # settings.sockops: the C enum
 STATES = 16  # slots of live.states: TCP state numbers (include/net/tcp_states.h)
 RTT_BUCKETS = 20  # 19 bounds (the C's rtt_bounds_us) and +Inf
 COUNTERS = 10  # the C enum, in the order of sock_diag's TCP_INFO_COUNTER_NAMES
 
 _AGGREGATE_KEY = struct.Struct("=QI4x")  # struct aggregate_key
 _TOTALS = struct.Struct(f"={COUNTERS + 1}Q")  # struct totals: counters, closed
-_SETTINGS = struct.Struct("=QI4x")  # struct settings: pass, counting
+_SETTINGS = struct.Struct("=QII")  # struct settings: pass, counting, sockops
 _LIVE = struct.Struct(f"=Q{STATES}I{RTT_BUCKETS}IQ")  # struct live: pass, states, rtt, rtt_sum_us
 _U32 = struct.Struct("=I")
 _ZERO = _U32.pack(0)
@@ -85,7 +87,8 @@ class TcpAccounting:
             self._cpus = libbpf.possible_cpus()
             for bucket in range(self._bucket_count):
                 self._aggregates.update(_AGGREGATE_KEY.pack(self.cookie, bucket), bytes(_TOTALS.size * self._cpus))
-            # tcp_sockops follows every socket of the cgroup tree (never skipped); tcp_close the others.
+            # tcp_sockops accounts the closes of the sockets of its cgroup tree (never skipped), tcp_close the
+            # others; from the hierarchy's root (not from a cgroup namespace's) it follows every socket.
             self.cgroup = cgroup2_root()
             self.sockops_error = None if self.cgroup else "no cgroup v2 hierarchy is mounted"
             if self.cgroup is not None:
@@ -97,6 +100,9 @@ class TcpAccounting:
             self._iterator = self._attachment.attach(self._object, "tcp_live")
             self._pass = 0
             self._counting = 0
+            # From the first pass on (tcp_close counts every close until then).
+            self._sockops = (SOCKOPS_OFF if self.cgroup is None else
+                             SOCKOPS_ROOT if os.stat(self.cgroup).st_ino == ROOT_CGROUP_ID else SOCKOPS_BELOW_ROOT)
             self.live_pass()  # the baseline
             self._counting = 1
         except BaseException:
@@ -106,7 +112,7 @@ class TcpAccounting:
     def live_pass(self) -> list[Live]:
         """Run the iterator once; the live sockets of each bucket (index = bucket)."""
         self._pass += 1
-        self._settings.update(_ZERO, _SETTINGS.pack(self._pass, self._counting))
+        self._settings.update(_ZERO, _SETTINGS.pack(self._pass, self._counting, self._sockops))
         fd = self._attachment.open_iterator(self._iterator)
         try:
             while os.read(fd, 4096):  # the program writes nothing: reading runs it over every socket
