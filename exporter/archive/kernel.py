@@ -1,8 +1,10 @@
 """The archive's kernel side: exporter/bpf/tcp_archive.bpf.c loaded and attached, its ring buffer of final
-records read. Needs what every tracing program needs (CAP_BPF and CAP_PERFMON, or root) and BTF."""
+records read; exporter/bpf/tcp_archive_changes.bpf.c, the iterator that names the connections that
+changed. Needs what every tracing program needs (CAP_BPF and CAP_PERFMON, or root) and BTF."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from typing import NamedTuple
@@ -10,8 +12,10 @@ from typing import NamedTuple
 from ..bpf.build import object_path
 from ..bpf.libbpf import Attachment, BpfObject, RingBuffer
 from ..bpf.tcp_accounting import netns_cookie
+from ..netlink.connections import EXTENSIONS, REQUEST_SIZE
 
 _U64 = struct.Struct("=Q")
+_READ_BYTES = 1 << 16
 
 # struct start_record and struct final_record in tcp_archive.bpf.c, told apart by their size
 START_RECORD = struct.Struct("=QQ")
@@ -91,4 +95,39 @@ class CloseHook:
         ring = getattr(self, "_ring", None)
         if ring is not None:
             ring.close()
+        self._object.close()
+
+
+class ChangeIterator:
+    """exporter/bpf/tcp_archive_changes.bpf.c loaded and attached: ``requests()`` runs one pass over the
+    network namespace this thread is in and returns the exact sock_diag requests, one for each connection
+    that changed since the last pass (every connection in the first)."""
+
+    def __init__(self):
+        self._object = BpfObject(str(object_path("tcp_archive_changes")))
+        self._attachment = Attachment()
+        try:
+            self._object.map("extensions", key_size=4, value_size=4).update(
+                struct.pack("=I", 0), struct.pack("=I", EXTENSIONS))
+            self._link = self._attachment.attach(self._object, "changed_sockets")
+        except BaseException:
+            self.close()
+            raise
+
+    def requests(self) -> bytes:
+        fd = self._attachment.open_iterator(self._link)
+        try:
+            chunks = []
+            while chunk := os.read(fd, _READ_BYTES):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        requests = b"".join(chunks)
+        if len(requests) % REQUEST_SIZE:
+            raise ValueError(f"tcp_archive_changes wrote {len(requests)} bytes, not a multiple of the "
+                             f"{REQUEST_SIZE}-byte request Python reads: the object and the exporter are out of step")
+        return requests
+
+    def close(self) -> None:
+        self._attachment.close()
         self._object.close()

@@ -8,6 +8,7 @@ include/uapi/linux/inet_diag.h; ``SK_MEMINFO_*`` of include/uapi/linux/sock_diag
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -27,7 +28,14 @@ MEMINFO_NAMES = ("rmem_alloc", "rcvbuf", "wmem_alloc", "sndbuf", "fwd_alloc", "w
                  "backlog", "drops")
 
 _REQUEST = struct.Struct("=BBBxI48x")
-_EXTENSIONS = 1 << (INET_DIAG_INFO - 1) | 1 << (INET_DIAG_CONG - 1) | 1 << (INET_DIAG_SKMEMINFO - 1)
+# The attributes asked for: tcp_info, the congestion control and the socket memory (idiag_ext bits).
+EXTENSIONS = 1 << (INET_DIAG_INFO - 1) | 1 << (INET_DIAG_CONG - 1) | 1 << (INET_DIAG_SKMEMINFO - 1)
+# An exact request: struct nlmsghdr and struct inet_diag_req_v2 with the socket's id.
+REQUEST_SIZE = 16 + _REQUEST.size
+_HEADER = struct.Struct("=IH")  # nlmsghdr's len and type
+_BATCH = 128  # requests per sendmsg: their answers (~1.5 KiB of buffer each) fit the socket's buffer at once
+_ANSWERS_SOCKET_BUFFER = 1 << 20
+_ANSWERS_BUFFER = 1 << 16
 # inet_diag_msg: family, state, timer, retrans; sockid {be16 sport, be16 dport, be32 src[4], be32 dst[4],
 # u32 if, u32 cookie[2]}; expires, rqueue, wqueue, uid, inode: 72 bytes.
 _MESSAGE = struct.Struct("=BBxx2s2s16s16s4xQ20x")
@@ -108,13 +116,16 @@ def _chain(buf, offset: int, end: int) -> tuple[list[tuple[int, int]], int | Non
 
 
 class ConnectionReader:
-    """Dumps the TCP connections (not listeners) of the network namespace it was created in."""
+    """Reads the TCP connections (not listeners) of the network namespace it was created in: all of them
+    (``changed``: a dump) or the ones the kernel's change detection named (``answers``: exact lookups)."""
 
     def __init__(self):
         self._netlink = NetlinkSocket(NETLINK_SOCK_DIAG)
-        self._requests = tuple(_REQUEST.pack(family, socket.IPPROTO_TCP, _EXTENSIONS, CONNECTION_STATES)
+        self._requests = tuple(_REQUEST.pack(family, socket.IPPROTO_TCP, EXTENSIONS, CONNECTION_STATES)
                                for family in (socket.AF_INET, socket.AF_INET6))
         self._shapes: dict[int, _Shape] = {}  # by message length
+        self._exact: socket.socket | None = None  # for answers(), made at its first use
+        self._buffer = bytearray(_ANSWERS_BUFFER)
 
     def changed(self, fingerprints: dict[int, bytes]) -> tuple[list[Connection], set[int]]:
         """The connections with tcp_info whose fingerprint (everything but timers) differs from
@@ -122,10 +133,54 @@ class ConnectionReader:
         ``fingerprints`` is updated in place. Unchanged connections cost a Struct read and a comparison."""
         changed: list[Connection] = []
         present: set[int] = set()
+        parse = self._comparer(fingerprints, changed, present)
+        for request in self._requests:
+            self._netlink.dump(SOCK_DIAG_BY_FAMILY, request, lambda kind, buf, offset, end: parse(buf, offset, end))
+        return changed, present
+
+    def answers(self, requests: bytes, fingerprints: dict[int, bytes]) -> list[Connection]:
+        """What ``changed`` returns, for the connections ``requests`` ask for: ready-made exact sock_diag
+        requests (``REQUEST_SIZE`` bytes each, from tcp_archive_changes.bpf.c), sent ``_BATCH`` to one
+        sendmsg. The kernel answers every message of a buffer within the sendmsg, so the answers are
+        queued when it returns. A connection that closed meanwhile has no answer (an NLMSG_ERROR)."""
+        if self._exact is None:
+            self._exact = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+            self._exact.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _ANSWERS_SOCKET_BUFFER)
+            self._exact.bind((0, 0))
+        changed: list[Connection] = []
+        parse = self._comparer(fingerprints, changed, None)
+        exact, buf = self._exact, self._buffer
+        view, unpack = memoryview(buf), _HEADER.unpack_from
+        requests = memoryview(requests)
+        for start in range(0, len(requests), _BATCH * REQUEST_SIZE):
+            exact.send(requests[start:start + _BATCH * REQUEST_SIZE])
+            while True:
+                try:
+                    received = exact.recv_into(view, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                except OSError as error:  # ENOBUFS: answers lost, which _BATCH keeps from happening
+                    if error.errno != errno.ENOBUFS:
+                        raise
+                    continue
+                offset = 0
+                while offset + 16 <= received:
+                    length, kind = unpack(buf, offset)
+                    if length < 16 or offset + length > received:
+                        break
+                    if kind == SOCK_DIAG_BY_FAMILY:
+                        parse(buf, offset + 16, offset + length)
+                    offset += (length + 3) & ~3
+        return changed
+
+    def _comparer(self, fingerprints: dict[int, bytes], changed: list[Connection], present: set[int] | None):
+        """``parse(buf, offset, end)`` of one inet_diag_msg: appends it to ``changed`` (decoded) if its
+        fingerprint differs from ``fingerprints[cookie]`` (then updated), its cookie to ``present``."""
         shapes = self._shapes
         recall = fingerprints.get
+        seen = present.add if present is not None else None
 
-        def parse(kind, buf, offset, end):
+        def parse(buf, offset, end):
             shape = shapes.get(end - offset)
             if shape is not None:
                 values = shape.unpack_from(buf, offset)
@@ -133,24 +188,24 @@ class ConnectionReader:
                     shape = None
             if shape is None:
                 if end - offset < _MESSAGE_SIZE:
-                    return None
+                    return
                 chain, info = _chain(buf, offset, end)
                 if info is None:  # no tcp_info (TIME_WAIT, request sockets): nothing to archive
-                    return None
+                    return
                 shape = shapes[end - offset] = _Shape(chain, info)
                 values = shape.unpack_from(buf, offset)
             cookie = values[1]
-            present.add(cookie)
+            if seen is not None:
+                seen(cookie)
             fingerprint = bytes(buf[offset + 1:offset + 2]) + buf[offset + 60:offset + shape.cut] \
                 + buf[offset + shape.resume:end]
             if recall(cookie) != fingerprint:
                 fingerprints[cookie] = fingerprint
                 changed.append(_decode(buf, offset, end))
-            return None
 
-        for request in self._requests:
-            self._netlink.dump(SOCK_DIAG_BY_FAMILY, request, parse)
-        return changed, present
+        return parse
 
     def close(self) -> None:
         self._netlink.close()
+        if self._exact is not None:
+            self._exact.close()
