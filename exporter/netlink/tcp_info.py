@@ -71,13 +71,13 @@ _OFFSETS = {name: offset for name, offset, _ in FIELDS}
 TIMER_BYTES = (_OFFSETS[TIMERS[0]], _OFFSETS[TIMERS[-1]] + 4)
 assert TIMER_BYTES[1] - TIMER_BYTES[0] == 4 * len(TIMERS)
 
-_PREFIX_STRUCTS: dict[int, tuple[struct.Struct, tuple[str, ...]]] = {}
+class Prefix:
+    """How to read the fields a kernel's tcp_info of one length holds: ``names`` (``NAMES`` order),
+    ``values(raw)`` (a tuple in that order) and ``json``, the JSON object of them as a %-format of ints."""
 
+    __slots__ = ("names", "values", "json")
 
-def _prefix(length: int) -> tuple[struct.Struct, tuple[str, ...]]:
-    """The Struct reading every whole field within ``length`` bytes, and those fields' names."""
-    entry = _PREFIX_STRUCTS.get(length)
-    if entry is None:
+    def __init__(self, length: int):
         layout, position, names = "=", 0, []
         for name, offset, fmt in FIELDS:
             end = offset + struct.calcsize(fmt)
@@ -86,20 +86,33 @@ def _prefix(length: int) -> tuple[struct.Struct, tuple[str, ...]]:
             layout += f"{offset - position}x{fmt}" if offset > position else fmt
             position = end
             names.append(name)
-        entry = _PREFIX_STRUCTS[length] = (struct.Struct(layout), tuple(names))
+        unpack_from = struct.Struct(layout).unpack_from
+        if len(names) < 8:  # shorter than 8 bytes, without the bit-field bytes: no kernel sends that
+            self.names, self.values = tuple(names), unpack_from
+        else:
+            self.names = _HEAD + tuple(names[8:])
+
+            def values(raw) -> tuple[int, ...]:
+                fields = unpack_from(raw)
+                wscale, flags = fields[6], fields[7]
+                return (*fields[:6], wscale & 15, wscale >> 4, flags & 1, flags >> 1 & 3, *fields[8:])
+
+            self.values = values
+        self.json = "{" + ",".join(f'"{name}":%d' for name in self.names) + "}"
+
+
+_PREFIXES: dict[int, Prefix] = {}
+
+
+def prefix(length: int) -> Prefix:
+    """The ``Prefix`` of a kernel's tcp_info of ``length`` bytes (bytes beyond ``SIZE`` are not read)."""
+    entry = _PREFIXES.get(length)
+    if entry is None:
+        entry = _PREFIXES[length] = Prefix(min(length, SIZE))
     return entry
 
 
 def decode(raw: bytes) -> dict[str, int]:
     """The fields a kernel's tcp_info bytes hold, by name (``NAMES`` order)."""
-    parser, names = _prefix(min(len(raw), SIZE))
-    values = dict(zip(names, parser.unpack_from(raw)))
-    if "flags" not in values:  # shorter than 8 bytes: no kernel sends that
-        return values
-    wscale, flags = values["wscale"], values["flags"]
-    decoded = dict(zip(_HEAD, (values["state"], values["ca_state"], values["retransmits"], values["probes"],
-                               values["backoff"], values["options"], wscale & 15, wscale >> 4, flags & 1,
-                               flags >> 1 & 3)))
-    del values["wscale"], values["flags"]
-    decoded.update(values)  # the head's keys keep their place; the rest follow in order
-    return decoded
+    layout = prefix(len(raw))
+    return dict(zip(layout.names, layout.values(raw)))
