@@ -212,7 +212,7 @@ class Archive:
             if known is None:
                 known = self._live[cookie] = self._open(connection, now)
                 self._prompt[cookie] = known
-            known.last = _change_tail(connection)
+            known.last = change_tail(connection)
             self._queue(known, "change", (head + known.uuid + '",' + known.last + "}\n").encode())
         if present is not None:  # the dump: a connection that left it has left its last state with tcp_info
             for cookie in [cookie for cookie in self._fingerprints if cookie not in present]:
@@ -309,7 +309,7 @@ class Archive:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)  # one encoder: json.dumps makes one a call
-_TAILS: dict[tuple[int, int], str] = {}  # (tcp_info bytes, meminfo fields) -> _change_tail's format
+_TAILS: dict[tuple[int, int], str] = {}  # (tcp_info bytes, meminfo fields) -> change_tail's format
 _CONGESTION_JSON: dict[str, str] = {}
 
 
@@ -317,7 +317,7 @@ def _line(record: dict) -> bytes:
     return _ENCODER.encode(record).encode() + b"\n"
 
 
-def _change_tail(connection: Connection) -> str:
+def change_tail(connection: Connection) -> str:
     """A change record's JSON after its uuid, without the closing brace, as ``_line`` would write it
     (same keys, same order), from one precompiled format: no dict per record."""
     info, meminfo = connection.tcp_info, connection.meminfo

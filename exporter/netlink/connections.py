@@ -14,7 +14,7 @@ import socket
 import struct
 from typing import NamedTuple
 
-from .core import NETLINK_SOCK_DIAG, NetlinkSocket, attr_string, iter_attrs
+from .core import NETLINK_SOCK_DIAG, NetlinkSocket, attr_string
 from .tcp_info import TIMER_BYTES
 
 SOCK_DIAG_BY_FAMILY = 20
@@ -38,7 +38,6 @@ _ANSWERS_SOCKET_BUFFER = 1 << 20
 _ANSWERS_BUFFER = 1 << 16
 # inet_diag_msg: family, state, timer, retrans; sockid {be16 sport, be16 dport, be32 src[4], be32 dst[4],
 # u32 if, u32 cookie[2]}; expires, rqueue, wqueue, uid, inode: 72 bytes.
-_MESSAGE = struct.Struct("=BBxx2s2s16s16s4xQ20x")
 _MESSAGE_SIZE = 72
 _COOKIE_OFFSET = 44
 _ATTR = struct.Struct("=HH")
@@ -49,13 +48,26 @@ class Connection(NamedTuple):
     cookie: int
     family: int  # socket.AF_INET or AF_INET6
     state: int  # include/net/tcp_states.h
-    local_address: str
-    local_port: int
-    remote_address: str
-    remote_port: int
-    tcp_info: bytes  # b"" without tcp_info (TIME_WAIT, request sockets)
+    tcp_info: bytes
     congestion: str
     meminfo: tuple[int, ...]
+    identity: bytes  # inet_diag_sockid's ports and addresses as sent: decoded only when asked for
+
+    @property
+    def local_port(self) -> int:
+        return int.from_bytes(self.identity[0:2], "big")
+
+    @property
+    def remote_port(self) -> int:
+        return int.from_bytes(self.identity[2:4], "big")
+
+    @property
+    def local_address(self) -> str:
+        return _address(self.family, self.identity[4:20])
+
+    @property
+    def remote_address(self) -> str:
+        return _address(self.family, self.identity[20:36])
 
 
 def _address(family: int, raw: bytes) -> str:
@@ -67,25 +79,12 @@ def _address(family: int, raw: bytes) -> str:
     return str(address)
 
 
-def _decode(buf, offset: int, end: int) -> Connection:
-    family, state, sport, dport, src, dst, cookie = _MESSAGE.unpack_from(buf, offset)
-    info, congestion, meminfo = b"", "", ()
-    for attr, start, length in iter_attrs(buf, offset + _MESSAGE_SIZE, end):
-        if attr == INET_DIAG_INFO:
-            info = bytes(buf[start:start + length])
-        elif attr == INET_DIAG_CONG:
-            congestion = attr_string(buf, start, length)
-        elif attr == INET_DIAG_SKMEMINFO:
-            meminfo = struct.unpack_from(f"={min(length // 4, len(MEMINFO_NAMES))}I", buf, start)
-    return Connection(cookie, family, state, _address(family, src), int.from_bytes(sport, "big"),
-                      _address(family, dst), int.from_bytes(dport, "big"), info, congestion, meminfo)
-
-
 class _Shape:
-    """Where a message of one attribute layout keeps what change detection compares: read with one Struct
-    (state, cookie, every attribute header) and two slices; used only while every header matches."""
+    """Where a message of one attribute layout keeps what change detection compares and what a
+    Connection holds: read with one Struct (state, cookie, every attribute header) and slices; used only
+    while every header matches."""
 
-    __slots__ = ("unpack_from", "headers", "cut", "resume")
+    __slots__ = ("unpack_from", "headers", "cut", "resume", "info", "congestion", "meminfo")
 
     def __init__(self, chain: list[tuple[int, int]], info: int):
         layout, position = "=", 0
@@ -99,6 +98,29 @@ class _Shape:
         # idiag_retrans and idiag_expires (timer state) and tcp_info's last_* times, which move every ms.
         self.cut = info + TIMERS_START
         self.resume = info + TIMERS_END
+        self.info = self.congestion = None  # (start, end) in the message
+        self.meminfo = None  # (start, Struct)
+        for at, header in chain:
+            length, attr = header & 0xFFFF, header >> 16 & 0x3FFF
+            if attr == INET_DIAG_INFO:
+                self.info = (at + 4, at + length)
+            elif attr == INET_DIAG_CONG:
+                self.congestion = (at + 4, at + length)
+            elif attr == INET_DIAG_SKMEMINFO:
+                self.meminfo = (at + 4, struct.Struct(f"={min((length - 4) // 4, len(MEMINFO_NAMES))}I"))
+
+    def connection(self, buf, offset: int, cookie: int, state: int) -> Connection:
+        start, end = self.info
+        info = bytes(buf[offset + start:offset + end])
+        congestion = ""
+        if self.congestion is not None:
+            start, end = self.congestion
+            congestion = attr_string(buf, offset + start, end - start)
+        meminfo = ()
+        if self.meminfo is not None:
+            start, layout = self.meminfo
+            meminfo = layout.unpack_from(buf, offset + start)
+        return Connection(cookie, buf[offset], state, info, congestion, meminfo, bytes(buf[offset + 4:offset + 40]))
 
 
 def _chain(buf, offset: int, end: int) -> tuple[list[tuple[int, int]], int | None]:
@@ -201,7 +223,7 @@ class ConnectionReader:
                 + buf[offset + shape.resume:end]
             if recall(cookie) != fingerprint:
                 fingerprints[cookie] = fingerprint
-                changed.append(_decode(buf, offset, end))
+                changed.append(shape.connection(buf, offset, cookie, values[0]))
 
         return parse
 
