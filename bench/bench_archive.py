@@ -91,7 +91,7 @@ def breakdown(interval: float, polls: int) -> dict[str, float]:
     from exporter.netlink.connections import ConnectionReader
 
     changes, reader = ChangeIterator(), ConnectionReader()
-    compress = zstandard.ZstdCompressor(level=3).compress
+    compress = zstandard.ZstdCompressor(level=1).compress
     fingerprints: dict[int, bytes] = {}
     for _ in range(2):  # the first pass names every connection; the second those whose optmem the
         reader.answers(changes.requests(), fingerprints)  # archive's closed iterator just gave back

@@ -95,7 +95,7 @@ class Archive:
         import zstandard
 
         self.interval = interval
-        compressor = zstandard.ZstdCompressor(level=3)
+        compressor = zstandard.ZstdCompressor(level=1)
         self.files = ArchiveFiles(directory, rotate_seconds, max_bytes, compressor.compress)
         self._reader = ConnectionReader()
         self._boot = _boot_id()
