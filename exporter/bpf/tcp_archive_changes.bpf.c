@@ -1,32 +1,39 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * tcp_archive_changes: the archive's change detection in the kernel (exporter/archive/). One pass of the
- * iter/tcp program `changed_sockets` (user space opens one per poll; it walks the opener's network
- * namespace) compares every connection's fingerprint with the one socket-local storage holds from the
- * last pass and, for each socket that changed (or is new), writes one ready-made sock_diag request
- * (struct nlmsghdr + struct inet_diag_req_v2, include/uapi/linux/{netlink,inet_diag}.h) asking for exactly
- * that socket: the 4-tuple, the bound device and the cookie. User space sends what a pass wrote, as it
- * is, in one sendmsg per batch; the answers are the kernel's own tcp_info (exporter/netlink/connections.py
- * compares them too, so a record still means a change). Sockets without tcp_info (TIME_WAIT and request
- * sockets) and listeners are skipped, as the dump path skips them.
+ * tcp_archive_changes: the archive's change detection in the kernel (exporter/archive/). Every connection of
+ * one network namespace has a fingerprint in the socket-local storage `fingerprints`: given by
+ * tp_btf/inet_sock_set_state (`enroll_new`) at a connection's first state change, and by one pass of the
+ * iter/tcp program `enroll_existing` at start to the connections that are older. One pass of
+ * `changed_sockets` per poll, an iterator over the storage map itself (so it visits the connections, not
+ * the 2^18 buckets of the established hash an iter/tcp pass walks), compares each connection's
+ * fingerprint with the stored one and, for each that changed (or is new), writes one ready-made sock_diag
+ * request (struct nlmsghdr + struct inet_diag_req_v2, include/uapi/linux/{netlink,inet_diag}.h) asking for
+ * exactly that socket: the 4-tuple, the bound device and the cookie. User space sends what a pass wrote,
+ * as it is, in one sendmsg per batch; the answers are the kernel's own tcp_info (exporter/netlink/
+ * connections.py compares them too, so a record still means a change). Listeners, request and TIME_WAIT
+ * sockets have no storage; a socket in TCP_CLOSE is skipped (its final record comes from tcp_archive.bpf.c).
  *
  * The fingerprint: the fields of struct sock, inet_connection_sock and tcp_sock that tcp_get_info()
  * (net/ipv4/tcp.c), the memory info (sk_get_meminfo()) and INET_DIAG_CONG report from, or that move
  * with every segment in or out and every application read or write (segs_in, segs_out, copied_seq,
  * write_seq). Every other tcp_info field changes only together with one of these: ACK processing (ca_state,
- * rto, unacked, sacked, pacing and delivery rates, delivered*, dsack_dups, reord_seen, snd_wnd) moves
- * segs_in; data received (ato, rcv_mss, rcv_rtt, rcv_ssthresh, rcv_ooopack, received_*) moves segs_in;
- * a retransmission or probe moves segs_out; reads (rcv_space) move copied_seq; notsent_bytes is
- * write_seq - snd_nxt. What a change of this fingerprint can miss: busy_time, rwnd_limited, sndbuf_limited
- * and total_rto_time are clocks that advance with time alone while a socket is busy, limited or in RTO
- * recovery (like the last_* timers, which no path archives on their own); each record carries their value
- * then. A write that does not fit the pass's buffer leaves the stored fingerprint as it was, so the
- * kernel's retry of that socket in the next read() writes it again.
- * `extensions[0]` holds the request's idiag_ext (user space's choice of INET_DIAG_* attributes).
+ * unacked, sacked, pacing and delivery rates, delivered*, dsack_dups, reord_seen) moves segs_in; data
+ * received (ato, rcv_mss, rcv_rtt, rcv_ssthresh, rcv_ooopack, received_*) moves segs_in; a retransmission
+ * or probe moves segs_out; reads (rcv_space) move copied_seq; notsent_bytes is write_seq - snd_nxt. What a
+ * change of this fingerprint can miss: busy_time, rwnd_limited, sndbuf_limited and total_rto_time are
+ * clocks that advance with time alone while a socket is busy, limited or in RTO recovery (like the last_*
+ * timers, which no path archives on their own); each record carries their value then. The fields are
+ * read without the socket lock, so a pass may see a change half done; the next pass sees the rest. A
+ * write that does not fit the pass's buffer leaves the stored fingerprint as it was, so the kernel's retry
+ * of that socket in the next read() writes it again.
+ * `config[0]` holds the network namespace cookie to archive and the request's idiag_ext (user space's
+ * choice of INET_DIAG_* attributes).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 
+#define TCP_CLOSE 7
 #define TCP_LISTEN 10
 #define IPPROTO_TCP 6
 #define AF_INET6 10
@@ -38,7 +45,10 @@ typedef struct { atomic_t refs; } refcount_t;
 
 /* Only the fields used; CO-RE relocates their offsets against the running kernel's BTF. */
 struct in6_addr { union { __u8 u6_addr8[16]; } in6_u; } __attribute__((preserve_access_index));
+struct net { __u64 net_cookie; } __attribute__((preserve_access_index));
+typedef struct { struct net *net; } possible_net_t;
 struct sock_common {
+	possible_net_t skc_net;
 	__u32 skc_daddr;
 	__u32 skc_rcv_saddr;
 	__u16 skc_dport;
@@ -51,6 +61,7 @@ struct sock_common {
 } __attribute__((preserve_access_index));
 struct sock {
 	struct sock_common __sk_common;
+	__u16 sk_protocol;
 	struct { atomic_t rmem_alloc; int len; } sk_backlog;
 	atomic_t sk_drops;
 	int sk_rcvbuf;
@@ -97,6 +108,11 @@ struct bpf_iter__tcp {
 	struct bpf_iter_meta *meta;
 	struct sock_common *sk_common;
 } __attribute__((preserve_access_index));
+struct bpf_iter__bpf_sk_storage_map {
+	struct bpf_iter_meta *meta;
+	struct sock *sk;
+	void *value;
+} __attribute__((preserve_access_index));
 
 #define WORDS 14
 struct fingerprint { __u64 word[WORDS]; };
@@ -128,12 +144,14 @@ struct {
 	__type(value, struct fingerprint);
 } fingerprints SEC(".maps");
 
+struct config { __u64 netns_cookie; __u32 extensions; __u32 unused; };
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
-} extensions SEC(".maps");
+	__type(value, struct config);
+} config SEC(".maps");
 
 static __always_inline __u64 pair(__u32 high, __u32 low) { return (__u64)high << 32 | low; }
 
@@ -160,32 +178,62 @@ static __always_inline void fingerprint_of(struct tcp_sock *tp, struct fingerpri
 	now->word[13] = sk->sk_pacing_rate ^ sk->sk_max_pacing_rate << 1;
 }
 
+static __always_inline struct config *settings(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&config, &zero);
+}
+
+/* A fingerprint of zeros: the next pass writes the connection's request. */
+static __always_inline void enroll(struct sock *sk)
+{
+	bpf_sk_storage_get(&fingerprints, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(enroll_new, struct sock *sk, int old_state, int new_state)
+{
+	struct config *wanted = settings();
+	if (!wanted || sk->sk_protocol != IPPROTO_TCP || sk->__sk_common.skc_net.net->net_cookie != wanted->netns_cookie)
+		return 0;
+	if (new_state == TCP_LISTEN || old_state == TCP_LISTEN || new_state == TCP_CLOSE)
+		return 0; /* a listener is not a connection; a closed one is done */
+	enroll(sk);
+	return 0;
+}
+
 SEC("iter/tcp")
-int changed_sockets(struct bpf_iter__tcp *ctx)
+int enroll_existing(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
-	__u32 zero = 0;
 	if (!skc || skc->skc_state == TCP_LISTEN)
 		return 0;
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
-	if (!tp)
-		return 0;  /* TIME_WAIT and request sockets: no tcp_info */
-	__u32 *ext = bpf_map_lookup_elem(&extensions, &zero);
-	if (!ext)
+	if (tp)  /* else TIME_WAIT or a request socket */
+		enroll(&tp->inet_conn.icsk_inet.sk);
+	return 0;
+}
+
+SEC("iter/bpf_sk_storage_map")
+int changed_sockets(struct bpf_iter__bpf_sk_storage_map *ctx)
+{
+	struct fingerprint *last = ctx->value;
+	struct sock *sk = ctx->sk;
+	if (!sk || !last)
 		return 0;
-	/* The storage first: creating it charges the socket's sk_omem_alloc (the meminfo's optmem), which is
-	 * in the fingerprint. */
-	struct fingerprint *last = bpf_sk_storage_get(&fingerprints, tp, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	struct sock_common *skc = &sk->__sk_common;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	struct config *wanted = settings();
+	if (!tp || !wanted || skc->skc_state == TCP_CLOSE)
+		return 0;
 	struct fingerprint now;
 	fingerprint_of(tp, &now);
-	if (last) {
-		__u64 differ = 0;
+	__u64 differ = 0;
 #pragma unroll
-		for (int word = 0; word < WORDS; word++)
-			differ |= now.word[word] ^ last->word[word];
-		if (!differ)
-			return 0;
-	}  /* no storage (out of memory): ask every pass; user space's comparison keeps records to changes */
+	for (int word = 0; word < WORDS; word++)
+		differ |= now.word[word] ^ last->word[word];
+	if (!differ)
+		return 0;
 
 	struct request request = {
 		.nlmsg_len = sizeof(request),
@@ -193,12 +241,12 @@ int changed_sockets(struct bpf_iter__tcp *ctx)
 		.nlmsg_flags = NLM_F_REQUEST,
 		.sdiag_family = skc->skc_family,
 		.sdiag_protocol = IPPROTO_TCP,
-		.idiag_ext = *ext,
+		.idiag_ext = wanted->extensions,
 		.idiag_states = ~0U,
 		.idiag_sport = skc->skc_num >> 8 | (__u16)(skc->skc_num << 8),
 		.idiag_dport = skc->skc_dport,
 		.idiag_if = skc->skc_bound_dev_if,
-		.idiag_cookie = bpf_get_socket_cookie(skc),
+		.idiag_cookie = bpf_get_socket_cookie(sk),
 	};
 	if (request.sdiag_family == AF_INET6) {
 		__builtin_memcpy(request.idiag_src, skc->skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
@@ -207,7 +255,7 @@ int changed_sockets(struct bpf_iter__tcp *ctx)
 		__builtin_memcpy(request.idiag_src, &skc->skc_rcv_saddr, 4);
 		__builtin_memcpy(request.idiag_dst, &skc->skc_daddr, 4);
 	}
-	if (bpf_seq_write(ctx->meta->seq, &request, sizeof(request)) == 0 && last)
+	if (bpf_seq_write(ctx->meta->seq, &request, sizeof(request)) == 0)
 		*last = now;  /* else the pass's buffer was full: the retry of this socket writes it again */
 	return 0;
 }
