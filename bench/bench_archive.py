@@ -83,23 +83,26 @@ def breakdown(interval: float, polls: int) -> dict[str, float]:
     """The kernel path's pieces, µs of this thread's CPU per poll (user + system: the iterator's program
     and the exact lookups run in the kernel on the reading thread), over ``polls`` polls ``interval`` apart
     while the children move data: the iterator pass, the exact lookups with their parsing and comparison,
-    the records' encoding, and the frames (one per changed connection per second, amortised per poll)."""
+    the records' encoding, and the frames (one per changed connection per second, as the archive writes
+    them, amortised per poll)."""
     import zstandard
 
     from exporter.archive import change_tail
+    from exporter.archive.files import ArchiveFiles
     from exporter.archive.kernel import ChangeIterator
     from exporter.netlink.connections import ConnectionReader
 
     changes, reader = ChangeIterator(), ConnectionReader()
-    compress = zstandard.ZstdCompressor(level=1).compress
     fingerprints: dict[int, bytes] = {}
-    for _ in range(2):  # the first pass names every connection; the second those whose optmem the
-        reader.answers(changes.requests(), fingerprints)  # archive's closed iterator just gave back
     spent = dict.fromkeys(("iterator pass", "exact lookups", "records", "frames"), 0.0)
     pending: dict[int, list[bytes]] = {}
     per_second = max(1, round(1 / interval))
     with tempfile.TemporaryDirectory(prefix="netio-bench-archive-") as directory:
+        files = ArchiveFiles(directory, 600.0, 1 << 34, zstandard.ZstdCompressor(level=1).compress)
         try:
+            for _ in range(2):  # every connection (its file begun, as the archive's first poll does), then
+                for connection in reader.answers(changes.requests(), fingerprints):  # those whose optmem
+                    files.append(str(connection.cookie), b"", change_tail(connection).encode(), 1)  # moved
             for poll in range(1, polls + 1):
                 time.sleep(interval)
                 begin = time.thread_time()
@@ -112,9 +115,7 @@ def breakdown(interval: float, polls: int) -> dict[str, float]:
                 encoded = time.thread_time()
                 if poll % per_second == 0:
                     for cookie, lines in pending.items():
-                        fd = os.open(os.path.join(directory, f"{cookie}.zst"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-                        os.write(fd, compress(b"\n".join(lines)))
-                        os.close(fd)
+                        files.append(str(cookie), b"", b"\n".join(lines), len(lines))
                     pending.clear()
                 spent["iterator pass"] += passed - begin
                 spent["exact lookups"] += looked_up - passed

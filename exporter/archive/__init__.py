@@ -204,6 +204,7 @@ class Archive:
         now = time.time()
         stamp = _timestamp(now)
         head = f'{{"kind":"change","timestamp":"{stamp}","uuid":"'
+        records = 0
         for connection in changed:
             cookie = connection.cookie
             if cookie in self._finished:
@@ -213,18 +214,21 @@ class Archive:
                 known = self._live[cookie] = self._open(connection, now)
                 self._prompt[cookie] = known
             known.last = change_tail(connection)
-            self._queue(known, "change", (head + known.uuid + '",' + known.last + "}\n").encode())
+            self._queue(known, (head + known.uuid + '",' + known.last + "}\n").encode())
+            records += 1
         if present is not None:  # the dump: a connection that left it has left its last state with tcp_info
             for cookie in [cookie for cookie in self._fingerprints if cookie not in present]:
                 del self._fingerprints[cookie]  # left the dump (or lost its tcp_info: TIME_WAIT)
                 if self._hook is None and cookie in self._live:  # without the close hook, that is the end
                     connection = self._live[cookie]
-                    self._queue(connection, "final", (f'{{"kind":"final","timestamp":"{stamp}","uuid":"'
-                                                      f'{connection.uuid}",{connection.last},"source":"poll"}}\n'
-                                                      ).encode())
+                    self._queue(connection, (f'{{"kind":"final","timestamp":"{stamp}","uuid":"{connection.uuid}",'
+                                             f'{connection.last},"source":"poll"}}\n').encode())
                     self._finish(cookie)
+                    with self._lock:
+                        self._stats.records["final"] += 1
         elapsed = time.perf_counter() - begin
         with self._lock:
+            self._stats.records["change"] += records
             self._stats.poll_count += 1
             self._stats.poll_seconds += elapsed
             self._stats.poll_buckets[bisect_left(POLL_BUCKETS, elapsed)] += 1
@@ -275,14 +279,14 @@ class Archive:
                   "old_state": STATE_NAMES.get(final.old_state, str(final.old_state)),
                   "start": _timestamp(final.start_ns / 1e9 + self._wall_offset) if final.start_ns else None,
                   "source": "kernel", "tcp_info": dict(zip(FINAL_COUNTERS, final.counters))}
-        self._queue(connection, "final", _line(record))
+        self._queue(connection, _line(record))
         self._finish(final.cookie)
+        with self._lock:
+            self._stats.records["final"] += 1
 
-    def _queue(self, connection: _Connection, kind: str, line: bytes) -> None:
+    def _queue(self, connection: _Connection, line: bytes) -> None:
         connection.pending.append(line)
         self._pending_bytes += len(line)
-        with self._lock:
-            self._stats.records[kind] += 1
 
     def _finish(self, cookie: int) -> None:
         self._finished[cookie] = None
@@ -309,7 +313,7 @@ class Archive:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)  # one encoder: json.dumps makes one a call
-_TAILS: dict[tuple[int, int], str] = {}  # (tcp_info bytes, meminfo fields) -> change_tail's format
+_MEMINFO_TEMPLATES: dict[int, str] = {}  # by the number of meminfo fields
 _CONGESTION_JSON: dict[str, str] = {}
 
 
@@ -319,15 +323,14 @@ def _line(record: dict) -> bytes:
 
 def change_tail(connection: Connection) -> str:
     """A change record's JSON after its uuid, without the closing brace, as ``_line`` would write it
-    (same keys, same order), from one precompiled format: no dict per record."""
-    info, meminfo = connection.tcp_info, connection.meminfo
-    layout = tcp_info.prefix(len(info))
-    tail = _TAILS.get((len(info), len(meminfo)))
-    if tail is None:
-        tail = _TAILS[len(info), len(meminfo)] = (
-            '"state":"%s","congestion":%s,"tcp_info":' + layout.json + ',"meminfo":{'
-            + ",".join(f'"{name}":%d' for name in MEMINFO_NAMES[:len(meminfo)]) + "}")
+    (same keys, same order), from precompiled formats: no dict per record."""
+    meminfo = connection.meminfo
+    template = _MEMINFO_TEMPLATES.get(len(meminfo))
+    if template is None:
+        template = _MEMINFO_TEMPLATES[len(meminfo)] = ",".join(f'"{name}":%d' for name in MEMINFO_NAMES[:len(meminfo)])
     congestion = _CONGESTION_JSON.get(connection.congestion)
     if congestion is None:
         congestion = _CONGESTION_JSON[connection.congestion] = _ENCODER.encode(connection.congestion)
-    return tail % (STATE_NAMES.get(connection.state, connection.state), congestion, *layout.values(info), *meminfo)
+    info = tcp_info.prefix(len(connection.tcp_info)).json(connection.tcp_info)
+    return (f'"state":"{STATE_NAMES.get(connection.state, connection.state)}","congestion":{congestion},'
+            f'"tcp_info":{info},"meminfo":{{{template % meminfo}}}')
