@@ -135,6 +135,11 @@ class Archive:
         """The archive thread's kernel thread id (its CPU time is in /proc/self/task/ID/stat)."""
         return self._thread.native_id
 
+    @property
+    def change_detection(self) -> str:
+        """"kernel" (an iterator pass names the connections that changed) or "dump" (each poll dumps all)."""
+        return "dump" if self._changes is None else "kernel"
+
     def stats(self) -> ArchiveStats:
         with self._lock:
             copy = ArchiveStats(dict(self._stats.records), self._stats.dropped_records,

@@ -146,7 +146,13 @@ class ConnectionReader:
         self._requests = tuple(_REQUEST.pack(family, socket.IPPROTO_TCP, EXTENSIONS, CONNECTION_STATES)
                                for family in (socket.AF_INET, socket.AF_INET6))
         self._shapes: dict[int, _Shape] = {}  # by message length
-        self._exact: socket.socket | None = None  # for answers(), made at its first use
+        self._exact = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+        try:
+            self._exact.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _ANSWERS_SOCKET_BUFFER)
+            self._exact.bind((0, 0))
+        except BaseException:
+            self.close()
+            raise
         self._buffer = bytearray(_ANSWERS_BUFFER)
 
     def changed(self, fingerprints: dict[int, bytes]) -> tuple[list[Connection], set[int]]:
@@ -165,10 +171,6 @@ class ConnectionReader:
         requests (``REQUEST_SIZE`` bytes each, from tcp_archive_changes.bpf.c), sent ``_BATCH`` to one
         sendmsg. The kernel answers every message of a buffer within the sendmsg, so the answers are
         queued when it returns. A connection that closed meanwhile has no answer (an NLMSG_ERROR)."""
-        if self._exact is None:
-            self._exact = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
-            self._exact.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _ANSWERS_SOCKET_BUFFER)
-            self._exact.bind((0, 0))
         changed: list[Connection] = []
         parse = self._comparer(fingerprints, changed, None)
         exact, buf = self._exact, self._buffer
@@ -229,5 +231,4 @@ class ConnectionReader:
 
     def close(self) -> None:
         self._netlink.close()
-        if self._exact is not None:
-            self._exact.close()
+        self._exact.close()

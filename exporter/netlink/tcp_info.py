@@ -95,7 +95,7 @@ class Prefix:
 
         # The first 8 bytes (state, the bit fields, ...) take few values: their JSON is kept by those bytes.
         heads: dict[bytes, str] = {}
-        head_template = "{" + "".join(f'"{name}":%d,' for name in _HEAD)
+        head_template = "{" + ",".join(f'"{name}":%d' for name in _HEAD) + ("," if fields[8:] else "")
         rest_template = ",".join(f'"{name}":%d' for name, _, _ in fields[8:]) + "}"
         rest = _struct(fields[8:], 8).unpack_from
 
