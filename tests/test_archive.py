@@ -291,6 +291,28 @@ def test_a_change_record_is_what_the_json_encoder_writes_of_it(netns):
         server.close()
 
 
+def test_without_the_change_iterator_every_poll_dumps_and_records_are_the_same(netns, tmp_path, monkeypatch):
+    """The iterator cannot be had (simulated: its loader raises), the close hook can: the dump path."""
+    from exporter.archive import kernel
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("bpf: Operation not permitted (simulated)")
+
+    monkeypatch.setattr(kernel, "ChangeIterator", refuse)
+    ns = netns()
+    archive = _archive(ns, tmp_path)
+    try:
+        assert archive.change_detection == "dump"
+        ports = _connection(ns, 20_000, 1_000, hold=4 * INTERVAL)
+        found = _wait_finals(tmp_path, 2)
+    finally:
+        archive.close()
+    client = [connection for connection in _by_connection(found).values()
+              if connection[0]["local_port"] == ports["client"]][0]
+    assert [record["kind"] for record in client][0] == "header" and client[-1]["kind"] == "final"
+    assert [record for record in client if record["kind"] == "change"][-1]["tcp_info"]["bytes_acked"] == 20_001
+
+
 def test_rotation_unique_uuids_and_the_zstd_tool(netns, tmp_path):
     ns = netns()
     archive = _archive(ns, tmp_path, rotate_seconds=0.15)
