@@ -151,7 +151,10 @@ def run(size: int, interval: float, moving: int, seconds: float, namespace: str,
             archive = Archive(directory, interval, 600.0, 1 << 34)
             try:
                 native = archive.thread_id
-                time.sleep(min(1.0, seconds / 4))  # past the first poll, which writes every header
+                deadline = time.monotonic() + 120  # past the first poll, which writes every header: at 20k
+                while archive.stats().poll_count < 3 and time.monotonic() < deadline:  # sockets, seconds
+                    time.sleep(0.05)
+                time.sleep(min(1.0, seconds / 4))  # and its first flush of every connection
                 cpu_before, wall_before = _thread_cpu_seconds(native), time.monotonic()
                 records_before = sum(archive.stats().records.values())
                 bytes_before = archive.file_stats().bytes_written
