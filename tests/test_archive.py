@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -476,3 +477,30 @@ def test_the_exporter_archives_and_reports_it(netns, exporter, tmp_path):
     assert value(parsed, "netio_tcp_archive_files_total") >= 2
     assert value(parsed, "netio_tcp_archive_poll_duration_seconds_count") > 0
     assert value(parsed, "netio_tcp_archive_dropped_records_total") == 0
+
+
+def test_a_kill_9_loses_at_most_the_last_second_of_change_records(netns, exporter, tmp_path):
+    ns = netns()
+    running = exporter(ns, "--collector.tcp.archive", str(tmp_path), "--collector.tcp.archive-interval", "20")
+    client, server = _pair(ns)
+    port = client.getsockname()[1]
+    try:
+        samples = []  # (when, the client's bytes_acked then)
+        begin = time.monotonic()
+        while time.monotonic() - begin < 2.5:  # a change every poll
+            _move(client, server)
+            acked = tcp_info.decode(client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1024))["bytes_acked"]
+            samples.append((time.monotonic(), acked))
+            time.sleep(0.02)
+        os.kill(running.process.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        running.process.wait()
+    finally:
+        client.close()
+        server.close()
+    ours = [connection for connection in _by_connection(list(records([str(tmp_path)]))).values()
+            if connection[0]["kind"] == "header" and connection[0]["local_port"] == port]
+    assert len(ours) == 1  # every frame on disk is whole: all of them parse
+    changes = [record for record in ours[0] if record["kind"] == "change"]
+    second_before = max(acked for when, acked in samples if when <= killed - 1.2)
+    assert changes and changes[-1]["tcp_info"]["bytes_acked"] >= second_before
