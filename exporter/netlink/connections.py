@@ -1,8 +1,9 @@
 """Every TCP connection of this network namespace in full, over sock_diag: addresses, ports, state, the
 socket cookie, the whole ``struct tcp_info``, the congestion control name and the socket's memory.
 
-For the per-connection archive (its own clock, not the scrape path): decoding is per socket and complete.
-Layouts: ``struct inet_diag_req_v2``, ``struct inet_diag_msg`` and the ``INET_DIAG_*`` attributes of
+For the per-connection archive (its own clock, not the scrape path): a dump of every connection, or exact
+lookups (SOCK_DIAG_BY_FAMILY without NLM_F_DUMP, by 4-tuple and cookie) of the ones named, many to a
+sendmsg; a connection that changed is decoded in full, its addresses only when asked for. Layouts: ``struct inet_diag_req_v2``, ``struct inet_diag_msg`` and the ``INET_DIAG_*`` attributes of
 include/uapi/linux/inet_diag.h; ``SK_MEMINFO_*`` of include/uapi/linux/sock_diag.h.
 """
 
