@@ -79,7 +79,55 @@ def _scrape_ms(scrape, rounds: int = 15) -> float:
     return statistics.median(times) * 1e3
 
 
-def run(size: int, interval: float, moving: int, seconds: float, namespace: str) -> dict:
+def breakdown(interval: float, polls: int) -> dict[str, float]:
+    """The kernel path's pieces, µs of this thread's CPU per poll (user + system: the iterator's program
+    and the exact lookups run in the kernel on the reading thread), over ``polls`` polls ``interval`` apart
+    while the children move data: the iterator pass, the exact lookups with their parsing and comparison,
+    the records' encoding, and the frames (one per changed connection per second, as the archive writes
+    them, amortised per poll)."""
+    import zstandard
+
+    from exporter.archive import change_tail
+    from exporter.archive.files import ArchiveFiles
+    from exporter.archive.kernel import ChangeIterator
+    from exporter.netlink.connections import ConnectionReader
+
+    changes, reader = ChangeIterator(), ConnectionReader()
+    fingerprints: dict[int, bytes] = {}
+    spent = dict.fromkeys(("iterator pass", "exact lookups", "records", "frames"), 0.0)
+    pending: dict[int, list[bytes]] = {}
+    per_second = max(1, round(1 / interval))
+    with tempfile.TemporaryDirectory(prefix="netio-bench-archive-") as directory:
+        files = ArchiveFiles(directory, 600.0, 1 << 34, zstandard.ZstdCompressor(level=1).compress)
+        try:
+            for _ in range(2):  # every connection (its file begun, as the archive's first poll does), then
+                for connection in reader.answers(changes.requests(), fingerprints):  # those whose optmem
+                    files.append(str(connection.cookie), b"", change_tail(connection).encode(), 1)  # moved
+            for poll in range(1, polls + 1):
+                time.sleep(interval)
+                begin = time.thread_time()
+                requests = changes.requests()
+                passed = time.thread_time()
+                changed = reader.answers(requests, fingerprints)
+                looked_up = time.thread_time()
+                for connection in changed:
+                    pending.setdefault(connection.cookie, []).append(change_tail(connection).encode())
+                encoded = time.thread_time()
+                if poll % per_second == 0:
+                    for cookie, lines in pending.items():
+                        files.append(str(cookie), b"", b"\n".join(lines), len(lines))
+                    pending.clear()
+                spent["iterator pass"] += passed - begin
+                spent["exact lookups"] += looked_up - passed
+                spent["records"] += encoded - looked_up
+                spent["frames"] += time.thread_time() - encoded
+        finally:
+            changes.close()
+            reader.close()
+    return {piece: seconds / polls * 1e6 for piece, seconds in spent.items()}
+
+
+def run(size: int, interval: float, moving: int, seconds: float, namespace: str, pieces: bool) -> dict:
     from exporter.archive import Archive
     from exporter.collectors import Scrape
     from exporter.collectors.link import LinkCollector
@@ -103,7 +151,10 @@ def run(size: int, interval: float, moving: int, seconds: float, namespace: str)
             archive = Archive(directory, interval, 600.0, 1 << 34)
             try:
                 native = archive.thread_id
-                time.sleep(min(1.0, seconds / 4))  # past the first poll, which writes every header
+                deadline = time.monotonic() + 120  # past the first poll, which writes every header: at 20k
+                while archive.stats().poll_count < 3 and time.monotonic() < deadline:  # sockets, seconds
+                    time.sleep(0.05)
+                time.sleep(min(1.0, seconds / 4))  # and its first flush of every connection
                 cpu_before, wall_before = _thread_cpu_seconds(native), time.monotonic()
                 records_before = sum(archive.stats().records.values())
                 bytes_before = archive.file_stats().bytes_written
@@ -116,7 +167,8 @@ def run(size: int, interval: float, moving: int, seconds: float, namespace: str)
                 written = archive.file_stats().bytes_written - bytes_before
             finally:
                 archive.close()
-        return {"size": size, "interval_ms": interval * 1e3, "moving": moving, "cpu_share": cpu / wall,
+        parts = breakdown(interval, max(10, int(seconds / interval / 2))) if pieces else {}
+        return {"size": size, "interval_ms": interval * 1e3, "moving": moving, "cpu_share": cpu / wall, "pieces": parts,
                 "records_per_s": records / wall, "us_per_record": cpu / records * 1e6 if records else float("nan"),
                 "bytes_per_record": written / records if records else float("nan"),
                 "poll_ms": stats.poll_seconds / max(stats.poll_count, 1) * 1e3,
@@ -142,6 +194,8 @@ def main() -> None:
     parser.add_argument("--intervals", default="10,100", help="poll intervals in ms")
     parser.add_argument("--moving", type=int, default=100, help="connections moved per interval")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per row")
+    parser.add_argument("--no-breakdown", dest="breakdown", action="store_false",
+                        help="skip the kernel path's per-piece breakdown")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -155,13 +209,24 @@ def main() -> None:
         print("| sockets | poll | moving/poll | archive CPU (share of a core) | records/s | µs CPU/record | "
               "bytes/record | poll | scrape | scrape with archive | ratio |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        breakdowns = []
         for size in map(int, args.sizes.split(",")):
             for interval in map(int, args.intervals.split(",")):
-                row = run(size, interval / 1000, args.moving, args.seconds, namespace)
+                row = run(size, interval / 1000, args.moving, args.seconds, namespace, args.breakdown)
+                breakdowns.append(row)
                 print(f"| {row['size']:,} | {row['interval_ms']:.0f} ms | {row['moving']} | {row['cpu_share']:.1%} | "
                       f"{row['records_per_s']:,.0f} | {row['us_per_record']:.1f} | {row['bytes_per_record']:.0f} | "
                       f"{row['poll_ms']:.2f} ms | {row['scrape_ms']:.2f} ms | {row['scrape_with_archive_ms']:.2f} ms | "
                       f"{row['scrape_with_archive_ms'] / row['scrape_ms']:.2f} |", flush=True)
+        if args.breakdown:
+            pieces = tuple(breakdowns[0]["pieces"])
+            print(f"\nThe kernel path's pieces, µs of CPU per poll ({args.moving} moving connections):\n")
+            print("| sockets | poll | " + " | ".join(pieces) + " | sum |")
+            print("|---:|---:|" + "---:|" * (len(pieces) + 1))
+            for row in breakdowns:
+                values = [row["pieces"][piece] for piece in pieces]
+                print(f"| {row['size']:,} | {row['interval_ms']:.0f} ms | "
+                      + " | ".join(f"{value:,.0f}" for value in values) + f" | {sum(values):,.0f} |")
     finally:
         subprocess.run(["ip", "netns", "del", namespace], check=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -37,3 +38,17 @@ def test_the_table_covers_this_kernels_struct_and_decodes_a_prefix():
     short = tcp_info.decode(raw[:104])  # a 4.1-era kernel's length: fields past it are absent
     assert "total_retrans" in short and "bytes_acked" not in short
     assert tuple(decoded) == tcp_info.NAMES[:len(decoded)]
+
+
+def test_the_json_of_a_prefix_is_what_json_dumps_writes_of_its_fields():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    with listener, socket.create_connection(listener.getsockname()) as client:
+        raw = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1024)
+    for length in (len(raw), 104, 8, 7):  # this kernel's, a 4.1-era kernel's, the bit fields alone, less
+        expected = json.dumps(tcp_info.decode(raw[:length]), separators=(",", ":"))
+        assert tcp_info.prefix(length).json(raw[:length]) == expected
+    newer = raw + bytes(max(0, tcp_info.SIZE - len(raw)) + 64)  # a newer kernel's: what follows the table is not read
+    assert tuple(tcp_info.decode(newer)) == tcp_info.NAMES
+    assert tcp_info.prefix(len(newer)).json(newer) == json.dumps(tcp_info.decode(newer), separators=(",", ":"))

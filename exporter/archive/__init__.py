@@ -2,16 +2,22 @@
 connection, zstd-compressed, with a final record for every connection, including those no poll saw.
 
 One thread does everything on its own clock, never touching the scrape path:
-- every ``interval`` it dumps the namespace's TCP connections over sock_diag (``netlink/connections.py``)
-  and writes a ``change`` record for each connection whose state, tcp_info (the ``last_*`` timers aside),
-  congestion control or memory changed since its last record; a connection seen for the first time gets
-  a ``header`` record first;
+- every ``interval`` it finds the connections that changed and writes a ``change`` record for each whose
+  state, tcp_info (the ``last_*`` timers aside), congestion control or memory changed since its last
+  record; a connection seen for the first time gets a ``header`` record first. With eBPF, an iterator
+  pass (``kernel.py``, tcp_archive_changes.bpf.c) names the connections whose fingerprint changed and
+  sock_diag answers exact lookups of just those; without, the namespace's TCP connections are dumped
+  over sock_diag and compared in Python (``netlink/connections.py``). Either way the record holds the
+  kernel's own tcp_info, and the comparison of its bytes with the last record's decides;
 - between polls it waits on the kernel's ring buffer of ``final`` records (``kernel.py``: one per
   connection at TCP_CLOSE, with the counters struct tcp_sock holds then), so a connection shorter than a
   poll still gets a header and a final record. Without eBPF, a connection's final record is its last
   polled record, written when it leaves the dump (``"source": "poll"``), and connections that open and
   close between two polls are not archived at all;
-- after each poll, each connection's pending lines go out as one zstd frame (``files.py``).
+- each connection's pending lines go out as one zstd frame (``files.py``) about every ``_FLUSH_SECONDS``
+  (sooner beyond ``_PENDING_BYTES``), a new connection's header and first record and a connection's final
+  record at once (after the poll, or within ``_FINAL_LATENCY_MS`` of the close). A kill -9 loses at most
+  the change records of the last ``_FLUSH_SECONDS``.
 
 Records (one JSON object a line; times RFC 3339 UTC with microseconds; tcp_info fields by the kernel's
 names and units, see ``netlink/tcp_info.py``) are documented with examples in the README.
@@ -43,6 +49,8 @@ POLL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 _FINISHED_MEMORY = 65536  # cookies of connections already given their final record
 _RING_BYTES = 1 << 22  # 4 MiB: about 26,000 final records between two reads
 _FINAL_LATENCY_MS = 100  # at most this long between reads of the ring buffer
+_FLUSH_SECONDS = 1.0  # change records wait in memory at most this long, to go out as one frame each
+_PENDING_BYTES = 16 << 20  # or until they take this much
 
 
 @dataclass
@@ -76,7 +84,7 @@ class _Connection:
     def __init__(self, uuid: str, header: bytes):
         self.uuid = uuid
         self.header = header
-        self.last: dict | None = None  # the last change record (the final record without eBPF)
+        self.last = ""  # the last change record after its uuid (the final record without eBPF)
         self.pending: list[bytes] = []
 
 
@@ -87,7 +95,7 @@ class Archive:
         import zstandard
 
         self.interval = interval
-        compressor = zstandard.ZstdCompressor(level=3)
+        compressor = zstandard.ZstdCompressor(level=1)
         self.files = ArchiveFiles(directory, rotate_seconds, max_bytes, compressor.compress)
         self._reader = ConnectionReader()
         self._boot = _boot_id()
@@ -96,6 +104,8 @@ class Archive:
         self._fingerprints: dict[int, bytes] = {}  # cookie -> what the last record saw (ConnectionReader)
         self._finished: dict[int, None] = {}  # insertion-ordered set, bounded
         self._closing: list[int] = []  # finished since the last flush
+        self._prompt: dict[int, _Connection] = {}  # to flush at once: new or finished connections
+        self._pending_bytes = 0
         self._starts: dict[int, int] = {}  # cookie -> the kernel's start (CLOCK_MONOTONIC ns), until first seen
         self._stats = ArchiveStats()
         self._lock = threading.Lock()
@@ -108,6 +118,14 @@ class Archive:
         except Exception as error:  # the archive still runs, from polls alone
             log.warning("tcp archive: no final records from the kernel (%s); final records come from the last "
                         "poll, and connections shorter than a poll are not archived", str(error).splitlines()[0])
+        self._changes = None  # the kernel's change detection, which needs the close hook's final records
+        if self._hook is not None:
+            try:
+                from .kernel import ChangeIterator
+                self._changes = ChangeIterator()
+            except Exception as error:
+                log.warning("tcp archive: no change detection in the kernel (%s); every poll dumps every "
+                            "connection", str(error).splitlines()[0])
         self._thread = threading.Thread(target=self._run, name="netio-tcp-archive", daemon=True)
         self._thread.start()
 
@@ -116,6 +134,11 @@ class Archive:
     def thread_id(self) -> int:
         """The archive thread's kernel thread id (its CPU time is in /proc/self/task/ID/stat)."""
         return self._thread.native_id
+
+    @property
+    def change_detection(self) -> str:
+        """"kernel" (an iterator pass names the connections that changed) or "dump" (each poll dumps all)."""
+        return "dump" if self._changes is None else "kernel"
 
     def stats(self) -> ArchiveStats:
         with self._lock:
@@ -141,11 +164,13 @@ class Archive:
             with self._lock:
                 self._stats.dropped_records += hook.lost()
             hook.close()
+        if self._changes is not None:
+            self._changes.close()
         self._reader.close()
 
     # --- the archive thread --------------------------------------------------------------------------
     def _run(self) -> None:
-        next_poll = time.monotonic()
+        next_poll = next_flush = time.monotonic()
         while not self._stop.is_set():
             try:
                 wait = next_poll - time.monotonic()
@@ -153,7 +178,7 @@ class Archive:
                     if self._hook is None:
                         self._stop.wait(wait)
                     elif self._hook.poll(min(max(1, int(wait * 1000)), _FINAL_LATENCY_MS)):
-                        self._flush()  # finals go out within about _FINAL_LATENCY_MS, whatever the interval
+                        self._flush(everything=False)  # finals go out within about _FINAL_LATENCY_MS
                     continue
                 next_poll += self.interval
                 if next_poll < time.monotonic():  # fell behind (a slow disk): skip, do not burst
@@ -161,22 +186,30 @@ class Archive:
                 if self._hook is not None:
                     self._hook.poll(0)  # finals first: a connection that just closed is not "changed"
                 self._poll()
-                self._flush()
+                everything = next_flush <= time.monotonic() or self._pending_bytes > _PENDING_BYTES
+                if everything:
+                    next_flush = time.monotonic() + _FLUSH_SECONDS
+                self._flush(everything)
             except Exception:  # the archive must not die; the next poll tries again
                 log.exception("tcp archive: poll failed")
                 self._stop.wait(self.interval)
-        if self._hook is not None:
-            try:
+        try:
+            if self._hook is not None:
                 self._hook.poll(0)
-                self._flush()
-            except Exception:
-                log.exception("tcp archive: last flush failed")
+            self._flush(everything=True)
+        except Exception:
+            log.exception("tcp archive: last flush failed")
 
     def _poll(self) -> None:
         begin = time.perf_counter()
-        changed, present = self._reader.changed(self._fingerprints)
+        if self._changes is not None:
+            changed, present = self._reader.answers(self._changes.requests(), self._fingerprints), None
+        else:
+            changed, present = self._reader.changed(self._fingerprints)
         now = time.time()
         stamp = _timestamp(now)
+        head = f'{{"kind":"change","timestamp":"{stamp}","uuid":"'
+        records = 0
         for connection in changed:
             cookie = connection.cookie
             if cookie in self._finished:
@@ -184,16 +217,23 @@ class Archive:
             known = self._live.get(cookie)
             if known is None:
                 known = self._live[cookie] = self._open(connection, now)
-            known.last = self._change(connection, known.uuid, stamp)
-            self._queue(known, known.last)
-        for cookie in [cookie for cookie in self._fingerprints if cookie not in present]:
-            del self._fingerprints[cookie]  # left the dump (or lost its tcp_info: TIME_WAIT)
-            if self._hook is None and cookie in self._live:  # without the close hook, that is the end
-                connection = self._live[cookie]
-                self._queue(connection, dict(connection.last, kind="final", timestamp=stamp, source="poll"))
-                self._finish(cookie)
+                self._prompt[cookie] = known
+            known.last = change_tail(connection)
+            self._queue(known, (head + known.uuid + '",' + known.last + "}\n").encode())
+            records += 1
+        if present is not None:  # the dump: a connection that left it has left its last state with tcp_info
+            for cookie in [cookie for cookie in self._fingerprints if cookie not in present]:
+                del self._fingerprints[cookie]  # left the dump (or lost its tcp_info: TIME_WAIT)
+                if self._hook is None and cookie in self._live:  # without the close hook, that is the end
+                    connection = self._live[cookie]
+                    self._queue(connection, (f'{{"kind":"final","timestamp":"{stamp}","uuid":"{connection.uuid}",'
+                                             f'{connection.last},"source":"poll"}}\n').encode())
+                    self._finish(cookie)
+                    with self._lock:
+                        self._stats.records["final"] += 1
         elapsed = time.perf_counter() - begin
         with self._lock:
+            self._stats.records["change"] += records
             self._stats.poll_count += 1
             self._stats.poll_seconds += elapsed
             self._stats.poll_buckets[bisect_left(POLL_BUCKETS, elapsed)] += 1
@@ -211,12 +251,6 @@ class Archive:
             self._stats.records["header"] += 1
         return _Connection(uuid, _line(header))
 
-    def _change(self, connection: Connection, uuid: str, stamp: str) -> dict:
-        return {"kind": "change", "timestamp": stamp, "uuid": uuid,
-                "state": STATE_NAMES.get(connection.state, str(connection.state)),
-                "congestion": connection.congestion, "tcp_info": tcp_info.decode(connection.tcp_info),
-                "meminfo": dict(zip(MEMINFO_NAMES, connection.meminfo))}
-
     def _on_kernel_record(self, record) -> None:
         """A connection began or reached TCP_CLOSE (from the ring buffer poll, on the archive thread)."""
         from .kernel import Start
@@ -230,6 +264,7 @@ class Archive:
     def _on_final(self, final) -> None:
         from .kernel import FINAL_COUNTERS
         self._starts.pop(final.cookie, None)
+        self._fingerprints.pop(final.cookie, None)
         if final.cookie in self._finished:
             return
         connection = self._live.get(final.cookie)
@@ -249,38 +284,58 @@ class Archive:
                   "old_state": STATE_NAMES.get(final.old_state, str(final.old_state)),
                   "start": _timestamp(final.start_ns / 1e9 + self._wall_offset) if final.start_ns else None,
                   "source": "kernel", "tcp_info": dict(zip(FINAL_COUNTERS, final.counters))}
-        self._queue(connection, record)
+        self._queue(connection, _line(record))
         self._finish(final.cookie)
+        with self._lock:
+            self._stats.records["final"] += 1
 
-    def _queue(self, connection: _Connection, record: dict) -> None:
-        connection.pending.append(_line(record))
-        if record["kind"] != "header":
-            with self._lock:
-                self._stats.records[record["kind"]] += 1
+    def _queue(self, connection: _Connection, line: bytes) -> None:
+        connection.pending.append(line)
+        self._pending_bytes += len(line)
 
     def _finish(self, cookie: int) -> None:
         self._finished[cookie] = None
         if len(self._finished) > _FINISHED_MEMORY:
             del self._finished[next(iter(self._finished))]
         self._closing.append(cookie)
+        self._prompt[cookie] = self._live[cookie]
 
-    def _flush(self) -> None:
-        closing = self._closing
-        for connection in self._live.values():
+    def _flush(self, everything: bool) -> None:
+        """Every connection's pending lines, or only those of new and finished connections."""
+        for connection in self._live.values() if everything else self._prompt.values():
             if connection.pending:
                 lines = b"".join(connection.pending)
                 count = len(connection.pending)
+                self._pending_bytes -= len(lines)
                 connection.pending.clear()
                 self.files.append(connection.uuid, connection.header, lines, count)
-        for cookie in closing:
+        self._prompt.clear()
+        for cookie in self._closing:
             connection = self._live.pop(cookie, None)
             if connection is not None:
                 self.files.forget(connection.uuid)
-        closing.clear()
+        self._closing.clear()
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)  # one encoder: json.dumps makes one a call
+_MEMINFO_TEMPLATES: dict[int, str] = {}  # by the number of meminfo fields
+_CONGESTION_JSON: dict[str, str] = {}
 
 
 def _line(record: dict) -> bytes:
     return _ENCODER.encode(record).encode() + b"\n"
+
+
+def change_tail(connection: Connection) -> str:
+    """A change record's JSON after its uuid, without the closing brace, as ``_line`` would write it
+    (same keys, same order), from precompiled formats: no dict per record."""
+    meminfo = connection.meminfo
+    template = _MEMINFO_TEMPLATES.get(len(meminfo))
+    if template is None:
+        template = _MEMINFO_TEMPLATES[len(meminfo)] = ",".join(f'"{name}":%d' for name in MEMINFO_NAMES[:len(meminfo)])
+    congestion = _CONGESTION_JSON.get(connection.congestion)
+    if congestion is None:
+        congestion = _CONGESTION_JSON[connection.congestion] = _ENCODER.encode(connection.congestion)
+    info = tcp_info.prefix(len(connection.tcp_info)).json(connection.tcp_info)
+    return (f'"state":"{STATE_NAMES.get(connection.state, connection.state)}","congestion":{congestion},'
+            f'"tcp_info":{info},"meminfo":{{{template % meminfo}}}')

@@ -1,8 +1,10 @@
 """The archive's kernel side: exporter/bpf/tcp_archive.bpf.c loaded and attached, its ring buffer of final
-records read. Needs what every tracing program needs (CAP_BPF and CAP_PERFMON, or root) and BTF."""
+records read; exporter/bpf/tcp_archive_changes.bpf.c, the iterator that names the connections that
+changed. Needs what every tracing program needs (CAP_BPF and CAP_PERFMON, or root) and BTF."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from typing import NamedTuple
@@ -10,8 +12,11 @@ from typing import NamedTuple
 from ..bpf.build import object_path
 from ..bpf.libbpf import Attachment, BpfObject, RingBuffer
 from ..bpf.tcp_accounting import netns_cookie
+from ..netlink.connections import EXTENSIONS, REQUEST_SIZE
 
 _U64 = struct.Struct("=Q")
+_READ_BYTES = 1 << 16
+_CONFIG = struct.Struct("=QI4x")  # struct config in tcp_archive_changes.bpf.c
 
 # struct start_record and struct final_record in tcp_archive.bpf.c, told apart by their size
 START_RECORD = struct.Struct("=QQ")
@@ -91,4 +96,45 @@ class CloseHook:
         ring = getattr(self, "_ring", None)
         if ring is not None:
             ring.close()
+        self._object.close()
+
+
+class ChangeIterator:
+    """exporter/bpf/tcp_archive_changes.bpf.c loaded and attached, the connections of this thread's network
+    namespace enrolled: ``requests()`` runs one pass and returns the exact sock_diag requests, one for each
+    connection that changed since the last pass (every connection in the first)."""
+
+    def __init__(self):
+        self._object = BpfObject(str(object_path("tcp_archive_changes")))
+        self._attachment = Attachment()
+        try:
+            self._object.map("config", key_size=4, value_size=_CONFIG.size).update(
+                struct.pack("=I", 0), _CONFIG.pack(netns_cookie(), EXTENSIONS))
+            self._attachment.attach(self._object, "enroll_new")  # first: no connection falls between the two
+            self._read(self._attachment.attach(self._object, "enroll_existing"))
+            self._link = self._attachment.attach_map_iterator(self._object, "changed_sockets",
+                                                              self._object.map("fingerprints"))
+        except BaseException:
+            self.close()
+            raise
+
+    def requests(self) -> bytes:
+        requests = self._read(self._link)
+        if len(requests) % REQUEST_SIZE:
+            raise ValueError(f"tcp_archive_changes wrote {len(requests)} bytes, not a multiple of the "
+                             f"{REQUEST_SIZE}-byte request Python reads: the object and the exporter are out of step")
+        return requests
+
+    def _read(self, link: int) -> bytes:
+        fd = self._attachment.open_iterator(link)
+        try:
+            chunks = []
+            while chunk := os.read(fd, _READ_BYTES):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self._attachment.close()
         self._object.close()

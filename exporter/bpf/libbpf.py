@@ -90,6 +90,7 @@ def _library() -> ctypes.CDLL:
             ("bpf_program__attach", void_p, [void_p]),
             ("bpf_program__attach_perf_event", void_p, [void_p, c_int]),
             ("bpf_program__attach_cgroup", void_p, [void_p, c_int]),
+            ("bpf_program__attach_iter", void_p, [void_p, void_p]),
             ("bpf_link__destroy", c_int, [void_p]),
             ("bpf_link__fd", c_int, [void_p]),
             ("bpf_iter_create", c_int, [c_int]),
@@ -366,6 +367,11 @@ class RingBuffer:
             self._handle = None
 
 
+class _IterAttachOptions(ctypes.Structure):
+    """struct bpf_iter_attach_opts (libbpf.h)."""
+    _fields_ = [("sz", ctypes.c_size_t), ("link_info", ctypes.c_void_p), ("link_info_len", ctypes.c_uint32)]
+
+
 class Attachment:
     """Links and perf event fds of one collector. Attaches all or, on failure, undoes what it did."""
 
@@ -394,6 +400,18 @@ class Attachment:
             self._links.append(link)
         finally:
             os.close(fd)  # the link holds the cgroup
+
+    def attach_map_iterator(self, obj: BpfObject, program: str, target: Map) -> int:
+        """Attach an iterator over a map's elements (``iter/bpf_sk_storage_map``, ...) to ``target``."""
+        link_info = (ctypes.c_uint32 * 4)(target.fd)  # union bpf_iter_link_info { struct { u32 map_fd; } map; ... }
+        options = _IterAttachOptions(ctypes.sizeof(_IterAttachOptions), ctypes.addressof(link_info),
+                                     ctypes.sizeof(link_info))
+        _log_lines.clear()
+        link = self._lib.bpf_program__attach_iter(obj.program(program), ctypes.byref(options))
+        if not link:
+            raise _failure(f"attaching {program} to map {target.name}", ctypes.get_errno())
+        self._links.append(link)
+        return link
 
     def open_iterator(self, link: int) -> int:
         """A new pass of the iterator attached as ``link`` (an ``iter/...`` program): a file descriptor

@@ -34,7 +34,7 @@ def _families() -> dict[str, Family]:
                                   "failed."),
         "size": Family.gauge(_PREFIX + "size_bytes", "Bytes the tcp archive's files take now."),
         "poll": Family.histogram(_PREFIX + "poll_duration_seconds",
-                                 "How long one poll of the connections took (dump, change detection)."),
+                                 "How long one poll of the connections took (change detection, lookups, records)."),
         "method": Family.info(_PREFIX + "method_info",
                               "Where final records come from: kernel (a record at every close) or polling "
                               "(the last poll of each connection); the value is 1."),

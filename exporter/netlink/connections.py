@@ -1,19 +1,21 @@
 """Every TCP connection of this network namespace in full, over sock_diag: addresses, ports, state, the
 socket cookie, the whole ``struct tcp_info``, the congestion control name and the socket's memory.
 
-For the per-connection archive (its own clock, not the scrape path): decoding is per socket and complete.
-Layouts: ``struct inet_diag_req_v2``, ``struct inet_diag_msg`` and the ``INET_DIAG_*`` attributes of
+For the per-connection archive (its own clock, not the scrape path): a dump of every connection, or exact
+lookups (SOCK_DIAG_BY_FAMILY without NLM_F_DUMP, by 4-tuple and cookie) of the ones named, many to a
+sendmsg; a connection that changed is decoded in full, its addresses only when asked for. Layouts: ``struct inet_diag_req_v2``, ``struct inet_diag_msg`` and the ``INET_DIAG_*`` attributes of
 include/uapi/linux/inet_diag.h; ``SK_MEMINFO_*`` of include/uapi/linux/sock_diag.h.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
 from typing import NamedTuple
 
-from .core import NETLINK_SOCK_DIAG, NetlinkSocket, attr_string, iter_attrs
+from .core import NETLINK_SOCK_DIAG, NetlinkSocket, attr_string
 from .tcp_info import TIMER_BYTES
 
 SOCK_DIAG_BY_FAMILY = 20
@@ -27,10 +29,16 @@ MEMINFO_NAMES = ("rmem_alloc", "rcvbuf", "wmem_alloc", "sndbuf", "fwd_alloc", "w
                  "backlog", "drops")
 
 _REQUEST = struct.Struct("=BBBxI48x")
-_EXTENSIONS = 1 << (INET_DIAG_INFO - 1) | 1 << (INET_DIAG_CONG - 1) | 1 << (INET_DIAG_SKMEMINFO - 1)
+# The attributes asked for: tcp_info, the congestion control and the socket memory (idiag_ext bits).
+EXTENSIONS = 1 << (INET_DIAG_INFO - 1) | 1 << (INET_DIAG_CONG - 1) | 1 << (INET_DIAG_SKMEMINFO - 1)
+# An exact request: struct nlmsghdr and struct inet_diag_req_v2 with the socket's id.
+REQUEST_SIZE = 16 + _REQUEST.size
+_HEADER = struct.Struct("=IH")  # nlmsghdr's len and type
+_BATCH = 128  # requests per sendmsg: their answers (~1.5 KiB of buffer each) fit the socket's buffer at once
+_ANSWERS_SOCKET_BUFFER = 1 << 20
+_ANSWERS_BUFFER = 1 << 16
 # inet_diag_msg: family, state, timer, retrans; sockid {be16 sport, be16 dport, be32 src[4], be32 dst[4],
 # u32 if, u32 cookie[2]}; expires, rqueue, wqueue, uid, inode: 72 bytes.
-_MESSAGE = struct.Struct("=BBxx2s2s16s16s4xQ20x")
 _MESSAGE_SIZE = 72
 _COOKIE_OFFSET = 44
 _ATTR = struct.Struct("=HH")
@@ -41,13 +49,26 @@ class Connection(NamedTuple):
     cookie: int
     family: int  # socket.AF_INET or AF_INET6
     state: int  # include/net/tcp_states.h
-    local_address: str
-    local_port: int
-    remote_address: str
-    remote_port: int
-    tcp_info: bytes  # b"" without tcp_info (TIME_WAIT, request sockets)
+    tcp_info: bytes
     congestion: str
     meminfo: tuple[int, ...]
+    identity: bytes  # inet_diag_sockid's ports and addresses as sent: decoded only when asked for
+
+    @property
+    def local_port(self) -> int:
+        return int.from_bytes(self.identity[0:2], "big")
+
+    @property
+    def remote_port(self) -> int:
+        return int.from_bytes(self.identity[2:4], "big")
+
+    @property
+    def local_address(self) -> str:
+        return _address(self.family, self.identity[4:20])
+
+    @property
+    def remote_address(self) -> str:
+        return _address(self.family, self.identity[20:36])
 
 
 def _address(family: int, raw: bytes) -> str:
@@ -59,25 +80,12 @@ def _address(family: int, raw: bytes) -> str:
     return str(address)
 
 
-def _decode(buf, offset: int, end: int) -> Connection:
-    family, state, sport, dport, src, dst, cookie = _MESSAGE.unpack_from(buf, offset)
-    info, congestion, meminfo = b"", "", ()
-    for attr, start, length in iter_attrs(buf, offset + _MESSAGE_SIZE, end):
-        if attr == INET_DIAG_INFO:
-            info = bytes(buf[start:start + length])
-        elif attr == INET_DIAG_CONG:
-            congestion = attr_string(buf, start, length)
-        elif attr == INET_DIAG_SKMEMINFO:
-            meminfo = struct.unpack_from(f"={min(length // 4, len(MEMINFO_NAMES))}I", buf, start)
-    return Connection(cookie, family, state, _address(family, src), int.from_bytes(sport, "big"),
-                      _address(family, dst), int.from_bytes(dport, "big"), info, congestion, meminfo)
-
-
 class _Shape:
-    """Where a message of one attribute layout keeps what change detection compares: read with one Struct
-    (state, cookie, every attribute header) and two slices; used only while every header matches."""
+    """Where a message of one attribute layout keeps what change detection compares and what a
+    Connection holds: read with one Struct (state, cookie, every attribute header) and slices; used only
+    while every header matches."""
 
-    __slots__ = ("unpack_from", "headers", "cut", "resume")
+    __slots__ = ("unpack_from", "headers", "cut", "resume", "info", "congestion", "meminfo")
 
     def __init__(self, chain: list[tuple[int, int]], info: int):
         layout, position = "=", 0
@@ -91,6 +99,29 @@ class _Shape:
         # idiag_retrans and idiag_expires (timer state) and tcp_info's last_* times, which move every ms.
         self.cut = info + TIMERS_START
         self.resume = info + TIMERS_END
+        self.info = self.congestion = None  # (start, end) in the message
+        self.meminfo = None  # (start, Struct)
+        for at, header in chain:
+            length, attr = header & 0xFFFF, header >> 16 & 0x3FFF
+            if attr == INET_DIAG_INFO:
+                self.info = (at + 4, at + length)
+            elif attr == INET_DIAG_CONG:
+                self.congestion = (at + 4, at + length)
+            elif attr == INET_DIAG_SKMEMINFO:
+                self.meminfo = (at + 4, struct.Struct(f"={min((length - 4) // 4, len(MEMINFO_NAMES))}I"))
+
+    def connection(self, buf, offset: int, cookie: int, state: int) -> Connection:
+        start, end = self.info
+        info = bytes(buf[offset + start:offset + end])
+        congestion = ""
+        if self.congestion is not None:
+            start, end = self.congestion
+            congestion = attr_string(buf, offset + start, end - start)
+        meminfo = ()
+        if self.meminfo is not None:
+            start, layout = self.meminfo
+            meminfo = layout.unpack_from(buf, offset + start)
+        return Connection(cookie, buf[offset], state, info, congestion, meminfo, bytes(buf[offset + 4:offset + 40]))
 
 
 def _chain(buf, offset: int, end: int) -> tuple[list[tuple[int, int]], int | None]:
@@ -108,13 +139,22 @@ def _chain(buf, offset: int, end: int) -> tuple[list[tuple[int, int]], int | Non
 
 
 class ConnectionReader:
-    """Dumps the TCP connections (not listeners) of the network namespace it was created in."""
+    """Reads the TCP connections (not listeners) of the network namespace it was created in: all of them
+    (``changed``: a dump) or the ones the kernel's change detection named (``answers``: exact lookups)."""
 
     def __init__(self):
         self._netlink = NetlinkSocket(NETLINK_SOCK_DIAG)
-        self._requests = tuple(_REQUEST.pack(family, socket.IPPROTO_TCP, _EXTENSIONS, CONNECTION_STATES)
+        self._requests = tuple(_REQUEST.pack(family, socket.IPPROTO_TCP, EXTENSIONS, CONNECTION_STATES)
                                for family in (socket.AF_INET, socket.AF_INET6))
         self._shapes: dict[int, _Shape] = {}  # by message length
+        self._exact = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+        try:
+            self._exact.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _ANSWERS_SOCKET_BUFFER)
+            self._exact.bind((0, 0))
+        except BaseException:
+            self.close()
+            raise
+        self._buffer = bytearray(_ANSWERS_BUFFER)
 
     def changed(self, fingerprints: dict[int, bytes]) -> tuple[list[Connection], set[int]]:
         """The connections with tcp_info whose fingerprint (everything but timers) differs from
@@ -122,10 +162,50 @@ class ConnectionReader:
         ``fingerprints`` is updated in place. Unchanged connections cost a Struct read and a comparison."""
         changed: list[Connection] = []
         present: set[int] = set()
+        parse = self._comparer(fingerprints, changed, present)
+        for request in self._requests:
+            self._netlink.dump(SOCK_DIAG_BY_FAMILY, request, lambda kind, buf, offset, end: parse(buf, offset, end))
+        return changed, present
+
+    def answers(self, requests: bytes, fingerprints: dict[int, bytes]) -> list[Connection]:
+        """What ``changed`` returns, for the connections ``requests`` ask for: ready-made exact sock_diag
+        requests (``REQUEST_SIZE`` bytes each, from tcp_archive_changes.bpf.c), sent ``_BATCH`` to one
+        sendmsg. The kernel answers every message of a buffer within the sendmsg, so the answers are
+        queued when it returns. A connection that closed meanwhile has no answer (an NLMSG_ERROR)."""
+        changed: list[Connection] = []
+        parse = self._comparer(fingerprints, changed, None)
+        exact, buf = self._exact, self._buffer
+        view, unpack = memoryview(buf), _HEADER.unpack_from
+        requests = memoryview(requests)
+        for start in range(0, len(requests), _BATCH * REQUEST_SIZE):
+            exact.send(requests[start:start + _BATCH * REQUEST_SIZE])
+            while True:
+                try:
+                    received = exact.recv_into(view, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                except OSError as error:  # ENOBUFS: answers lost, which _BATCH keeps from happening
+                    if error.errno != errno.ENOBUFS:
+                        raise
+                    continue
+                offset = 0
+                while offset + 16 <= received:
+                    length, kind = unpack(buf, offset)
+                    if length < 16 or offset + length > received:
+                        break
+                    if kind == SOCK_DIAG_BY_FAMILY:
+                        parse(buf, offset + 16, offset + length)
+                    offset += (length + 3) & ~3
+        return changed
+
+    def _comparer(self, fingerprints: dict[int, bytes], changed: list[Connection], present: set[int] | None):
+        """``parse(buf, offset, end)`` of one inet_diag_msg: appends it to ``changed`` (decoded) if its
+        fingerprint differs from ``fingerprints[cookie]`` (then updated), its cookie to ``present``."""
         shapes = self._shapes
         recall = fingerprints.get
+        seen = present.add if present is not None else None
 
-        def parse(kind, buf, offset, end):
+        def parse(buf, offset, end):
             shape = shapes.get(end - offset)
             if shape is not None:
                 values = shape.unpack_from(buf, offset)
@@ -133,24 +213,23 @@ class ConnectionReader:
                     shape = None
             if shape is None:
                 if end - offset < _MESSAGE_SIZE:
-                    return None
+                    return
                 chain, info = _chain(buf, offset, end)
                 if info is None:  # no tcp_info (TIME_WAIT, request sockets): nothing to archive
-                    return None
+                    return
                 shape = shapes[end - offset] = _Shape(chain, info)
                 values = shape.unpack_from(buf, offset)
             cookie = values[1]
-            present.add(cookie)
+            if seen is not None:
+                seen(cookie)
             fingerprint = bytes(buf[offset + 1:offset + 2]) + buf[offset + 60:offset + shape.cut] \
                 + buf[offset + shape.resume:end]
             if recall(cookie) != fingerprint:
                 fingerprints[cookie] = fingerprint
-                changed.append(_decode(buf, offset, end))
-            return None
+                changed.append(shape.connection(buf, offset, cookie, values[0]))
 
-        for request in self._requests:
-            self._netlink.dump(SOCK_DIAG_BY_FAMILY, request, parse)
-        return changed, present
+        return parse
 
     def close(self) -> None:
         self._netlink.close()
+        self._exact.close()

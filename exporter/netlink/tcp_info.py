@@ -71,35 +71,71 @@ _OFFSETS = {name: offset for name, offset, _ in FIELDS}
 TIMER_BYTES = (_OFFSETS[TIMERS[0]], _OFFSETS[TIMERS[-1]] + 4)
 assert TIMER_BYTES[1] - TIMER_BYTES[0] == 4 * len(TIMERS)
 
-_PREFIX_STRUCTS: dict[int, tuple[struct.Struct, tuple[str, ...]]] = {}
+class Prefix:
+    """How to read the fields a kernel's tcp_info of one length holds: ``names`` (``NAMES`` order),
+    ``values(raw)`` (a tuple in that order) and ``json(raw)``, the JSON object of them (as json.dumps with
+    compact separators would write it), from precompiled formats: no dict."""
+
+    __slots__ = ("names", "values", "json")
+
+    def __init__(self, length: int):
+        fields = [(name, offset, fmt) for name, offset, fmt in FIELDS if offset + struct.calcsize(fmt) <= length]
+        unpack_from = _struct(fields, 0).unpack_from
+        if len(fields) < 8:  # shorter than 8 bytes, without the bit-field bytes: no kernel sends that
+            self.names, self.values = tuple(name for name, _, _ in fields), unpack_from
+            template = "{" + ",".join(f'"{name}":%d' for name in self.names) + "}"
+            self.json = lambda raw: template % unpack_from(raw)
+            return
+        self.names = _HEAD + tuple(name for name, _, _ in fields[8:])
+
+        def values(raw) -> tuple[int, ...]:
+            head = unpack_from(raw)
+            wscale, flags = head[6], head[7]
+            return (*head[:6], wscale & 15, wscale >> 4, flags & 1, flags >> 1 & 3, *head[8:])
+
+        # The first 8 bytes (state, the bit fields, ...) take few values: their JSON is kept by those bytes.
+        heads: dict[bytes, str] = {}
+        head_template = "{" + ",".join(f'"{name}":%d' for name in _HEAD) + ("," if fields[8:] else "")
+        rest_template = ",".join(f'"{name}":%d' for name, _, _ in fields[8:]) + "}"
+        rest = _struct(fields[8:], 8).unpack_from
+
+        def json(raw) -> str:
+            key = raw[:8]
+            head = heads.get(key)
+            if head is None:
+                if len(heads) >= _HEADS_KEPT:
+                    heads.clear()
+                wscale, flags = raw[6], raw[7]
+                head = heads[key] = head_template % (*raw[:6], wscale & 15, wscale >> 4, flags & 1, flags >> 1 & 3)
+            return head + rest_template % rest(raw, 8)
+
+        self.values, self.json = values, json
 
 
-def _prefix(length: int) -> tuple[struct.Struct, tuple[str, ...]]:
-    """The Struct reading every whole field within ``length`` bytes, and those fields' names."""
-    entry = _PREFIX_STRUCTS.get(length)
+_HEADS_KEPT = 4096
+
+
+def _struct(fields: list[tuple[str, int, str]], start: int) -> struct.Struct:
+    """One Struct reading ``fields`` (name, offset, format), from byte ``start``."""
+    layout, position = "=", start
+    for _, offset, fmt in fields:
+        layout += f"{offset - position}x{fmt}" if offset > position else fmt
+        position = offset + struct.calcsize(fmt)
+    return struct.Struct(layout)
+
+
+_PREFIXES: dict[int, Prefix] = {}
+
+
+def prefix(length: int) -> Prefix:
+    """The ``Prefix`` of a kernel's tcp_info of ``length`` bytes (bytes beyond ``SIZE`` are not read)."""
+    entry = _PREFIXES.get(length)
     if entry is None:
-        layout, position, names = "=", 0, []
-        for name, offset, fmt in FIELDS:
-            end = offset + struct.calcsize(fmt)
-            if end > length:
-                break
-            layout += f"{offset - position}x{fmt}" if offset > position else fmt
-            position = end
-            names.append(name)
-        entry = _PREFIX_STRUCTS[length] = (struct.Struct(layout), tuple(names))
+        entry = _PREFIXES[length] = Prefix(min(length, SIZE))
     return entry
 
 
 def decode(raw: bytes) -> dict[str, int]:
     """The fields a kernel's tcp_info bytes hold, by name (``NAMES`` order)."""
-    parser, names = _prefix(min(len(raw), SIZE))
-    values = dict(zip(names, parser.unpack_from(raw)))
-    if "flags" not in values:  # shorter than 8 bytes: no kernel sends that
-        return values
-    wscale, flags = values["wscale"], values["flags"]
-    decoded = dict(zip(_HEAD, (values["state"], values["ca_state"], values["retransmits"], values["probes"],
-                               values["backoff"], values["options"], wscale & 15, wscale >> 4, flags & 1,
-                               flags >> 1 & 3)))
-    del values["wscale"], values["flags"]
-    decoded.update(values)  # the head's keys keep their place; the rest follow in order
-    return decoded
+    layout = prefix(len(raw))
+    return dict(zip(layout.names, layout.values(raw)))
