@@ -279,7 +279,6 @@ class _Connection(asyncio.Protocol):
         if not self.server.admit(self):
             transport.abort()
             return
-        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         web_config = self.server.web_config
         context = web_config.current().ssl_context if web_config is not None else None
         self.wait_for_request(HEAD_SECONDS)  # a new connection sends its request (or handshake) at once
@@ -491,6 +490,7 @@ class Server:
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Linux: accepted sockets inherit it
             if family == socket.AF_INET6:
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # "::" also serves IPv4
             self.socket.bind((address, port))
