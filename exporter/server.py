@@ -198,46 +198,39 @@ def _keep_alive(request: h11.Request) -> bool:
 
 class _Workers:
     """Up to ``count`` threads, started as needed, that run blocking calls for the event loop: a queue in,
-    ``call_soon_threadsafe`` out, half the cost of ``run_in_executor``'s two futures per call."""
+    one ``call_soon_threadsafe`` out to a callback, where ``run_in_executor`` takes two futures and a task
+    to resume (two more turns of the loop)."""
 
     def __init__(self, count: int, name: str):
         self._count, self._name = count, name
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._busy = 0  # jobs given and not yet settled (on the loop's thread only)
+        self._busy = 0  # jobs given and not yet done (on the loop's thread only)
 
-    def run(self, function: Callable, *args) -> asyncio.Future:
-        """``function(*args)`` on a worker; a future of its result (on the running loop)."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+    def call(self, then: Callable, function: Callable, *args) -> None:
+        """``function(*args)`` on a worker; then ``then(result, exception or None)`` on the running loop."""
         self._busy += 1
         if self._busy > len(self._threads) < self._count:
             thread = threading.Thread(target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        self._jobs.put((loop, future, function, args))
-        return future
+        self._jobs.put((asyncio.get_running_loop(), then, function, args))
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             self._do(*job)
             del job  # nothing of the last job is held while waiting for the next
 
-    def _do(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future, function: Callable, args: tuple) -> None:
+    def _do(self, loop: asyncio.AbstractEventLoop, then: Callable, function: Callable, args: tuple) -> None:
         try:
             result, error = function(*args), None
         except Exception as raised:
             result, error = None, raised
-        loop.call_soon_threadsafe(self._settle, future, result, error)
+        loop.call_soon_threadsafe(self._done, then, result, error)
 
-    def _settle(self, future: asyncio.Future, result, error: Exception | None) -> None:
+    def _done(self, then: Callable, result, error: Exception | None) -> None:
         self._busy -= 1
-        if future.cancelled():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+        then(result, error)
 
     def close(self) -> None:
         """After the jobs given so far are done (call off the loop: it waits)."""
@@ -371,8 +364,27 @@ class _Connection(asyncio.Protocol):
     def _answer(self, request: Request) -> None:
         self.server.waiting(self, False)
         self._cancel_timer()
+        if self.server.scrape_at_once(request):  # no task: a worker scrapes, _scraped writes the answer
+            self.task = asyncio.get_running_loop().create_future()  # done when answered (shutdown waits)
+            self.server.scrape(request, functools.partial(self._scraped, request))
+            return
         self.task = asyncio.get_running_loop().create_task(
             self._finish(self.server.respond(self, request), request.keep_alive))
+
+    def _scraped(self, request: Request, response: Response) -> None:
+        answered = self.task
+        try:
+            keep_alive = self.server.send(self, request, response)
+        except Exception:
+            self._failed()
+            return
+        finally:
+            self.task = None
+            answered.set_result(None)
+        if self.drained is not None:  # the client has not taken it all yet
+            self.task = asyncio.get_running_loop().create_task(self._finish(self.drain(), keep_alive))
+        else:
+            self._next(keep_alive)
 
     def _parse(self) -> Request | None:
         """The next whole request; None if it has not all come yet (or the client closed: then so do we).
@@ -430,18 +442,26 @@ class _Connection(asyncio.Protocol):
         await self._finish(self.drain(), keep_alive=False)
 
     async def _finish(self, answering, keep_alive: bool) -> None:
-        """Run ``answering``; then close, or wait for the next request (maybe already here: pipelining)."""
+        """Run ``answering``; then _next."""
         try:
             keep_alive = await answering and keep_alive
         except (OSError, TimeoutError, asyncio.CancelledError):  # the client went, or did not read in time
             self.transport.abort()
             return
-        except Exception:  # a bug must not go unnoticed, nor take the server down
-            log.exception("serving %s failed", (self.transport.get_extra_info("peername") or ("?",))[0])
-            self.transport.abort()
+        except Exception:
+            self._failed()
             return
         finally:
             self.task = None
+        self._next(keep_alive)
+
+    def _failed(self) -> None:
+        """A bug must not go unnoticed, nor take the server down."""
+        log.exception("serving %s failed", (self.transport.get_extra_info("peername") or ("?",))[0])
+        self.transport.abort()
+
+    def _next(self, keep_alive: bool) -> None:
+        """After an answer: close, or wait for the next request (maybe already here: pipelining)."""
         if not keep_alive or self.transport.is_closing():
             self.transport.close()
             return
@@ -527,9 +547,9 @@ class Server:
             for connection in self._connections:
                 if connection.streaming and connection.task is not None:
                     connection.task.cancel()
-            tasks = [connection.task for connection in self._connections if connection.task is not None]
-            if tasks:
-                await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+            deadline = loop.time() + SHUTDOWN_SECONDS  # an answer may go on in a task of its own: wait again
+            while (tasks := [c.task for c in self._connections if c.task is not None]) and loop.time() < deadline:
+                await asyncio.wait(tasks, timeout=deadline - loop.time())
             await loop.run_in_executor(None, self._close_workers)
 
     def stop(self) -> None:
@@ -586,29 +606,37 @@ class Server:
             self.waiting(connection, True)  # (and may be closed for a new connection meanwhile)
             await asyncio.sleep(AUTH_FAILURE_SECONDS)
             self.waiting(connection, False)
-        keep_alive = request.keep_alive and not self._stopping.is_set()
-        fields = self._header_fields(response)
         if isinstance(response.body, bytes):
-            head = _head(response.status, fields, b"Content-Length: %d\r\n" % len(response.body), keep_alive)
-            connection.transport.write(head + response.body if request.method == "GET" else head)
+            keep_alive = self.send(connection, request, response)
             await connection.drain()
-        else:
-            keep_alive = await self._stream(connection, request, response, fields, keep_alive)
+            return keep_alive
+        return await self._stream(connection, request, response)
+
+    def send(self, connection: _Connection, request: Request, response: Response) -> bool:
+        """Write a response whose body is bytes (not waiting for the client to take it); whether the
+        connection may stay open."""
+        keep_alive = request.keep_alive and not self._stopping.is_set()
+        body = response.body
+        head = _head(response.status, self._header_fields(response), b"Content-Length: %d\r\n" % len(body), keep_alive)
+        if not connection.transport.is_closing():
+            connection.transport.write(head + body if request.method == "GET" else head)
+        self._log(connection, request, response)
+        return keep_alive
+
+    def _log(self, connection: _Connection, request: Request, response: Response) -> None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug('%s "%s %s" %d', (connection.transport.get_extra_info("peername") or ("?",))[0],
                       request.method, request.path, response.status)
-        return keep_alive
 
-    async def _stream(self, connection: _Connection, request: Request, response: Response, fields: bytes,
-                      keep_alive: bool) -> bool:
+    async def _stream(self, connection: _Connection, request: Request, response: Response) -> bool:
         """Send a stream: chunked (RFC 9112 7.1), or to an HTTP/1.0 client as it comes, ended by closing."""
         transport, chunked = connection.transport, request.chunked
         connection.streaming = True
         self._streams += 1
         try:
-            keep_alive = keep_alive and chunked
-            transport.write(_head(response.status, fields, b"Transfer-Encoding: chunked\r\n" if chunked else b"",
-                                  keep_alive))
+            keep_alive = request.keep_alive and chunked and not self._stopping.is_set()
+            framing = b"Transfer-Encoding: chunked\r\n" if chunked else b""
+            transport.write(_head(response.status, self._header_fields(response), framing, keep_alive))
             if request.method == "GET":
                 async for chunk in response.body:
                     if chunk:  # an empty chunk would end the body
@@ -621,6 +649,7 @@ class Server:
             connection.streaming = False
             self._streams -= 1
             await response.body.aclose()  # now, not when collected: its cleanup may free a live viewer
+        self._log(connection, request, response)
         return keep_alive
 
     def _header_fields(self, response: Response) -> bytes:
@@ -637,15 +666,12 @@ class Server:
         return fields
 
     async def route(self, request: Request) -> Response:
-        """The response to ``request`` before auth and the web config's headers; override to add paths."""
+        """The response to ``request`` before auth and the web config's headers; override to add paths
+        (``/metrics`` is answered by ``scrape``, most often without coming here)."""
         if request.path == "/metrics":
-            gzipped = wants_gzip(request.headers.get("accept-encoding", ""))
-            try:
-                body = await self._scrapes.run(self._metrics, gzipped)
-            except Exception:
-                log.exception("scrape failed")
-                return Response(500, b"scrape failed; see the exporter's log\n")
-            return Response(200, body, CONTENT_TYPE, _GZIP_HEADERS if gzipped else _PLAIN_HEADERS)
+            answered = asyncio.get_running_loop().create_future()
+            self.scrape(request, answered.set_result)
+            return await answered
         live = self.app.live
         if request.path == "/":
             if live is not None:
@@ -685,23 +711,47 @@ class Server:
         from .live import EVENT_CONTENT_TYPE
         return Response(200, events(), EVENT_CONTENT_TYPE, (("Cache-Control", "no-store"),))
 
+    def scrape(self, request: Request, then: Callable[[Response], None]) -> None:
+        """``/metrics``: the collectors run on a worker, then ``then(response)`` on the loop."""
+        gzipped = wants_gzip(request.headers.get("accept-encoding", ""))
+
+        def done(body: bytes | None, error: Exception | None) -> None:
+            if error is not None:
+                log.error("scrape failed", exc_info=error)
+                then(Response(500, b"scrape failed; see the exporter's log\n"))
+            else:
+                then(Response(200, body, CONTENT_TYPE, _GZIP_HEADERS if gzipped else _PLAIN_HEADERS))
+
+        self._scrapes.call(done, self._metrics, gzipped)
+
+    def scrape_at_once(self, request: Request) -> bool:
+        """Whether ``request`` is a scrape that waits for nothing but the collectors: no credentials to
+        check (none asked for, or verified before). Then _Connection hands it to ``scrape`` itself."""
+        return request.path == "/metrics" and self._unverified(request) is None
+
     def _metrics(self, gzipped: bool) -> bytes:
         body = self.app.metrics()
         return gzip.compress(body, compresslevel=1) if gzipped else body
 
+    def _unverified(self, request: Request):
+        """The web config (webconfig.WebConfig) when it asks for users and ``request``'s credentials have
+        not been verified before; else None."""
+        config = self.web_config.current() if self.web_config is not None else None
+        if config is None or not config.users or self._auth.cached(config, request.headers.get("authorization")) is not None:
+            return None
+        return config
+
     async def _route(self, request: Request) -> Response:
         if request.path == "/-/healthy":  # for load balancers and probes: no auth
             return Response(200, b"Healthy\n")
-        config = self.web_config.current() if self.web_config is not None else None
-        if config is not None and config.users:
-            header = request.headers.get("authorization")
-            if self._auth.cached(config, header) is None:
-                future = self._auth.check(config, header)
-                if future is None:
-                    return Response(429, b"Too many authentication attempts; try again later\n",
-                                    headers=(("Retry-After", "1"),))
-                if not await asyncio.wrap_future(future):
-                    return Response(401, b"Unauthorized\n", headers=(("WWW-Authenticate", 'Basic realm="netio-exporter"'),))
+        config = self._unverified(request)
+        if config is not None:
+            future = self._auth.check(config, request.headers.get("authorization"))
+            if future is None:
+                return Response(429, b"Too many authentication attempts; try again later\n",
+                                headers=(("Retry-After", "1"),))
+            if not await asyncio.wrap_future(future):
+                return Response(401, b"Unauthorized\n", headers=(("WWW-Authenticate", 'Basic realm="netio-exporter"'),))
         return await self.route(request)
 
 
