@@ -7,10 +7,10 @@ what it lets through that RFC 9112 forbids (obs-fold, repeated Content-Length) i
 head h11 accepted is remembered (a few, short ones): the same bytes again, as a scraper sends them every
 time, are the same request without parsing them again. Responses are framed here (Content-Length, or
 chunked for a stream), from headers made once. Scrapes run on a few threads of their own, so neither a
-slow collector nor a slow client holds up the others. What a
-client can hold is bounded: a request head must arrive whole within ``HEAD_SECONDS`` (from the
-connection's start or the request's first byte), a kept-alive connection may wait ``IDLE_SECONDS`` for
-its next request, a TLS handshake ``HANDSHAKE_SECONDS``, a response must be taken within
+slow collector nor a slow client holds up the others. What a client can hold is bounded: a request head
+must arrive whole within ``HEAD_SECONDS`` (from the connection's start or the request's first byte), a
+kept-alive connection may wait ``IDLE_SECONDS`` for its next request (both checked by one timer every
+``_SWEEP_SECONDS``), a TLS handshake ``HANDSHAKE_SECONDS``, a response must be taken within
 ``WRITE_SECONDS``; beyond ``MAX_CONNECTIONS`` the connection that has waited longest for a request is
 closed first. A response whose body is an async iterator (the live page's event stream, later) is sent
 chunked and is exempt from those deadlines and from the cap.
@@ -38,6 +38,7 @@ import dataclasses
 import functools
 import gzip
 import logging
+import math
 import queue
 import re
 import resource
@@ -64,6 +65,7 @@ WRITE_SECONDS = 30.0
 AUTH_FAILURE_SECONDS = 1.0  # how late a wrong or refused login is answered
 SHUTDOWN_SECONDS = 10.0  # answers in progress at SIGTERM get this long to finish
 MAX_CONNECTIONS = 1024
+_SWEEP_SECONDS = 0.5  # how often deadlines are checked: each may be passed by this much
 SCRAPE_WORKERS = 4
 _MAX_HEAD_BYTES = 16384  # request line and headers
 _MAX_TARGET_BYTES = 8192
@@ -135,6 +137,7 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+@functools.lru_cache(maxsize=64)  # a scraper sends the same value every time
 def wants_gzip(accept_encoding: str) -> bool:
     """Whether an Accept-Encoding value (RFC 9110 12.5.3) takes gzip rather than identity."""
     weights = {}
@@ -251,17 +254,17 @@ class _Refused(Exception):
 class _Connection(asyncio.Protocol):
     """One client connection: h11's parser fed as data arrives, a task only while a request is answered.
 
-    A connection waiting for a request (new, idle, or sending its head) has a timer and may be closed for
+    A connection waiting for a request (new, idle, or sending its head) has a deadline and may be closed for
     a newer one at the cap; nothing else of it runs, so a thousand silent ones cost little."""
 
-    __slots__ = ("server", "transport", "http", "received", "timer", "task", "idle", "streaming", "drained")
+    __slots__ = ("server", "transport", "http", "received", "deadline", "task", "idle", "streaming", "drained")
 
     def __init__(self, server: Server):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.http: h11.Connection | None = None  # one per request, made at its first byte h11 must see
         self.received = bytearray()  # what self.http was given: the request head so far, for our checks
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = math.inf  # time.monotonic() by which the request awaited must have come whole
         self.task: asyncio.Task | None = None
         self.idle = self.streaming = False
         self.drained: asyncio.Future | None = None  # set while the transport's write buffer is full
@@ -282,7 +285,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.idle:  # the next request's first byte: its head has HEAD_SECONDS from now
             self.idle = False
-            self._set_timer(HEAD_SECONDS)
+            self.deadline = time.monotonic() + HEAD_SECONDS
         if self.http is None:
             if self.task is None:
                 request = self.server.parsed.get(data)  # a whole head h11 accepted before
@@ -308,7 +311,6 @@ class _Connection(asyncio.Protocol):
         return True  # an answer in progress still goes out; closed after
 
     def connection_lost(self, error: Exception | None) -> None:
-        self._cancel_timer()
         self.server.forget(self)
         if self.streaming and self.task is not None:  # a stream writes until cancelled: its client went
             self.task.cancel()
@@ -325,17 +327,12 @@ class _Connection(asyncio.Protocol):
 
     # -- deadlines and the cap
     def wait_for_request(self, seconds: float) -> None:
-        self._set_timer(seconds)
+        self.deadline = time.monotonic() + seconds
         self.server.waiting(self, True)
 
-    def _set_timer(self, seconds: float) -> None:
-        self._cancel_timer()
-        self.timer = asyncio.get_running_loop().call_later(seconds, self.transport.abort)
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    def _answering(self) -> None:
+        self.deadline = math.inf
+        self.server.waiting(self, False)
 
     # -- requests
     async def _handshake(self, context) -> None:
@@ -354,16 +351,14 @@ class _Connection(asyncio.Protocol):
         try:
             request = self._parse()
         except _Refused as refused:
-            self.server.waiting(self, False)
-            self._cancel_timer()
+            self._answering()
             self.task = asyncio.get_running_loop().create_task(self._refuse(refused))
             return
         if request is not None:
             self._answer(request)
 
     def _answer(self, request: Request) -> None:
-        self.server.waiting(self, False)
-        self._cancel_timer()
+        self._answering()
         if self.server.scrape_at_once(request):  # no task: a worker scrapes, _scraped writes the answer
             self.task = asyncio.get_running_loop().create_future()  # done when answered (shutdown waits)
             self.server.scrape(request, functools.partial(self._scraped, request))
@@ -526,6 +521,7 @@ class Server:
             self._auth = BasicAuth()
         self._connections: set[_Connection] = set()
         self._waiting: OrderedDict[_Connection, None] = OrderedDict()  # the longest waiting first
+        self._sweeper: asyncio.TimerHandle | None = None  # while some wait: closes those past their deadline
         self._streams = 0  # connections sending a stream: not counted against MAX_CONNECTIONS
         self._stopping: asyncio.Event | None = None
         self._serving = threading.Event()  # run() is accepting
@@ -534,9 +530,8 @@ class Server:
 
     async def run(self) -> None:
         self._stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         listener = await loop.create_server(lambda: _Connection(self), sock=self.socket, backlog=_BACKLOG)
-        self._loop = loop
         self._serving.set()
         try:
             await self._stopping.wait()
@@ -544,6 +539,8 @@ class Server:
             listener.close()  # no new connections; then the ones waiting for a request go
             for connection in list(self._waiting):
                 connection.transport.abort()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
             for connection in self._connections:
                 if connection.streaming and connection.task is not None:
                     connection.task.cancel()
@@ -596,8 +593,17 @@ class Server:
         if waiting:
             self._waiting[connection] = None
             self._waiting.move_to_end(connection)
+            if self._sweeper is None:
+                self._sweeper = self._loop.call_later(_SWEEP_SECONDS, self._sweep)
         else:
             self._waiting.pop(connection, None)
+
+    def _sweep(self) -> None:
+        """Close the connections past their deadline (one timer for all: none set and cancelled per request)."""
+        now = time.monotonic()
+        for connection in [connection for connection in self._waiting if connection.deadline <= now]:
+            connection.transport.abort()
+        self._sweeper = self._loop.call_later(_SWEEP_SECONDS, self._sweep) if self._waiting else None
 
     async def respond(self, connection: _Connection, request: Request) -> bool:
         """Send one response; whether the connection may stay open."""
