@@ -475,8 +475,9 @@ class _Connection(asyncio.Protocol):
 
 
 class _Heads:
-    """Request heads h11 accepted, each having come whole and alone in one read, with their ``Request``:
-    a scraper sends the same bytes every time. Bounded; cleared when full."""
+    """Request heads h11 accepted (with nothing pipelined after them) and their ``Request``: a scraper
+    sends the same bytes every time, in one read, and is answered without parsing them again. Bounded;
+    cleared when full."""
 
     def __init__(self):
         self._requests: dict[bytes, Request] = {}
