@@ -298,7 +298,10 @@ class BasicAuth:
 
 def _lowest_priority() -> None:
     """Nice 19 for the calling thread (Linux keeps a nice value per thread; raising it needs no privilege)."""
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError as error:  # a seccomp filter without setpriority: checks still run, at the usual priority
+        log.warning("bcrypt checks run at the usual priority: %s", error)
 
 
 def _credentials(header: str | None) -> tuple[str | None, bytes]:
