@@ -3,11 +3,14 @@ from ``--web.config.file`` (exporter/webconfig.py).
 
 One asyncio event loop serves every connection through one small protocol object each (no task, reader
 or writer until a request has come, so silent connections cost little); h11 parses HTTP/1.1, strictly:
-what it lets through that RFC 9112 forbids (obs-fold, repeated Content-Length) is refused here. Scrapes
-run on a small thread pool, so neither a slow collector nor a slow client holds up the others. What a
-client can hold is bounded: a request head must arrive whole within ``HEAD_SECONDS`` (from the
-connection's start or the request's first byte), a kept-alive connection may wait ``IDLE_SECONDS`` for
-its next request, a TLS handshake ``HANDSHAKE_SECONDS``, a response must be taken within
+what it lets through that RFC 9112 forbids (obs-fold, repeated Content-Length) is refused here. A request
+head h11 accepted is remembered (a few, short ones): the same bytes again, as a scraper sends them every
+time, are the same request without parsing them again. Responses are framed here (Content-Length, or
+chunked for a stream), from headers made once. Scrapes run on a few threads of their own, so neither a
+slow collector nor a slow client holds up the others. What a client can hold is bounded: a request head
+must arrive whole within ``HEAD_SECONDS`` (from the connection's start or the request's first byte), a
+kept-alive connection may wait ``IDLE_SECONDS`` for its next request (both checked by one timer every
+``_SWEEP_SECONDS``), a TLS handshake ``HANDSHAKE_SECONDS``, a response must be taken within
 ``WRITE_SECONDS``; beyond ``MAX_CONNECTIONS`` the connection that has waited longest for a request is
 closed first. A response whose body is an async iterator (the live page's event stream, later) is sent
 chunked and is exempt from those deadlines and from the cap.
@@ -35,6 +38,8 @@ import dataclasses
 import functools
 import gzip
 import logging
+import math
+import queue
 import re
 import resource
 import signal
@@ -42,8 +47,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
 
 import h11
 
@@ -61,9 +65,12 @@ WRITE_SECONDS = 30.0
 AUTH_FAILURE_SECONDS = 1.0  # how late a wrong or refused login is answered
 SHUTDOWN_SECONDS = 10.0  # answers in progress at SIGTERM get this long to finish
 MAX_CONNECTIONS = 1024
+_SWEEP_SECONDS = 0.5  # how often deadlines are checked: each may be passed by this much
 SCRAPE_WORKERS = 4
 _MAX_HEAD_BYTES = 16384  # request line and headers
 _MAX_TARGET_BYTES = 8192
+_PARSED_HEADS = 64  # request heads remembered with their parse, each at most _PARSED_HEAD_BYTES
+_PARSED_HEAD_BYTES = 2048
 _BACKLOG = 1024  # asyncio.start_server would make it 100
 _END_OF_HEAD = re.compile(rb"\r?\n\r?\n")
 _OBS_FOLD = re.compile(rb"\n[ \t]")
@@ -73,6 +80,8 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"
             429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 _TEXT = "text/plain; charset=utf-8"
+_PLAIN_HEADERS = (("Vary", "Accept-Encoding"),)
+_GZIP_HEADERS = (("Vary", "Accept-Encoding"), ("Content-Encoding", "gzip"))
 
 
 def _escape_html(text: str) -> str:
@@ -110,11 +119,13 @@ class MetricsApp:
         return registry
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Request:
     method: str
     path: str
     headers: dict[str, str]  # lower-case names; a repeated header's values joined by ", "
+    keep_alive: bool = True  # HTTP/1.1, no "Connection: close" and no body (which is never read)
+    chunked: bool = True  # the client takes a chunked stream (HTTP/1.1); else a stream ends with the connection
 
 
 @dataclasses.dataclass
@@ -123,9 +134,10 @@ class Response:
     status: int
     body: bytes | AsyncIterator[bytes]
     content_type: str = _TEXT
-    headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    headers: tuple[tuple[str, str], ...] = ()
 
 
+@functools.lru_cache(maxsize=64)  # a scraper sends the same value every time
 def wants_gzip(accept_encoding: str) -> bool:
     """Whether an Accept-Encoding value (RFC 9110 12.5.3) takes gzip rather than identity."""
     weights = {}
@@ -155,12 +167,80 @@ def _http_date(second: int) -> bytes:
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT").encode()
 
 
+_STATUS_LINES = {status: f"HTTP/1.1 {status} {reason}\r\n".encode() for status, reason in _REASONS.items()}
+_SERVER = f"netio-exporter/{__version__}"
+_ERROR_FIELDS = f"Server: {_SERVER}\r\nContent-Type: {_TEXT}\r\n".encode()
+
+
+def _head(status: int, fields: bytes, framing: bytes, keep_alive: bool) -> bytes:
+    """A response head: the status line, Date, ``fields`` (whole header lines), ``framing`` (the
+    Content-Length or Transfer-Encoding line) and Connection: close unless ``keep_alive``."""
+    return b"".join((_STATUS_LINES[status], b"Date: ", _http_date(int(time.time())), b"\r\n", fields, framing,
+                     b"\r\n" if keep_alive else b"Connection: close\r\n\r\n"))
+
+
 def _error_bytes(status: int, message: str) -> bytes:
     """A whole response for a request h11 could not parse (or we refuse), closing the connection."""
     body = f"{message}\n".encode()
-    return (f"HTTP/1.1 {status} {_REASONS[status]}\r\nServer: netio-exporter/{__version__}\r\n"
-            f"Date: {_http_date(int(time.time())).decode()}\r\nContent-Type: {_TEXT}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    return _head(status, _ERROR_FIELDS, b"Content-Length: %d\r\n" % len(body), keep_alive=False) + body
+
+
+def _parser() -> h11.Connection:
+    """h11's parser for one request (a connection's next request gets a new one)."""
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD_BYTES)
+
+
+def _keep_alive(request: h11.Request) -> bool:
+    """Whether the client keeps the connection after this request (h11's rule: HTTP/1.1 and no
+    ``Connection: close``; h11 has no keep-alive for HTTP/1.0)."""
+    if request.http_version != b"1.1":
+        return False
+    return not any(b"close" in (token.strip().lower() for token in value.split(b","))
+                   for name, value in request.headers if name == b"connection")
+
+
+class _Workers:
+    """Up to ``count`` threads, started as needed, that run blocking calls for the event loop: a queue in,
+    one ``call_soon_threadsafe`` out to a callback, where ``run_in_executor`` takes two futures and a task
+    to resume (two more turns of the loop)."""
+
+    def __init__(self, count: int, name: str):
+        self._count, self._name = count, name
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._busy = 0  # jobs given and not yet done (on the loop's thread only)
+
+    def call(self, then: Callable, function: Callable, *args) -> None:
+        """``function(*args)`` on a worker; then ``then(result, exception or None)`` on the running loop."""
+        self._busy += 1
+        if self._busy > len(self._threads) < self._count:
+            thread = threading.Thread(target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._jobs.put((asyncio.get_running_loop(), then, function, args))
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            self._do(*job)
+            del job  # nothing of the last job is held while waiting for the next
+
+    def _do(self, loop: asyncio.AbstractEventLoop, then: Callable, function: Callable, args: tuple) -> None:
+        try:
+            result, error = function(*args), None
+        except Exception as raised:
+            result, error = None, raised
+        loop.call_soon_threadsafe(self._done, then, result, error)
+
+    def _done(self, then: Callable, result, error: Exception | None) -> None:
+        self._busy -= 1
+        then(result, error)
+
+    def close(self) -> None:
+        """After the jobs given so far are done (call off the loop: it waits)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
 
 
 class _Refused(Exception):
@@ -174,17 +254,17 @@ class _Refused(Exception):
 class _Connection(asyncio.Protocol):
     """One client connection: h11's parser fed as data arrives, a task only while a request is answered.
 
-    A connection waiting for a request (new, idle, or sending its head) has a timer and may be closed for
+    A connection waiting for a request (new, idle, or sending its head) has a deadline and may be closed for
     a newer one at the cap; nothing else of it runs, so a thousand silent ones cost little."""
 
-    __slots__ = ("server", "transport", "http", "received", "timer", "task", "idle", "streaming", "drained")
+    __slots__ = ("server", "transport", "http", "received", "deadline", "task", "idle", "streaming", "drained")
 
     def __init__(self, server: Server):
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.http: h11.Connection | None = None  # made at the first byte
-        self.received = bytearray()  # the request head so far, for the checks h11 does not make
-        self.timer: asyncio.TimerHandle | None = None
+        self.http: h11.Connection | None = None  # one per request, made at its first byte h11 must see
+        self.received = bytearray()  # what self.http was given: the request head so far, for our checks
+        self.deadline = math.inf  # time.monotonic() by which the request awaited must have come whole
         self.task: asyncio.Task | None = None
         self.idle = self.streaming = False
         self.drained: asyncio.Future | None = None  # set while the transport's write buffer is full
@@ -195,7 +275,6 @@ class _Connection(asyncio.Protocol):
         if not self.server.admit(self):
             transport.abort()
             return
-        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         web_config = self.server.web_config
         context = web_config.current().ssl_context if web_config is not None else None
         self.wait_for_request(HEAD_SECONDS)  # a new connection sends its request (or handshake) at once
@@ -204,11 +283,16 @@ class _Connection(asyncio.Protocol):
             self.task = asyncio.get_running_loop().create_task(self._handshake(context))
 
     def data_received(self, data: bytes) -> None:
-        if self.http is None:
-            self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD_BYTES)
         if self.idle:  # the next request's first byte: its head has HEAD_SECONDS from now
             self.idle = False
-            self._set_timer(HEAD_SECONDS)
+            self.deadline = time.monotonic() + HEAD_SECONDS
+        if self.http is None:
+            if self.task is None:
+                request = self.server.parsed.get(data)  # a whole head h11 accepted before
+                if request is not None:
+                    self._answer(request)
+                    return
+            self.http = _parser()
         self.received += data
         self.http.receive_data(data)
         if self.task is None:
@@ -217,15 +301,16 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
-        if self.http is None or self.task is None and self.http.their_state is h11.IDLE and not self.received:
+        if self.task is None and not self.received:
             return False  # closes
+        if self.http is None:  # during an answer, before any next request: h11 closes after it
+            self.http = _parser()
         self.http.receive_data(b"")
         if self.task is None:
             self._next_request()
         return True  # an answer in progress still goes out; closed after
 
     def connection_lost(self, error: Exception | None) -> None:
-        self._cancel_timer()
         self.server.forget(self)
         if self.streaming and self.task is not None:  # a stream writes until cancelled: its client went
             self.task.cancel()
@@ -242,17 +327,12 @@ class _Connection(asyncio.Protocol):
 
     # -- deadlines and the cap
     def wait_for_request(self, seconds: float) -> None:
-        self._set_timer(seconds)
+        self.deadline = time.monotonic() + seconds
         self.server.waiting(self, True)
 
-    def _set_timer(self, seconds: float) -> None:
-        self._cancel_timer()
-        self.timer = asyncio.get_running_loop().call_later(seconds, self.transport.abort)
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    def _answering(self) -> None:
+        self.deadline = math.inf
+        self.server.waiting(self, False)
 
     # -- requests
     async def _handshake(self, context) -> None:
@@ -271,18 +351,39 @@ class _Connection(asyncio.Protocol):
         try:
             request = self._parse()
         except _Refused as refused:
-            self.server.waiting(self, False)
-            self._cancel_timer()
+            self._answering()
             self.task = asyncio.get_running_loop().create_task(self._refuse(refused))
             return
-        if request is None:
+        if request is not None:
+            self._answer(request)
+
+    def _answer(self, request: Request) -> None:
+        self._answering()
+        if self.server.scrape_at_once(request):  # no task: a worker scrapes, _scraped writes the answer
+            self.task = asyncio.get_running_loop().create_future()  # done when answered (shutdown waits)
+            self.server.scrape(request, functools.partial(self._scraped, request))
             return
-        self.server.waiting(self, False)
-        self._cancel_timer()
-        self.task = asyncio.get_running_loop().create_task(self._answer(request))
+        self.task = asyncio.get_running_loop().create_task(
+            self._finish(self.server.respond(self, request), request.keep_alive))
+
+    def _scraped(self, request: Request, response: Response) -> None:
+        answered = self.task
+        try:
+            keep_alive = self.server.send(self, request, response)
+        except Exception:
+            self._failed()
+            return
+        finally:
+            self.task = None
+            answered.set_result(None)
+        if self.drained is not None:  # the client has not taken it all yet
+            self.task = asyncio.get_running_loop().create_task(self._finish(self.drain(), keep_alive))
+        else:
+            self._next(keep_alive)
 
     def _parse(self) -> Request | None:
-        """The next whole request; None if it has not all come yet (or the client closed: then so do we)."""
+        """The next whole request; None if it has not all come yet (or the client closed: then so do we).
+        Then what came after it goes to a new h11 connection, for the request after."""
         http, received = self.http, self.received
         try:
             event = http.next_event()
@@ -315,37 +416,55 @@ class _Connection(asyncio.Protocol):
         for name, value in event.headers:
             name, value = name.decode("latin-1"), value.decode("latin-1")
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        return Request(event.method.decode(), event.target.decode("latin-1").partition("?")[0], headers)
+        try:
+            whole = isinstance(http.next_event(), h11.EndOfMessage)  # else a body: never read, so we close after
+        except h11.RemoteProtocolError:
+            whole = False
+        request = Request(event.method.decode(), event.target.decode("latin-1").partition("?")[0], headers,
+                          keep_alive=whole and _keep_alive(event), chunked=event.http_version == b"1.1")
+        after = http.trailing_data[0]
+        if whole and not after:
+            self.server.parsed.add(bytes(received), request)
+        self.http, self.received = None, bytearray()
+        if after:  # pipelined
+            self.http = _parser()
+            self.received += after
+            self.http.receive_data(after)
+        return request
 
     async def _refuse(self, refused: _Refused) -> None:
         self.transport.write(_error_bytes(refused.status, str(refused)))
         await self._finish(self.drain(), keep_alive=False)
 
-    async def _answer(self, request: Request) -> None:
-        await self._finish(self.server.respond(self, request), keep_alive=True)
-
     async def _finish(self, answering, keep_alive: bool) -> None:
-        """Run ``answering``; then close, or wait for the next request (maybe already here: pipelining)."""
+        """Run ``answering``; then _next."""
         try:
             keep_alive = await answering and keep_alive
         except (OSError, TimeoutError, asyncio.CancelledError):  # the client went, or did not read in time
             self.transport.abort()
             return
-        except Exception:  # a bug must not go unnoticed, nor take the server down
-            log.exception("serving %s failed", (self.transport.get_extra_info("peername") or ("?",))[0])
-            self.transport.abort()
+        except Exception:
+            self._failed()
             return
         finally:
             self.task = None
-        if not keep_alive or self.http.our_state is h11.MUST_CLOSE or self.transport.is_closing():
+        self._next(keep_alive)
+
+    def _failed(self) -> None:
+        """A bug must not go unnoticed, nor take the server down."""
+        log.exception("serving %s failed", (self.transport.get_extra_info("peername") or ("?",))[0])
+        self.transport.abort()
+
+    def _next(self, keep_alive: bool) -> None:
+        """After an answer: close, or wait for the next request (maybe already here: pipelining)."""
+        if not keep_alive or self.transport.is_closing():
             self.transport.close()
             return
-        self.http.start_next_cycle()
-        self.received = bytearray(self.http.trailing_data[0])
-        self.idle = not self.received
+        self.idle = self.http is None
         self.wait_for_request(IDLE_SECONDS if self.idle else HEAD_SECONDS)
         self.transport.resume_reading()
-        self._next_request()
+        if self.http is not None:  # the next request's first bytes came meanwhile (or the client's EOF)
+            self._next_request()
 
     async def drain(self) -> bool:
         """Until the client has taken what was written (WRITE_SECONDS at most); True, for _finish."""
@@ -353,6 +472,24 @@ class _Connection(asyncio.Protocol):
             async with asyncio.timeout(WRITE_SECONDS):
                 await self.drained
         return True
+
+
+class _Heads:
+    """Request heads h11 accepted (with nothing pipelined after them) and their ``Request``: a scraper
+    sends the same bytes every time, in one read, and is answered without parsing them again. Bounded;
+    cleared when full."""
+
+    def __init__(self):
+        self._requests: dict[bytes, Request] = {}
+
+    def get(self, data: bytes) -> Request | None:
+        return self._requests.get(data) if len(data) <= _PARSED_HEAD_BYTES else None
+
+    def add(self, head: bytes, request: Request) -> None:
+        if len(head) <= _PARSED_HEAD_BYTES:
+            if len(self._requests) >= _PARSED_HEADS:
+                self._requests.clear()
+            self._requests[head] = request
 
 
 class Server:
@@ -363,11 +500,13 @@ class Server:
     def __init__(self, app: MetricsApp, address: str, port: int, web_config=None):
         self.app = app
         self.web_config = web_config
-        self._server_header = f"netio-exporter/{__version__}".encode()
+        self.parsed = _Heads()
+        self._fields: dict[tuple, bytes] = {}  # header lines by what they are made of (_header_fields)
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # Linux: accepted sockets inherit it
             if family == socket.AF_INET6:
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # "::" also serves IPv4
             self.socket.bind((address, port))
@@ -376,13 +515,14 @@ class Server:
             self.socket.close()
             raise
         self.server_address = self.socket.getsockname()
-        self._scrapes = ThreadPoolExecutor(SCRAPE_WORKERS, thread_name_prefix="netio-scrape")
+        self._scrapes = _Workers(SCRAPE_WORKERS, "netio-scrape")
         self._auth = None
         if web_config is not None:
             from .webconfig import BasicAuth
             self._auth = BasicAuth()
         self._connections: set[_Connection] = set()
         self._waiting: OrderedDict[_Connection, None] = OrderedDict()  # the longest waiting first
+        self._sweeper: asyncio.TimerHandle | None = None  # while some wait: closes those past their deadline
         self._streams = 0  # connections sending a stream: not counted against MAX_CONNECTIONS
         self._stopping: asyncio.Event | None = None
         self._serving = threading.Event()  # run() is accepting
@@ -391,9 +531,8 @@ class Server:
 
     async def run(self) -> None:
         self._stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         listener = await loop.create_server(lambda: _Connection(self), sock=self.socket, backlog=_BACKLOG)
-        self._loop = loop
         self._serving.set()
         try:
             await self._stopping.wait()
@@ -401,12 +540,14 @@ class Server:
             listener.close()  # no new connections; then the ones waiting for a request go
             for connection in list(self._waiting):
                 connection.transport.abort()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
             for connection in self._connections:
                 if connection.streaming and connection.task is not None:
                     connection.task.cancel()
-            tasks = [connection.task for connection in self._connections if connection.task is not None]
-            if tasks:
-                await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+            deadline = loop.time() + SHUTDOWN_SECONDS  # an answer may go on in a task of its own: wait again
+            while (tasks := [c.task for c in self._connections if c.task is not None]) and loop.time() < deadline:
+                await asyncio.wait(tasks, timeout=deadline - loop.time())
             await loop.run_in_executor(None, self._close_workers)
 
     def stop(self) -> None:
@@ -429,7 +570,7 @@ class Server:
 
     def _close_workers(self) -> None:
         """After the last answer: scrapes in progress finish before the collectors close."""
-        self._scrapes.shutdown(wait=True, cancel_futures=True)
+        self._scrapes.close()
         if self._auth is not None:
             self._auth.close()
 
@@ -453,74 +594,91 @@ class Server:
         if waiting:
             self._waiting[connection] = None
             self._waiting.move_to_end(connection)
+            if self._sweeper is None:
+                self._sweeper = self._loop.call_later(_SWEEP_SECONDS, self._sweep)
         else:
             self._waiting.pop(connection, None)
 
+    def _sweep(self) -> None:
+        """Close the connections past their deadline (one timer for all: none set and cancelled per request)."""
+        now = time.monotonic()
+        for connection in [connection for connection in self._waiting if connection.deadline <= now]:
+            connection.transport.abort()
+        self._sweeper = self._loop.call_later(_SWEEP_SECONDS, self._sweep) if self._waiting else None
+
     async def respond(self, connection: _Connection, request: Request) -> bool:
         """Send one response; whether the connection may stay open."""
-        http = connection.http
-        try:
-            event = http.next_event()
-        except h11.RemoteProtocolError:
-            event = None
-        keep_alive = isinstance(event, h11.EndOfMessage)  # a body is never read: answer, then close
         response = await self._route(request)
         if response.status in (401, 429):  # a failed or refused login is answered late: floods slow down
             self.waiting(connection, True)  # (and may be closed for a new connection meanwhile)
             await asyncio.sleep(AUTH_FAILURE_SECONDS)
             self.waiting(connection, False)
-        headers = [(b"Server", self._server_header), (b"Date", _http_date(int(time.time()))),
-                   (b"Content-Type", response.content_type.encode())]
-        config = self.web_config.config if self.web_config is not None else None
-        if config is not None:
-            headers += [(name.encode(), value.encode("latin-1")) for name, value in config.headers]
-        headers += [(name.encode(), value.encode("latin-1")) for name, value in response.headers]
-        if not keep_alive:
-            headers.append((b"Connection", b"close"))
         if isinstance(response.body, bytes):
-            headers.append((b"Content-Length", str(len(response.body)).encode()))
-            data = http.send(h11.Response(status_code=response.status, headers=headers,
-                                          reason=_REASONS[response.status]))
-            if request.method == "GET":
-                data += http.send(h11.Data(data=response.body))
-            data += http.send(h11.EndOfMessage())
-            connection.transport.write(data)
+            keep_alive = self.send(connection, request, response)
             await connection.drain()
-        else:
-            await self._stream(connection, response, headers)
+            return keep_alive
+        return await self._stream(connection, request, response)
+
+    def send(self, connection: _Connection, request: Request, response: Response) -> bool:
+        """Write a response whose body is bytes (not waiting for the client to take it); whether the
+        connection may stay open."""
+        keep_alive = request.keep_alive and not self._stopping.is_set()
+        body = response.body
+        head = _head(response.status, self._header_fields(response), b"Content-Length: %d\r\n" % len(body), keep_alive)
+        if not connection.transport.is_closing():
+            connection.transport.write(head + body if request.method == "GET" else head)
+        self._log(connection, request, response)
+        return keep_alive
+
+    def _log(self, connection: _Connection, request: Request, response: Response) -> None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug('%s "%s %s" %d', (connection.transport.get_extra_info("peername") or ("?",))[0],
                       request.method, request.path, response.status)
-        return keep_alive and not self._stopping.is_set()
 
-    async def _stream(self, connection: _Connection, response: Response, headers: list) -> None:
-        http, transport = connection.http, connection.transport
+    async def _stream(self, connection: _Connection, request: Request, response: Response) -> bool:
+        """Send a stream: chunked (RFC 9112 7.1), or to an HTTP/1.0 client as it comes, ended by closing."""
+        transport, chunked = connection.transport, request.chunked
         connection.streaming = True
         self._streams += 1
         try:
-            transport.write(http.send(h11.Response(status_code=response.status, headers=headers,
-                                                   reason=_REASONS[response.status])))
-            async for chunk in response.body:
-                transport.write(http.send(h11.Data(data=chunk)))
-                await connection.drain()
-            transport.write(http.send(h11.EndOfMessage()))
+            keep_alive = request.keep_alive and chunked and not self._stopping.is_set()
+            framing = b"Transfer-Encoding: chunked\r\n" if chunked else b""
+            transport.write(_head(response.status, self._header_fields(response), framing, keep_alive))
+            if request.method == "GET":
+                async for chunk in response.body:
+                    if chunk:  # an empty chunk would end the body
+                        transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                        await connection.drain()
+                if chunked:
+                    transport.write(b"0\r\n\r\n")
             await connection.drain()
         finally:
             connection.streaming = False
             self._streams -= 1
             await response.body.aclose()  # now, not when collected: its cleanup may free a live viewer
+        self._log(connection, request, response)
+        return keep_alive
+
+    def _header_fields(self, response: Response) -> bytes:
+        """Server, Content-Type, the web config's headers and the response's own, as header lines; made
+        once for each combination."""
+        config = self.web_config.config if self.web_config is not None else None
+        key = (response.content_type, response.headers, config.headers if config is not None else ())
+        fields = self._fields.get(key)
+        if fields is None:
+            if len(self._fields) >= 32:  # a reloaded config's headers replace the old ones
+                self._fields.clear()
+            lines = (("Server", _SERVER), ("Content-Type", response.content_type), *key[2], *response.headers)
+            fields = self._fields[key] = "".join(f"{name}: {value}\r\n" for name, value in lines).encode("latin-1")
+        return fields
 
     async def route(self, request: Request) -> Response:
-        """The response to ``request`` before auth and the web config's headers; override to add paths."""
+        """The response to ``request`` before auth and the web config's headers; override to add paths
+        (``/metrics`` is answered by ``scrape``, most often without coming here)."""
         if request.path == "/metrics":
-            gzipped = wants_gzip(request.headers.get("accept-encoding", ""))
-            try:
-                body = await asyncio.get_running_loop().run_in_executor(self._scrapes, self._metrics, gzipped)
-            except Exception:
-                log.exception("scrape failed")
-                return Response(500, b"scrape failed; see the exporter's log\n")
-            headers = [("Vary", "Accept-Encoding")] + ([("Content-Encoding", "gzip")] if gzipped else [])
-            return Response(200, body, CONTENT_TYPE, headers)
+            answered = asyncio.get_running_loop().create_future()
+            self.scrape(request, answered.set_result)
+            return await answered
         live = self.app.live
         if request.path == "/":
             if live is not None:
@@ -558,25 +716,49 @@ class Server:
                 subscription.close()
 
         from .live import EVENT_CONTENT_TYPE
-        return Response(200, events(), EVENT_CONTENT_TYPE, [("Cache-Control", "no-store")])
+        return Response(200, events(), EVENT_CONTENT_TYPE, (("Cache-Control", "no-store"),))
+
+    def scrape(self, request: Request, then: Callable[[Response], None]) -> None:
+        """``/metrics``: the collectors run on a worker, then ``then(response)`` on the loop."""
+        gzipped = wants_gzip(request.headers.get("accept-encoding", ""))
+
+        def done(body: bytes | None, error: Exception | None) -> None:
+            if error is not None:
+                log.error("scrape failed", exc_info=error)
+                then(Response(500, b"scrape failed; see the exporter's log\n"))
+            else:
+                then(Response(200, body, CONTENT_TYPE, _GZIP_HEADERS if gzipped else _PLAIN_HEADERS))
+
+        self._scrapes.call(done, self._metrics, gzipped)
+
+    def scrape_at_once(self, request: Request) -> bool:
+        """Whether ``request`` is a scrape that waits for nothing but the collectors: no credentials to
+        check (none asked for, or verified before). Then _Connection hands it to ``scrape`` itself."""
+        return request.path == "/metrics" and self._unverified(request) is None
 
     def _metrics(self, gzipped: bool) -> bytes:
         body = self.app.metrics()
         return gzip.compress(body, compresslevel=1) if gzipped else body
 
+    def _unverified(self, request: Request):
+        """The web config (webconfig.WebConfig) when it asks for users and ``request``'s credentials have
+        not been verified before; else None."""
+        config = self.web_config.current() if self.web_config is not None else None
+        if config is None or not config.users or self._auth.cached(config, request.headers.get("authorization")) is not None:
+            return None
+        return config
+
     async def _route(self, request: Request) -> Response:
         if request.path == "/-/healthy":  # for load balancers and probes: no auth
             return Response(200, b"Healthy\n")
-        config = self.web_config.current() if self.web_config is not None else None
-        if config is not None and config.users:
-            header = request.headers.get("authorization")
-            if self._auth.cached(config, header) is None:
-                future = self._auth.check(config, header)
-                if future is None:
-                    return Response(429, b"Too many authentication attempts; try again later\n",
-                                    headers=[("Retry-After", "1")])
-                if not await asyncio.wrap_future(future):
-                    return Response(401, b"Unauthorized\n", headers=[("WWW-Authenticate", 'Basic realm="netio-exporter"')])
+        config = self._unverified(request)
+        if config is not None:
+            future = self._auth.check(config, request.headers.get("authorization"))
+            if future is None:
+                return Response(429, b"Too many authentication attempts; try again later\n",
+                                headers=(("Retry-After", "1"),))
+            if not await asyncio.wrap_future(future):
+                return Response(401, b"Unauthorized\n", headers=(("WWW-Authenticate", 'Basic realm="netio-exporter"'),))
         return await self.route(request)
 
 

@@ -89,8 +89,9 @@ def load(path: str) -> WebConfig:
         if name not in _HEADERS:
             raise WebConfigError(f"{key}: cannot be configured; expected one of {', '.join(_HEADERS)}")
         allowed = _HEADERS[name]
-        if not isinstance(value, str) or (allowed is not None and value not in allowed) or "\n" in value:
-            expected = " or ".join(allowed) if allowed else "a one-line string"
+        if not isinstance(value, str) or (allowed is not None and value not in allowed) \
+                or not (value.isascii() and value.isprintable()):  # no CR or LF: a header line of its own
+            expected = " or ".join(allowed) if allowed else "a one-line ASCII string"
             raise WebConfigError(f"{key}: expected {expected}, got {value!r}")
         if value:  # blank means unset, as in the toolkit
             headers.append((name, value))
@@ -241,10 +242,12 @@ class BasicAuth:
     wrong passwords slow the right ones: verified headers are cached (bounded, keyed by a hash of the
     header; right ones only, so a flood cannot evict them) and answer at once; other checks run one at a
     time on one worker thread that rests three times as long as each check took (a quarter of a CPU at
-    most, a few checks a second), with at most two waiting (``check`` returns None beyond that: 429)."""
+    most, a few checks a second), with at most two waiting (``check`` returns None beyond that: 429).
+    The worker runs at the lowest priority (nice 19), so scrapes, and whatever else the host runs, go
+    first."""
 
     def __init__(self):
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="netio-bcrypt")
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="netio-bcrypt", initializer=_lowest_priority)
         self._lock = threading.Lock()
         self._queued = 0
 
@@ -291,6 +294,14 @@ class BasicAuth:
 
     def close(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)
+
+
+def _lowest_priority() -> None:
+    """Nice 19 for the calling thread (Linux keeps a nice value per thread; raising it needs no privilege)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError as error:  # a seccomp filter without setpriority: checks still run, at the usual priority
+        log.warning("bcrypt checks run at the usual priority: %s", error)
 
 
 def _credentials(header: str | None) -> tuple[str | None, bytes]:

@@ -262,6 +262,28 @@ def test_bad_requests_get_an_error_and_a_closed_connection(running, request_byte
     assert b"Connection: close\r\n" in response  # and _exchange returned: the server closed it
 
 
+def test_a_request_head_sent_again_is_answered_as_the_first_was(running):
+    """The server remembers heads h11 accepted, not its verdicts on others: the same bytes again, on a new
+    connection or a kept one, get the same answer, Connection: close included; a bad head stays bad."""
+    closing = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    for _ in range(3):
+        response = _exchange(running, closing)  # returns once the server has closed
+        assert response.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in response
+    for _ in range(2):
+        assert _exchange(running, b"GET / HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    with in_netns(running.ns):
+        sock = socket.create_connection((running.address, running.port), timeout=5)
+    with sock:
+        for _ in range(3):
+            sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+            response = b""
+            while not response.endswith(b"Healthy\n"):
+                response += sock.recv(65536)
+            assert response.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close" not in response
+        sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nX-A: a\r\n folded\r\n\r\n")  # on the kept one too
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400 ")
+
+
 def test_keep_alive_after_head_and_errors_that_keep_the_connection(running):
     response = _exchange(running, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
                                   b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n")
@@ -339,8 +361,16 @@ def test_a_stream_outlives_the_deadlines_and_the_cap(monkeypatch):
         assert other.getresponse().read().endswith(b"</html>\n")
         other.close()
         rest = response.read()  # 1.2 s in all: past both deadlines
-        assert first + rest == b"".join(f"data: {number}\n\n".encode() for number in range(4))
+        events = b"".join(f"data: {number}\n\n".encode() for number in range(4))
+        assert first + rest == events
         stream.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as old:  # HTTP/1.0: no chunks, ends at close
+            old.sendall(b"GET /events HTTP/1.0\r\n\r\n")
+            received = b""
+            while chunk := old.recv(65536):
+                received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert b"\r\nConnection: close" in head and b"Transfer-Encoding" not in head and body == events
     finally:
         loop.call_soon_threadsafe(server.stop)
         thread.join(timeout=20)

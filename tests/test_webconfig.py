@@ -61,6 +61,8 @@ def _start_fails(config_text: str, tmp_path: Path) -> str:
     ("nonsense: 1\n", "nonsense"),
     ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "http_server_config.headers.X-Frame-Options"),
     ("http_server_config:\n  headers:\n    X-Powered-By: me\n", "http_server_config.headers.X-Powered-By"),
+    ("http_server_config:\n  headers:\n    Content-Security-Policy: \"a\\rb\"\n",
+     "http_server_config.headers.Content-Security-Policy"),
     ("basic_auth_users:\n  alice: plaintext\n", "basic_auth_users.alice"),
     ("tls_server_config:\n  cert_file: server.crt\n", "tls_server_config.key_file"),
     ("tls_server_config:\n  cert_file: missing.crt\n  key_file: missing.key\n", "tls_server_config.cert_file"),
@@ -240,9 +242,20 @@ def test_a_wrong_password_flood_does_not_slow_valid_scrapes(tmp_path, web_export
     p99 = statistics.quantiles(times, n=100)[98]
     assert set(answers) == {"401", "429"}, answers
     assert answers["401"] <= 20 * 5  # bcrypt checks: a few a second
-    # 20 ms as the issue asks; on a machine whose quiet p99 is over that already (shared CI), not worse than 1.5x it
-    assert p99 < max(0.020, 1.5 * quiet), (f"p99 {p99 * 1e3:.1f} ms (quiet {quiet * 1e3:.1f} ms) over {len(times)} "
-                                           f"scrapes, median {statistics.median(times) * 1e3:.1f} ms; {answers}")
+    assert p99 < 0.020, (f"p99 {p99 * 1e3:.1f} ms (quiet {quiet * 1e3:.1f} ms) over {len(times)} scrapes, "
+                         f"median {statistics.median(times) * 1e3:.1f} ms; {answers}")  # the issue's 20 ms
+
+
+def test_bcrypt_checks_run_at_the_lowest_priority(tmp_path, web_exporter):
+    """The one thread that runs bcrypt is at nice 19, so a flood's checks yield the CPU to scrapes."""
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(4)).decode()
+    config = tmp_path / "web.yml"
+    config.write_text(f"basic_auth_users:\n  alice: '{hashed}'\n")
+    exporter = web_exporter(config)
+    assert exporter.get(headers={"Authorization": basic("alice", "wrong")})[0] == 401
+    nice = sorted(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])  # field 19: nice
+                  for task in Path(f"/proc/{exporter.pid}/task").iterdir())
+    assert nice[-1] == 19 and set(nice[:-1]) == {0}, nice  # one thread; the rest keep their priority
 
 
 def test_reload(pki, tmp_path, web_exporter):
