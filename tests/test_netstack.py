@@ -332,6 +332,36 @@ _NETWORK_SYSCALL_NAMES = ("read", "write", "readv", "writev", "sendfile", "sendt
                           "recvmsg", "splice", "recvmmsg", "sendmmsg", "preadv2", "pwritev2", "io_uring_enter")
 
 
+def test_net_rx_inside_a_send_counts_as_softirq_only(syscall_collector, netns, tmp_path):
+    # A datagram sent over loopback is received inline, in NET_RX, before sendto() returns (the
+    # softirq runs when the send enables bottom halves again). A prerouting chain of 1,000 rules makes
+    # that receive cost several times the send; pinned to one CPU, that CPU's tx_syscall time stays
+    # well below its NET_RX time only if the softirq's time is left out of the syscall's.
+    require(shutil.which("nft") is not None, "nft not installed (apt-get install nftables)")
+    ns = netns()
+    rules = "\n".join(f"    ip saddr 192.0.2.{i % 250} ip daddr 198.51.100.{i // 250} counter" for i in range(1000))
+    ruleset = tmp_path / "prerouting.nft"
+    ruleset.write_text("table ip netio_test {\n  chain prerouting {\n    type filter hook prerouting priority 0; "
+                       f"policy accept;\n{rules}\n  }}\n}}\n")
+    run("ip", "netns", "exec", ns, "nft", "-f", str(ruleset))
+    sender, receiver = _connected_udp_pair(ns)
+    allowed = os.sched_getaffinity(0)
+    cpu = min(allowed)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        before = syscall_collector.programs.read_totals()
+        for _ in range(2000):
+            sender.send(b"x" * 16)
+            receiver.recv(64)
+        after = syscall_collector.programs.read_totals()
+    finally:
+        os.sched_setaffinity(0, allowed)
+        sender.close()
+        receiver.close()
+    spent = {ENTRIES[entry]: after[entry][cpu][0] - before[entry][cpu][0] for entry in after}
+    assert spent["tx_syscall"] > 0 and spent["tx_syscall"] * 2 < spent["net_rx_softirq"], spent
+
+
 def test_network_syscall_numbers_match_the_system_headers():
     """The numbers in NETWORK_SYSCALLS, checked against linux-libc-dev's headers where installed."""
     checked = 0

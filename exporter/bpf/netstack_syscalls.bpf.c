@@ -110,7 +110,7 @@ int BPF_PROG(sched_switch, _Bool preempt, struct task_struct *prev, struct task_
 {
 	__u32 zero = 0;
 	struct syscall_clock *clock = bpf_map_lookup_elem(&cpu_clock, &zero), *saved;
-	__u64 now = 0;  /* read only when a clock is saved or restored */
+	__u64 now = 0, softirq = 0;  /* read only when a clock is saved or restored, and once */
 
 	if (!clock)
 		return 0;
@@ -118,9 +118,10 @@ int BPF_PROG(sched_switch, _Bool preempt, struct task_struct *prev, struct task_
 		saved = bpf_task_storage_get(&task_clock, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 		if (saved) {
 			now = bpf_ktime_get_ns();
+			softirq = softirq_nanoseconds();
 			*saved = *clock;
 			saved->switched_out = now;
-			saved->paused += softirq_nanoseconds() - clock->softirq;
+			saved->paused += softirq - clock->softirq;
 		}
 	} else {
 		saved = bpf_task_storage_get(&task_clock, prev, 0, 0);
@@ -129,11 +130,13 @@ int BPF_PROG(sched_switch, _Bool preempt, struct task_struct *prev, struct task_
 	}
 	saved = bpf_task_storage_get(&task_clock, next, 0, 0);
 	if (saved && saved->start) {
-		if (!now)
+		if (!now) {
 			now = bpf_ktime_get_ns();
+			softirq = softirq_nanoseconds();
+		}
 		*clock = *saved;
 		clock->paused += now - saved->switched_out;
-		clock->softirq = softirq_nanoseconds();
+		clock->softirq = softirq;
 	} else {
 		clock->start = 0;  /* kernel threads, idle, tasks not seen in a syscall */
 	}
