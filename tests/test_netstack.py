@@ -25,7 +25,7 @@ import time
 import pytest
 
 from tests.support import in_netns, require, run, samples, value
-from tests.support.netstack import loaded_collector, require_bpf
+from tests.support.netstack import loaded_collector, prerouting_chain, require_bpf
 from exporter.collectors import Scrape
 from exporter.bpf.kallsyms import KernelSymbols
 from exporter.collectors.netstack import CATEGORIES, ENTRIES, LOST_REASONS, NetstackCollector, classify
@@ -337,13 +337,8 @@ def test_net_rx_inside_a_send_counts_as_softirq_only(syscall_collector, netns, t
     # softirq runs when the send enables bottom halves again). A prerouting chain of 1,000 rules makes
     # that receive cost several times the send; pinned to one CPU, that CPU's tx_syscall time stays
     # well below its NET_RX time only if the softirq's time is left out of the syscall's.
-    require(shutil.which("nft") is not None, "nft not installed (apt-get install nftables)")
     ns = netns()
-    rules = "\n".join(f"    ip saddr 192.0.2.{i % 250} ip daddr 198.51.100.{i // 250} counter" for i in range(1000))
-    ruleset = tmp_path / "prerouting.nft"
-    ruleset.write_text("table ip netio_test {\n  chain prerouting {\n    type filter hook prerouting priority 0; "
-                       f"policy accept;\n{rules}\n  }}\n}}\n")
-    run("ip", "netns", "exec", ns, "nft", "-f", str(ruleset))
+    prerouting_chain(ns, tmp_path)
     sender, receiver = _connected_udp_pair(ns)
     allowed = os.sched_getaffinity(0)
     cpu = min(allowed)

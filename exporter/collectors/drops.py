@@ -211,15 +211,13 @@ class DropsCollector(Collector):
         return [(key.unpack_from(keys, index * key.size), sum(self._per_cpu.unpack_from(values, index * stride)))
                 for index in range(count)]
 
-    def _slots(self) -> list[tuple[tuple, int]]:
+    def _slots(self) -> list[tuple[tuple, int, int]]:
         """(key fields, packets, cache index) of every slot of the cache that holds a key."""
         if not self.cache_slots:
             return []
-        indexes, slots, count = self._recent.lookup_batch()
-        return [((location, ifindex, reason), packets, _INDEX.unpack_from(indexes, number * _INDEX.size)[0])
-                for number in range(count)
-                for location, ifindex, reason, packets in (_SLOT.unpack_from(slots, number * _SLOT.size),)
-                if packets]
+        indexes, slots, _ = self._recent.lookup_batch()
+        return [((location, ifindex, reason), packets, index) for (index,), (location, ifindex, reason, packets)
+                in zip(_INDEX.iter_unpack(indexes), _SLOT.iter_unpack(slots)) if packets]
 
     def _family(self, entries: list, overflow: list) -> Family:
         from ..netlink.rtnl import dump_links
