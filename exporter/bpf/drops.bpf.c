@@ -27,7 +27,7 @@
  * slots per CPU (an array, CPU n's slots at n * slots): a key's slot on this CPU is a multiplicative
  * hash of it; a slot whose key matches counts the drop, an empty one (no packets) is claimed for the
  * key, and a slot that holds another key leaves the drop to the hash. A run that hits its slot skips
- * the hash lookup and its jhash of 16 bytes, a third of the program's cost. A key's packets are its
+ * the hash lookup and its jhash of 16 bytes (~20 ns of ~75 a run here). A key's packets are its
  * slots' plus its hash entries', summed by user space; neither ever moves, so every read is exact.
  * No atomics: only CPU n writes CPU n's slots and values (user space empties only the slots of a
  * device that is gone), and the kernel never nests a run of this program on a CPU where it is
