@@ -374,9 +374,38 @@ def test_locations_name_the_function_the_kernel_reports_and_stay_bounded(netns, 
     assert _change(collector, before) == {("no_socket", "lo", function): 505, ("no_socket", "lo", "other"): 30}
 
 
+@contextlib.contextmanager
+def _on_one_cpu():
+    """This thread runs on one CPU only, so the drops it causes (sent from it, dropped in the softirq that
+    follows on the same CPU) all meet that CPU's cache slots."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def test_keys_that_collide_in_the_cache_count_exactly_through_the_table(pair, drops_in):
+    (sender_ns, sender_device, sender_ip, sender_mac), (receiver_ns, device, receiver_ip, _) = pair["a"], pair["b"]
+    collector = drops_in(receiver_ns, cache_slots=1)  # one slot per CPU: every second key collides
+    before = _counts(collector)
+    otherhost = _frame("02:00:00:00:00:99", sender_mac, sender_ip, receiver_ip)
+    with _on_one_cpu():
+        _send_frames(sender_ns, sender_device, otherhost, 10)  # takes the slot
+        time.sleep(0.1)
+        _udp_to_closed_port(receiver_ns, 7)  # finds it taken: counted in the table
+        _tcp_syns_to_closed_port(receiver_ns, 4)
+        _send_frames(sender_ns, sender_device, otherhost, 3)
+    assert _change(collector, before) == {("otherhost", device): 13, ("no_socket", "lo"): 11}
+    (slot_key, packets, _), = collector._slots()  # the one slot of the one CPU: otherhost's
+    assert (collector.reason_name(slot_key[2]), packets) == ("otherhost", 13)
+    assert collector._drops.lookup_batch(collector._per_cpu.size)[2] == 1  # no_socket's, in the table
+
+
 def test_a_full_table_counts_new_entries_under_device_other(pair, drops_in):
     (sender_ns, sender_device, sender_ip, sender_mac), (receiver_ns, device, receiver_ip, _) = pair["a"], pair["b"]
-    collector = drops_in(receiver_ns, table_entries=1)
+    collector = drops_in(receiver_ns, table_entries=1, cache_slots=0)  # no cache: every key meets the table
     before = _counts(collector)
     _send_frames(sender_ns, sender_device, _frame("02:00:00:00:00:99", sender_mac, sender_ip, receiver_ip), 10)
     _udp_to_closed_port(receiver_ns, 7)
@@ -390,9 +419,11 @@ def test_a_vanished_device_leaves_the_output_and_the_kernels_table(pair, drops_i
     _send_frames(sender_ns, sender_device, _frame("02:00:00:00:00:99", sender_mac, sender_ip, receiver_ip), 4)
     time.sleep(0.2)
     assert _counts(collector)[("otherhost", device)] == 4
+    assert collector._slots()  # the cache counted them
     run("ip", "-n", receiver_ns, "link", "del", device)
     assert not [key for key in _counts(collector) if key[1] == device]
     assert collector._drops.lookup_batch(collector._per_cpu.size)[2] == 0
+    assert collector._slots() == []
 
 
 def test_without_ebpf_the_collector_is_unavailable_in_one_line_and_the_scrape_answers(monkeypatch, caplog):

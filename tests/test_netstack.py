@@ -25,7 +25,7 @@ import time
 import pytest
 
 from tests.support import in_netns, require, run, samples, value
-from tests.support.netstack import loaded_collector, require_bpf
+from tests.support.netstack import loaded_collector, prerouting_chain, require_bpf
 from exporter.collectors import Scrape
 from exporter.bpf.kallsyms import KernelSymbols
 from exporter.collectors.netstack import CATEGORIES, ENTRIES, LOST_REASONS, NetstackCollector, classify
@@ -330,6 +330,31 @@ def _header_numbers(path: str) -> dict[str, int]:
 
 _NETWORK_SYSCALL_NAMES = ("read", "write", "readv", "writev", "sendfile", "sendto", "recvfrom", "sendmsg",
                           "recvmsg", "splice", "recvmmsg", "sendmmsg", "preadv2", "pwritev2", "io_uring_enter")
+
+
+def test_net_rx_inside_a_send_counts_as_softirq_only(syscall_collector, netns, tmp_path):
+    # A datagram sent over loopback is received inline, in NET_RX, before sendto() returns (the
+    # softirq runs when the send enables bottom halves again). A prerouting chain of 1,000 rules makes
+    # that receive cost several times the send; pinned to one CPU, that CPU's tx_syscall time stays
+    # well below its NET_RX time only if the softirq's time is left out of the syscall's.
+    ns = netns()
+    prerouting_chain(ns, tmp_path)
+    sender, receiver = _connected_udp_pair(ns)
+    allowed = os.sched_getaffinity(0)
+    cpu = min(allowed)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        before = syscall_collector.programs.read_totals()
+        for _ in range(2000):
+            sender.send(b"x" * 16)
+            receiver.recv(64)
+        after = syscall_collector.programs.read_totals()
+    finally:
+        os.sched_setaffinity(0, allowed)
+        sender.close()
+        receiver.close()
+    spent = {ENTRIES[entry]: after[entry][cpu][0] - before[entry][cpu][0] for entry in after}
+    assert spent["tx_syscall"] > 0 and spent["tx_syscall"] * 2 < spent["net_rx_softirq"], spent
 
 
 def test_network_syscall_numbers_match_the_system_headers():

@@ -31,7 +31,7 @@ from exporter.bpf import build, libbpf, tc
 from exporter.collectors.netstack import CATEGORIES
 from exporter.exposition import render_text
 from tests.support import in_netns, require, run, samples, unique_name
-from tests.support.netstack import loaded_collector
+from tests.support.netstack import loaded_collector, prerouting_chain
 
 SECONDS = 1.0
 MINIMUM_SAMPLES = 100  # at 1000 Hz: a tenth of a CPU second in NET_RX above the idle windows
@@ -193,13 +193,8 @@ def test_forwarding_through_a_router(collector, netns, tmp_path, version):
 
 
 def test_nftables_prerouting_chain_of_1000_rules(collector, netns, tmp_path):
-    require(shutil.which("nft") is not None, "nft not installed (apt-get install nftables)")
     a, b, _ = _sender_and_receiver(netns)
-    rules = "\n".join(f"    ip saddr 192.0.2.{i % 250} ip daddr 198.51.100.{i // 250} counter" for i in range(1000))
-    ruleset = tmp_path / "prerouting.nft"
-    ruleset.write_text("table ip netio_test {\n  chain prerouting {\n    type filter hook prerouting priority 0; "
-                       f"policy accept;\n{rules}\n  }}\n}}\n")
-    run("ip", "netns", "exec", b, "nft", "-f", str(ruleset))
+    prerouting_chain(b, tmp_path)
     with in_netns(b):
         receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         receiver.bind(("10.72.0.2", 9))

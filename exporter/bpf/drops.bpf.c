@@ -22,11 +22,18 @@
  * device belong to no namespace: they count (ifindex 0, "none") only where config.flags has
  * UNATTRIBUTED, which user space sets in the host's namespace.
  *
- * Table: `drops`, a per-CPU hash {location, ifindex, reason} -> packets (location is 0 unless
- * config.flags has LOCATIONS). Per-CPU values need no atomics: the kernel never nests a run of this
- * program on a CPU where it is running (it skips and counts the nested run: recursion_misses, which
- * the exporter reports). When the table is full, a new key's drops count in `overflow` by reason
- * alone (device "other"); it holds 1024 reasons, more than the kernel defines.
+ * Tables: `drops`, a per-CPU hash {location, ifindex, reason} -> packets (location is 0 unless
+ * config.flags has LOCATIONS), and in front of it `recent`, a direct-mapped cache of config.slots
+ * slots per CPU (an array, CPU n's slots at n * slots): a key's slot on this CPU is a multiplicative
+ * hash of it; a slot whose key matches counts the drop, an empty one (no packets) is claimed for the
+ * key, and a slot that holds another key leaves the drop to the hash. A run that hits its slot skips
+ * the hash lookup and its jhash of 16 bytes (~20 ns of ~75 a run here). A key's packets are its
+ * slots' plus its hash entries', summed by user space; neither ever moves, so every read is exact.
+ * No atomics: only CPU n writes CPU n's slots and values (user space empties only the slots of a
+ * device that is gone), and the kernel never nests a run of this program on a CPU where it is
+ * running (tracepoints run with preemption off; a run from an interrupt is skipped and counted:
+ * recursion_misses, which the exporter reports). When the table is full, a new key's drops count
+ * in `overflow` by reason alone (device "other"); it holds 1024 reasons, more than the kernel defines.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -44,12 +51,14 @@ struct sk_buff { struct net_device *dev; struct sock *sk; int skb_iif; } __attri
 enum skb_drop_reason { SKB_CONSUMED = 1 };  /* the value is relocated from the kernel's enum */
 
 #define MAX_ENTRIES 4096
+#define CACHE_ENTRIES 1  /* user space sizes `recent` to config.slots * CPUs before the load */
 #define OVERFLOW_ENTRIES 1024
 #define LOCATIONS 1     /* config.flags: key drops by location too */
 #define UNATTRIBUTED 2  /* config.flags: count drops of no namespace */
 
-struct config { __u32 netns; __u32 flags; };
+struct config { __u32 netns; __u32 flags; __u32 slots; };  /* slots: a power of two, or 0: no cache */
 struct drop_key { __u64 location; __u32 ifindex; __u32 reason; };
+struct slot { struct drop_key key; __u64 packets; };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -57,6 +66,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct config);
 } config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CACHE_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct slot);
+} recent SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -92,6 +108,26 @@ static __always_inline long count(void *map, void *key)
 	return error;
 }
 
+/* Count one in this CPU's slot for key, if it is the key's or free; 0 if another key holds it. */
+static __always_inline int count_recent(const struct drop_key *key, __u32 slots)
+{
+	__u32 mixed = (key->reason ^ key->ifindex << 10 ^ (__u32)key->location ^ (__u32)(key->location >> 32))
+		      * 0x9E3779B1u;  /* 2^32 / golden ratio: the high bits mix all of the key's */
+	__u32 index = bpf_get_smp_processor_id() * slots + (mixed >> 16 & (slots - 1));
+	struct slot *slot = bpf_map_lookup_elem(&recent, &index);
+
+	if (!slot)
+		return 0;
+	if (!slot->packets) {
+		slot->key = *key;
+	} else if (slot->key.reason != key->reason || slot->key.ifindex != key->ifindex ||
+		   slot->key.location != key->location) {
+		return 0;
+	}
+	slot->packets += 1;
+	return 1;
+}
+
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(kfree_skb, struct sk_buff *skb, void *location, unsigned int reason)
 {
@@ -125,6 +161,8 @@ int BPF_PROG(kfree_skb, struct sk_buff *skb, void *location, unsigned int reason
 	key.reason = reason;
 	if (settings->flags & LOCATIONS)
 		key.location = (__u64)location;
+	if (settings->slots && count_recent(&key, settings->slots))
+		return 0;
 	if (count(&drops, &key) != 0)
 		count(&overflow, &key.reason);
 	return 0;

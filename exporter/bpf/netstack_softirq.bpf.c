@@ -4,11 +4,14 @@
  * part of the netstack collector.
  *
  * Hooks: tp_btf/softirq_entry and softirq_exit; both return at once for other softirqs. Entry stamps
- * `softirq_state` (also what netstack_rx_stacks.bpf.c reads to know a sample is inside NET_RX); exit
- * charges the time since the stamp to `totals` and pauses the CPU's syscall clock by as much (read
- * only by netstack_syscalls.bpf.c, when --collector.netstack.syscalls loads it: a softirq that runs
- * inline in a send/receive syscall counts as softirq only). One bpf_ktime_get_ns() per program run.
- * Maps in netstack_shared.h.
+ * the CPU's `softirq_state` (also what netstack_rx_stacks.bpf.c reads to know a sample is inside
+ * NET_RX); exit adds the time since the stamp and one invocation to the same per-CPU struct: one
+ * lookup and one bpf_ktime_get_ns() per program run, plain adds. Plain adds are safe: only
+ * softirq_exit writes the totals, on its own CPU's copy, and it cannot be interleaved with itself
+ * there: softirqs do not nest on a CPU (a hardirq that interrupts one returns without running
+ * softirqs), and the kernel skips (and counts as missed) a run of a program that would nest in a
+ * run of the same program on that CPU. User space only reads. netstack_syscalls.bpf.c reads the
+ * nanoseconds to keep its syscall times exclusive. Maps in netstack_shared.h.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -37,22 +40,17 @@ int BPF_PROG(softirq_exit, unsigned int vec)
 {
 	__u32 zero = 0;
 	struct softirq_state *state;
-	struct syscall_clock *clock;
-	__u64 start, length;
+	struct totals *total;
 
 	if (vec != NET_RX_SOFTIRQ && vec != NET_TX_SOFTIRQ)
 		return 0;
 	state = bpf_map_lookup_elem(&softirq_state, &zero);
 	if (!state || !state->start)  /* entered before we attached */
 		return 0;
-	start = state->start;
+	total = &state->net[vec == NET_RX_SOFTIRQ ? NET_RX_SOFTIRQ_ENTRY : NET_TX_SOFTIRQ_ENTRY];
+	total->nanoseconds += bpf_ktime_get_ns() - state->start;
+	total->invocations += 1;
 	state->start = 0;
-	length = bpf_ktime_get_ns() - start;
-	charge(vec == NET_RX_SOFTIRQ ? NET_RX_SOFTIRQ_ENTRY : NET_TX_SOFTIRQ_ENTRY, length, 1);
-	/* If it ran inline in a task's syscall, that syscall did not run meanwhile. */
-	clock = bpf_map_lookup_elem(&cpu_clock, &zero);
-	if (clock)
-		clock->paused += length;
 	return 0;
 }
 

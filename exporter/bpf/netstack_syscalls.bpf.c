@@ -20,8 +20,10 @@
  * The clock belongs to the task running on the CPU (`cpu_clock`): sched_switch saves it into the
  * outgoing task's task storage and restores the incoming task's, so a syscall that blocks or
  * migrates keeps its clock and the time switched out is paused out of it.
- * Exclusivity: NET softirqs that run inline (bh enable, irq exit) pause the CPU's clock too
- * (netstack_softirq.bpf.c's softirq_exit).
+ * Exclusivity: NET softirqs that run inline (bh enable, irq exit) are left out: the clock notes the
+ * CPU's NET softirq nanoseconds (netstack_softirq.bpf.c's softirq_state) when it starts, and a
+ * charge subtracts their growth since (a switch adds the growth on the CPU left to `paused`), so
+ * the softirq programs need not know this object exists.
  * Charging at the send/recv tracepoint instead of at sys_exit saves one program run per syscall;
  * it leaves uncounted the few instructions between the socket call's return and the syscall's
  * return. A syscall that calls the socket layer several times (sendmmsg) is charged in increments
@@ -62,6 +64,27 @@ struct {
 	__type(value, struct syscall_clock);
 } task_clock SEC(".maps");
 
+/* This CPU's NET_RX and NET_TX nanoseconds so far. */
+static __always_inline __u64 softirq_nanoseconds(void)
+{
+	__u32 zero = 0;
+	struct softirq_state *state = bpf_map_lookup_elem(&softirq_state, &zero);
+
+	return state ? state->net[NET_RX_SOFTIRQ_ENTRY].nanoseconds + state->net[NET_TX_SOFTIRQ_ENTRY].nanoseconds : 0;
+}
+
+static __always_inline void charge(__u32 entry, __u64 nanoseconds, int invocation)
+{
+	struct totals *total = bpf_map_lookup_elem(&totals, &entry);
+
+	if (!total)
+		return;
+	/* Atomic: a preempted program and its successor on this CPU may update the same slot. */
+	__sync_fetch_and_add(&total->nanoseconds, nanoseconds);
+	if (invocation)
+		__sync_fetch_and_add(&total->invocations, 1);
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 {
@@ -76,6 +99,7 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 		return 0;
 	}
 	clock->start = bpf_ktime_get_ns();
+	clock->softirq = softirq_nanoseconds();
 	clock->paused = 0;
 	clock->counted = 0;
 	return 0;
@@ -86,7 +110,7 @@ int BPF_PROG(sched_switch, _Bool preempt, struct task_struct *prev, struct task_
 {
 	__u32 zero = 0;
 	struct syscall_clock *clock = bpf_map_lookup_elem(&cpu_clock, &zero), *saved;
-	__u64 now = 0;  /* read only when a clock is saved or restored */
+	__u64 now = 0, softirq = 0;  /* read only when a clock is saved or restored, and once */
 
 	if (!clock)
 		return 0;
@@ -94,8 +118,10 @@ int BPF_PROG(sched_switch, _Bool preempt, struct task_struct *prev, struct task_
 		saved = bpf_task_storage_get(&task_clock, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 		if (saved) {
 			now = bpf_ktime_get_ns();
+			softirq = softirq_nanoseconds();
 			*saved = *clock;
 			saved->switched_out = now;
+			saved->paused += softirq - clock->softirq;
 		}
 	} else {
 		saved = bpf_task_storage_get(&task_clock, prev, 0, 0);
@@ -104,10 +130,13 @@ int BPF_PROG(sched_switch, _Bool preempt, struct task_struct *prev, struct task_
 	}
 	saved = bpf_task_storage_get(&task_clock, next, 0, 0);
 	if (saved && saved->start) {
-		if (!now)
+		if (!now) {
 			now = bpf_ktime_get_ns();
+			softirq = softirq_nanoseconds();
+		}
 		*clock = *saved;
 		clock->paused += now - saved->switched_out;
+		clock->softirq = softirq;
 	} else {
 		clock->start = 0;  /* kernel threads, idle, tasks not seen in a syscall */
 	}
@@ -119,7 +148,7 @@ static __always_inline int charge_syscall(struct sock *sk, __u32 entry)
 	__u32 zero = 0;
 	struct syscall_clock *clock;
 	unsigned short family;
-	__u64 now, ran;
+	__u64 now, softirq, ran, paused;
 
 	if (!sk)
 		return 0;
@@ -130,9 +159,12 @@ static __always_inline int charge_syscall(struct sock *sk, __u32 entry)
 	if (!clock || !clock->start)  /* a kernel thread's socket call: no syscall */
 		return 0;
 	now = bpf_ktime_get_ns();
+	softirq = softirq_nanoseconds();
 	ran = now - clock->start;
-	ran = ran > clock->paused ? ran - clock->paused : 0;
+	paused = clock->paused + (softirq - clock->softirq);
+	ran = ran > paused ? ran - paused : 0;
 	clock->start = now;
+	clock->softirq = softirq;
 	clock->paused = 0;
 	charge(entry, ran, !clock->counted);
 	clock->counted = 1;

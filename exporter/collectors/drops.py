@@ -16,7 +16,9 @@ subsystem bits (``SKB_DROP_REASON_SUBSYS_MASK``: mac80211, openvswitch) is named
 Devices are named at scrape time from a netlink link dump; the drops of a device that is gone are
 removed from the kernel's table (a host whose containers come and go would fill it otherwise).
 The table holds ``table_entries`` (4096) (device, reason[, location]) entries; drops of new entries beyond them count
-under ``device="other"`` with their reason.
+under ``device="other"`` with their reason. In front of it each CPU has ``cache_slots`` (256) direct-mapped
+slots that count the drops of the keys they hold without a hash lookup; a key's count is its slots' plus
+its table entries' (see the program's comment).
 
 ``--collector.drops.locations`` adds ``function``, the kernel function that dropped (the
 tracepoint's ``location``, resolved through /proc/kallsyms). At most ``locations_top`` functions
@@ -41,16 +43,20 @@ from . import Collector, CollectorUnavailable, Flags, Registration, log
 
 DEFAULT_LOCATIONS_TOP = 20
 TABLE_ENTRIES = 4096  # MAX_ENTRIES of drops.bpf.c
+CACHE_SLOTS = 256  # per CPU, in front of the table (a power of two; 0: none)
 _REASON_ENUM, _SUBSYSTEM_ENUM = "skb_drop_reason", "skb_drop_reason_subsys"
 _SUBSYSTEM_MASK = "SKB_DROP_REASON_SUBSYS_MASK"
 # Inode numbers of the initial namespaces (include/linux/proc_ns.h PROC_NET_INIT_INO, fixed since 6.x;
 # PROC_PID_INIT_INO, since 3.8). Dynamic ones start at 0xF0000000, so neither can be another namespace's.
 _HOST_NETNS_INODE, _HOST_PIDNS_INODE = 0xEFFFFFF9, 0xEFFFFFFC
 
-# drops.bpf.c: struct config {u32 netns; u32 flags}, struct drop_key {u64 location; u32 ifindex;
-# u32 reason}; the overflow table is keyed by the reason (u32); values are u64 per CPU.
-_CONFIG = struct.Struct("<II")
+# drops.bpf.c: struct config {u32 netns; u32 flags; u32 slots}, struct drop_key {u64 location; u32 ifindex;
+# u32 reason}, struct slot {struct drop_key key; u64 packets} (the cache, indexed by a u32); the overflow
+# table is keyed by the reason (u32); the tables' values are u64 per CPU.
+_CONFIG = struct.Struct("<III")
 _KEY = struct.Struct("<QII")
+_SLOT = struct.Struct("<QIIQ")
+_INDEX = struct.Struct("<I")
 _REASON = struct.Struct("<I")
 _LOCATIONS, _UNATTRIBUTED = 1, 2
 
@@ -119,12 +125,15 @@ class DropsCollector(Collector):
     name = "drops"
 
     def __init__(self, locations: bool = False, locations_top: int = DEFAULT_LOCATIONS_TOP,
-                 table_entries: int = TABLE_ENTRIES):
+                 table_entries: int = TABLE_ENTRIES, cache_slots: int = CACHE_SLOTS):
         if not isinstance(locations_top, int) or not 1 <= locations_top <= 1000:
             raise ValueError(f"locations_top: expected 1-1000, got {locations_top!r}")
+        if cache_slots & (cache_slots - 1) or not 0 <= cache_slots <= 65536:
+            raise ValueError(f"cache_slots: expected 0 or a power of two up to 65536, got {cache_slots!r}")
         self.locations = locations
         self.locations_top = locations_top
         self.table_entries = table_entries
+        self.cache_slots = cache_slots
         self._lock = threading.Lock()
         self._object = self._attachment = self._netlink = self._symbols = None
         self._error: CollectorUnavailable | None = None
@@ -159,12 +168,14 @@ class DropsCollector(Collector):
         self._cpus = libbpf.possible_cpus()
         self._per_cpu = struct.Struct(f"<{self._cpus}Q")
         self._object = libbpf.BpfObject(str(build.object_path("drops")),
-                                         max_entries={"drops": self.table_entries})
+                                         max_entries={"drops": self.table_entries,
+                                                      "recent": max(1, self.cache_slots * self._cpus)})
+        self._recent = self._object.map("recent", key_size=_INDEX.size, value_size=_SLOT.size)
         self._drops = self._object.map("drops", key_size=_KEY.size, value_size=8)
         self._overflow = self._object.map("overflow", key_size=_REASON.size, value_size=8)
         config = self._object.map("config", key_size=4, value_size=_CONFIG.size)
         config.update(b"\0\0\0\0", _CONFIG.pack(netns, (_LOCATIONS if self.locations else 0)
-                                                | (_UNATTRIBUTED if _host_namespace(netns) else 0)))
+                                                | (_UNATTRIBUTED if _host_namespace(netns) else 0), self.cache_slots))
         self._attachment = self._attach()
 
     def _attach(self):
@@ -191,7 +202,7 @@ class DropsCollector(Collector):
                 raise self._error
             entries = self._entries(self._drops, _KEY)
             overflow = self._entries(self._overflow, _REASON)
-            return [self._family(entries, overflow)]
+            return [self._family(self._slots() + entries, overflow)]
 
     def _entries(self, table, key: struct.Struct) -> list[tuple[tuple, int]]:
         """(key fields, packets summed over the CPUs) of every entry of a per-CPU table."""
@@ -200,16 +211,27 @@ class DropsCollector(Collector):
         return [(key.unpack_from(keys, index * key.size), sum(self._per_cpu.unpack_from(values, index * stride)))
                 for index in range(count)]
 
+    def _slots(self) -> list[tuple[tuple, int, int]]:
+        """(key fields, packets, cache index) of every slot of the cache that holds a key."""
+        if not self.cache_slots:
+            return []
+        indexes, slots, _ = self._recent.lookup_batch()
+        return [((location, ifindex, reason), packets, index) for (index,), (location, ifindex, reason, packets)
+                in zip(_INDEX.iter_unpack(indexes), _SLOT.iter_unpack(slots)) if packets]
+
     def _family(self, entries: list, overflow: list) -> Family:
         from ..netlink.rtnl import dump_links
         devices = {link.index: link.name for link in dump_links(self._netlink)}  # after the table: see below
         devices[0] = "none"
         counts: dict[tuple[str, ...], int] = {}
         by_location: list[tuple[int, str, str, int]] = []
-        for (location, ifindex, reason), packets in entries:
+        for (location, ifindex, reason), packets, *index in entries:
             device = devices.get(ifindex)
             if device is None:  # in the table before the dump, absent from it: the device is gone
-                self._drops.delete(_KEY.pack(location, ifindex, reason))
+                if index:
+                    self._recent.update(_INDEX.pack(*index), bytes(_SLOT.size))
+                else:
+                    self._drops.delete(_KEY.pack(location, ifindex, reason))
                 continue
             if self.locations:
                 by_location.append((location, self.reason_name(reason), device, packets))

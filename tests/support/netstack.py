@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 from exporter.collectors.netstack import NetstackCollector
 
-from .kernel import require
+from .kernel import require, run
 
 
 def require_bpf() -> None:
@@ -20,3 +22,14 @@ def loaded_collector(**kwargs) -> NetstackCollector:
     made = NetstackCollector(**kwargs)
     require(made._error is None, f"netstack collector cannot load: {made._error}")
     return made
+
+
+def prerouting_chain(ns: str, directory: Path, rules: int = 1000) -> None:
+    """An nftables prerouting chain of ``rules`` rules that match nothing in namespace ``ns``: every
+    packet it receives walks all of them in NET_RX."""
+    require(shutil.which("nft") is not None, "nft not installed (apt-get install nftables)")
+    lines = "\n".join(f"    ip saddr 192.0.2.{i % 250} ip daddr 198.51.100.{i // 250} counter" for i in range(rules))
+    ruleset = directory / "prerouting.nft"
+    ruleset.write_text("table ip netio_test {\n  chain prerouting {\n    type filter hook prerouting priority 0; "
+                       f"policy accept;\n{lines}\n  }}\n}}\n")
+    run("ip", "netns", "exec", ns, "nft", "-f", str(ruleset))

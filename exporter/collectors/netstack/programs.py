@@ -19,13 +19,14 @@ from .syscalls import network_syscall_set
 
 __all__ = ["ENTRIES", "SOFTIRQ_ENTRIES", "LOST_REASONS", "NetstackPrograms"]
 
-ENTRIES = ("net_rx_softirq", "net_tx_softirq", "tx_syscall", "rx_syscall")  # `totals` index order
+ENTRIES = ("net_rx_softirq", "net_tx_softirq", "tx_syscall", "rx_syscall")  # softirq_state's `net`, then `totals`
 SOFTIRQ_ENTRIES = ENTRIES[:2]
 LOST_REASONS = ("table_full", "stack_unreadable")  # `lost` index order (netstack_rx_stacks.bpf.c)
 
 _SOFTIRQ_PROGRAMS = ("softirq_exit", "softirq_entry")
 _SYSCALL_PROGRAMS = ("sched_switch", "sys_enter", "sock_send_length", "sock_recv_length")
 _TOTALS = struct.Struct("<QQ")  # struct totals {nanoseconds; invocations}, per CPU
+_SOFTIRQ_STATE = struct.Struct("<QII4Q")  # struct softirq_state {start; vec; unused; struct totals net[2]}
 _KEY = struct.Struct("<I")
 _COUNT = struct.Struct("<Q")
 STACK_DEPTH = 48  # struct stack in netstack_rx_stacks.bpf.c: frames, innermost first, zero-padded
@@ -60,11 +61,12 @@ class NetstackPrograms:
 
     def _load(self) -> None:
         self._softirq = self._load_object("netstack_softirq")
-        self._totals = self._softirq.map("totals", key_size=_KEY.size, value_size=_TOTALS.size)
+        self._softirq_state = self._softirq.map("softirq_state", key_size=_KEY.size, value_size=_SOFTIRQ_STATE.size)
         self._syscall_object = self._stacks_object = None
         if self.syscalls:
             self._syscall_object = self._load_object("netstack_syscalls", reuse_maps={
-                name: self._softirq.map(name) for name in ("totals", "cpu_clock")})
+                name: self._softirq.map(name) for name in ("softirq_state", "totals", "cpu_clock")})
+            self._totals = self._syscall_object.map("totals", key_size=_KEY.size, value_size=_TOTALS.size)
             self._syscall_object.map("network_syscalls", key_size=_KEY.size).update(
                 _KEY.pack(0), network_syscall_set(os.uname().machine))
         if self.frequency_hz:
@@ -132,14 +134,15 @@ class NetstackPrograms:
 
     def read_totals(self) -> dict[int, list[tuple[int, int]]]:
         """{entry index: [(nanoseconds, invocations) for each possible CPU]} for ``entries``."""
-        stride = _TOTALS.size * self._ncpus
-        keys, values, _ = self._totals.lookup_batch(stride)
-        wanted = len(self.entries)
-        totals = {}
-        for index, (entry,) in enumerate(_KEY.iter_unpack(keys)):
-            if entry < wanted:
-                blob = values[index * stride:(index + 1) * stride]
-                totals[entry] = list(_TOTALS.iter_unpack(blob))
+        blob = self._softirq_state.lookup(_KEY.pack(0), _SOFTIRQ_STATE.size * self._ncpus)
+        per_cpu = list(_SOFTIRQ_STATE.iter_unpack(blob))
+        totals = {entry: [(state[3 + 2 * entry], state[4 + 2 * entry]) for state in per_cpu]
+                  for entry in range(len(SOFTIRQ_ENTRIES))}
+        if self.syscalls:
+            stride = _TOTALS.size * self._ncpus
+            keys, values, _ = self._totals.lookup_batch(stride)
+            for index, (entry,) in enumerate(_KEY.iter_unpack(keys)):
+                totals[len(SOFTIRQ_ENTRIES) + entry] = list(_TOTALS.iter_unpack(values[index * stride:(index + 1) * stride]))
         return totals
 
     def drain_samples(self) -> tuple[list[tuple[bytes, int]], tuple[int, ...]]:
