@@ -6,10 +6,12 @@ thousand a second. A helper process in the namespace holds a drops collector and
 its program in windows, in ABBA order (bench/interleave.py: a steady drift of the shared machine
 cancels; each window's rate is the namespace's Udp NoPorts count of datagrams to closed ports). It prints the median paired ratio of
 the sender's throughput with/without the program, its 95% confidence interval and the loss it means
-(target: <= 2%); then, in one more stretch of flood with the kernel's run-time statistics on
-(bench/bpf_programs.py), the program's runs per second, ns per run (target: <= 100 ns per drop; the
-statistics add two clock reads of their own per run and leave out the tracepoint's dispatch) and share
-of one CPU; and the collector's read() time (its table and a link dump) after each window.
+(target: <= 2%); then the same for an empty program on the same tracepoint (bench/hook_cost.bpf.c's
+`drop_empty`): the floor any per-drop counter pays, the tracepoint's dispatch alone; then, in one more
+stretch of flood per program with the kernel's run-time statistics on (bench/bpf_programs.py), its runs
+per second, ns per run (target: <= 100 ns per drop; the statistics add two clock reads of their own per
+run and leave out the tracepoint's dispatch) and share of one CPU; and the collector's read() time (its
+table and a link dump) after each window.
 
 Run as root from the repository root:  python -m bench.bench_drops [--pairs 30] [--window 1]
 The namespace and the processes are removed at exit (processes by their pid). The run-time statistics
@@ -27,37 +29,47 @@ import sys
 import tempfile
 import time
 
-from bench.bpf_programs import enable_bpf_stats, program_stats
+from bench.bpf_programs import HookCost, enable_bpf_stats, program_stats
 from bench.interleave import interleave, paired_ratio, ratio_cells
 
 CLOSED_PORT = 9
+PROGRAMS = {"collector": "drops collector (kfree_skb)",
+            "empty": "empty program on kfree_skb (the floor)"}
 
 
 def helper() -> None:
-    """Hold a collector. Commands on stdin, one answer line each: "attach" / "detach" its program,
-    "scrape" (the read() time in seconds), "drops" (no_socket drops counted so far)."""
+    """Hold a collector and the empty program. Commands on stdin, one answer line each: "attach PROGRAM" /
+    "detach PROGRAM" (PROGRAM: collector or empty), "scrape" (the collector's read() time in seconds),
+    "drops" (no_socket drops the collector counted so far)."""
     from exporter.collectors.drops import DropsCollector
     collector = DropsCollector()
+    floor, empty = HookCost(), None
     print(collector._error or "ready", flush=True)
     for line in sys.stdin:
-        command = line.strip()
-        if command == "attach" and collector._attachment is None:
+        command = line.split()
+        if command == ["attach", "collector"] and collector._attachment is None:
             collector._attachment = collector._attach()
-        elif command == "detach" and collector._attachment is not None:
+        elif command == ["detach", "collector"] and collector._attachment is not None:
             collector._attachment.close()
             collector._attachment = None
-        elif command == "scrape":
+        elif command == ["attach", "empty"] and empty is None:
+            empty = floor.attach("drop_empty")
+        elif command == ["detach", "empty"] and empty is not None:
+            empty.close()
+            empty = None
+        elif command == ["scrape"]:
             start = time.perf_counter()
             collector.read()
             print(time.perf_counter() - start, flush=True)
             continue
-        elif command == "drops":
+        elif command == ["drops"]:
             family, = collector.read()
             print(sum(number for _, labels, number in family.samples if dict(labels)["reason"] == "no_socket"),
                   flush=True)
             continue
         print("ok", flush=True)
     collector.close()
+    floor.close()
 
 
 class ClosedPortCounter:
@@ -137,20 +149,26 @@ def main() -> None:
             if flood.poll() is not None:
                 raise SystemExit(f"bench_drops: udp_flood failed: {flood.stderr.read().strip()}")
             reads = []
-            pairs = interleave(counter, lambda: held.ask("attach"), lambda: held.ask("detach"), args.pairs,
-                               args.window, after_on_window=lambda: reads.append(float(held.ask("scrape"))))
-
+            pairs = {program: interleave(counter, lambda: held.ask(f"attach {program}"),
+                                         lambda: held.ask(f"detach {program}"), args.pairs, args.window,
+                                         after_on_window=(lambda: reads.append(float(held.ask("scrape"))))
+                                         if program == "collector" else None)
+                     for program in PROGRAMS}
+            profiles = {}
             stats_fd = enable_bpf_stats()
             try:
-                held.ask("attach")
-                drops_before, stats_before = int(held.ask("drops")), program_stats(held.process.pid)
-                _, _, packets_before = counter.read()
-                start = time.monotonic()
-                time.sleep(args.profile_seconds)
-                elapsed = time.monotonic() - start
-                _, _, packets_after = counter.read()
-                drops_after, stats_after = int(held.ask("drops")), program_stats(held.process.pid)
-                held.ask("detach")
+                for program in PROGRAMS:
+                    held.ask(f"attach {program}")
+                    drops_before = int(held.ask("drops"))
+                    stats_before, (_, _, packets_before) = program_stats(held.process.pid), counter.read()
+                    start = time.monotonic()
+                    time.sleep(args.profile_seconds)
+                    elapsed = time.monotonic() - start
+                    stats_after, (_, _, packets_after) = program_stats(held.process.pid), counter.read()
+                    counted = int(held.ask("drops")) - drops_before  # moves with the collector's program only
+                    held.ask(f"detach {program}")
+                    profiles[program] = (elapsed, (packets_after - packets_before) / elapsed, counted / elapsed,
+                                         _moved(stats_before, stats_after))
             finally:
                 os.close(stats_fd)
         finally:
@@ -161,22 +179,27 @@ def main() -> None:
                 held.stop()
             subprocess.run(["ip", "netns", "del", ns], check=False)
 
-    (prog_id, (run_ns, runs)), = ((prog_id, (run_ns - stats_before.get(prog_id, (0, 0))[0],
-                                              calls - stats_before.get(prog_id, (0, 0))[1]))
-                                  for prog_id, (run_ns, calls) in stats_after.items())
-    without = statistics.median(pair.off_pps for pair in pairs)
     print(f"\nUDP flood to a closed port on a namespace's loopback, sender on CPU 0, {args.pairs} pairs of "
           f"{args.window:g} s windows without/with the program, kernel {os.uname().release}, {os.cpu_count()} CPUs\n")
-    print("| datagrams/s without, median | with/without, median of pairs | 95% interval | loss (95% interval) |")
-    print("|---:|---:|---:|---|")
-    print(f"| {without:,.0f} | {ratio_cells(paired_ratio(pairs, packets=True))} |")
-    print(f"\n{args.profile_seconds:g} s of flood with run-time statistics: {(packets_after - packets_before) / elapsed:,.0f} "
-          f"datagrams/s, {(drops_after - drops_before) / elapsed:,.0f} no_socket drops/s counted\n")
-    print("| program | runs/s | ns per run | CPU share of one core |")
-    print("|---|---:|---:|---:|")
-    print(f"| kfree_skb | {runs / elapsed:,.0f} | {run_ns / runs if runs else 0:.1f} | {run_ns / elapsed / 1e9 * 100:.2f}% |")
+    print("| program | datagrams/s without, median | with/without, median of pairs | 95% interval | loss (95% interval) |")
+    print("|---|---:|---:|---:|---|")
+    for program in PROGRAMS:
+        without = statistics.median(pair.off_pps for pair in pairs[program])
+        print(f"| {PROGRAMS[program]} | {without:,.0f} | {ratio_cells(paired_ratio(pairs[program], packets=True))} |")
+    print(f"\n{args.profile_seconds:g} s of flood per program with run-time statistics\n")
+    print("| program | datagrams/s | no_socket drops/s counted | runs/s | ns per run | CPU share of one core |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for program, (elapsed, datagrams, counted, (run_ns, runs)) in profiles.items():
+        print(f"| {PROGRAMS[program]} | {datagrams:,.0f} | {counted:,.0f} | {runs / elapsed:,.0f} | "
+              f"{run_ns / runs if runs else 0:.1f} | {run_ns / elapsed / 1e9 * 100:.2f}% |")
     print(f"\nread() after a window with the program on: median {statistics.median(reads) * 1e3:.2f} ms, "
           f"max {max(reads) * 1e3:.2f} ms")
+
+
+def _moved(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) the helper's programs gained (only the attached one runs)."""
+    return tuple(sum(value[index] - before.get(prog_id, (0, 0))[index] for prog_id, value in after.items())
+                 for index in (0, 1))
 
 
 if __name__ == "__main__":

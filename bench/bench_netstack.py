@@ -5,9 +5,10 @@ first. For two paths, loopback inside the first namespace and the veth pair betw
 long iperf3 TCP stream (client on CPU 0, server on CPU 1) flows while a helper process holding a
 netstack collector detaches and attaches its programs in 1 s windows, in ABBA order (bench/interleave.py:
 a steady drift of the shared machine cancels; each window's rate is the receiving interface's counters).
-Three conditions: the default ("default": softirq time, 1000 Hz NET_RX sampling), the default with
-sampling off ("default -f 0") and the opt-in syscall entries ("--collector.netstack.syscalls", at
-1000 Hz). It prints per path and condition the median paired throughput ratio with/without, its 95%
+Four conditions: the default ("default": softirq time, 1000 Hz NET_RX sampling), the default with
+sampling off ("default -f 0"), the opt-in syscall entries ("--collector.netstack.syscalls", at
+1000 Hz) and the floor of the default's hooks ("empty programs": hook_cost.bpf.c's empty programs on
+softirq_entry and softirq_exit, what their dispatch alone costs). It prints per path and condition the median paired throughput ratio with/without, its 95%
 confidence interval, the loss it means (target: <= 3% at the default) and whether the interval holds 1
 (within noise); the collector's read() time after each window with the programs on (the first read
 after start, which waits for the kallsyms index, is shown apart) and the helper's RSS. Then one more
@@ -37,13 +38,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from bench.bpf_programs import enable_bpf_stats, program_names, program_stats
+from bench.bpf_programs import HookCost, enable_bpf_stats, program_names, program_stats
 from bench.interleave import ReceiveCounter, interleave, paired_ratio, ratio_cells
 
-# condition -> (sampling frequency, syscall entries)
-CONDITIONS = {"default": (1000, False), "default -f 0": (0, False), "--collector.netstack.syscalls": (1000, True)}
+# condition -> (sampling frequency, syscall entries); FLOOR: empty programs on the default's softirq hooks
+FLOOR = -1
+CONDITIONS = {"default": (1000, False), "default -f 0": (0, False), "--collector.netstack.syscalls": (1000, True),
+              "empty programs": (FLOOR, False)}
 PORT = 5201
 
 
@@ -52,12 +54,14 @@ def _run(*command: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def helper(frequency: int, syscalls: bool) -> None:
-    """Hold a collector. Commands on stdin, one answer line each: "attach" / "detach" its programs,
-    "scrape" (the read() time in seconds), "rss" (VmRSS in kB), "net_rx" (NET_RX seconds, all CPUs, and
-    NET_RX stack samples so far)."""
-    from exporter.collectors.netstack import NetstackCollector
-    from exporter.collectors.netstack.symbols import online_cpus
-    collector = NetstackCollector(frequency, syscalls=syscalls)
+    """Hold a collector (or, at FLOOR, empty programs on its softirq hooks). Commands on stdin, one answer
+    line each: "attach" / "detach" its programs, "scrape" (the read() time in seconds), "rss" (VmRSS in
+    kB), "net_rx" (NET_RX seconds, all CPUs, and NET_RX stack samples so far)."""
+    if frequency == FLOOR:
+        collector = _EmptySoftirqPrograms()
+    else:
+        from exporter.collectors.netstack import NetstackCollector
+        collector = NetstackCollector(frequency, syscalls=syscalls)
     try:
         collector.read()  # waits for the kallsyms index: built before any window is timed
     except Exception as error:
@@ -67,7 +71,7 @@ def helper(frequency: int, syscalls: bool) -> None:
     for line in sys.stdin:
         command = line.strip()
         if command == "attach":
-            collector.programs.attach(online_cpus())
+            collector.programs.attach(_online_cpus())
         elif command == "detach":
             collector.programs.detach()
         elif command == "scrape":
@@ -78,7 +82,7 @@ def helper(frequency: int, syscalls: bool) -> None:
         elif command == "net_rx":
             families = {family.name: family for family in collector.read()}
             seconds = sum(value for _, labels, value in families["netio_netstack_cpu_seconds"].samples
-                          if dict(labels)["entry"] == "net_rx_softirq")
+                          if dict(labels)["entry"] == "net_rx_softirq") if families else 0
             samples = sum(sum(values) for _, _, values in families["netio_netstack_rx_samples"].columns) \
                 if "netio_netstack_rx_samples" in families else 0
             print(seconds, samples, flush=True)
@@ -89,6 +93,38 @@ def helper(frequency: int, syscalls: bool) -> None:
             continue
         print("ok", flush=True)
     collector.close()
+
+
+def _online_cpus():
+    from exporter.collectors.netstack.symbols import online_cpus
+    return online_cpus()
+
+
+class _EmptySoftirqPrograms:
+    """The floor condition, in the shape helper() drives: hook_cost.bpf.c's empty programs on
+    softirq_entry and softirq_exit, attached and detached; nothing to read."""
+
+    def __init__(self):
+        self._loaded = HookCost()
+        self._attachment = None
+        self.programs = self
+        self.attach(None)  # attached from the start, as the collector's programs are
+
+    def attach(self, cpus) -> None:
+        if self._attachment is None:
+            self._attachment = self._loaded.attach("softirq_entry_empty", "softirq_exit_empty")
+
+    def detach(self) -> None:
+        if self._attachment is not None:
+            self._attachment.close()
+            self._attachment = None
+
+    def read(self) -> list:
+        return []
+
+    def close(self) -> None:
+        self.detach()
+        self._loaded.close()
 
 
 class Helper:
@@ -151,25 +187,20 @@ def build_syscall_loop(directory: str) -> str:
 
 def hook_costs(loop: str, rounds: int = 5) -> dict[str, float]:
     """Median ns a call gains with each program of hook_cost.bpf.c attached alone."""
-    from exporter.bpf import build, libbpf
     timed_by = {"empty": "getppid", "store": "getppid", "clock": "getppid", "switch_empty": "yield"}
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / "hook_cost.bpf.o"
-        build.compile_object(Path(__file__).with_name("hook_cost.bpf.c"), path)
-        loaded = libbpf.BpfObject(str(path))
-        try:
-            taxes = {program: [] for program in timed_by}
-            for _ in range(rounds):
-                for program, values in taxes.items():
-                    bare = syscall_nanoseconds(loop, timed_by[program])
-                    attachment = libbpf.Attachment()
-                    attachment.attach(loaded, program)
-                    try:
-                        values.append(syscall_nanoseconds(loop, timed_by[program]) - bare)
-                    finally:
-                        attachment.close()
-        finally:
-            loaded.close()
+    loaded = HookCost()
+    try:
+        taxes = {program: [] for program in timed_by}
+        for _ in range(rounds):
+            for program, values in taxes.items():
+                bare = syscall_nanoseconds(loop, timed_by[program])
+                attachment = loaded.attach(program)
+                try:
+                    values.append(syscall_nanoseconds(loop, timed_by[program]) - bare)
+                finally:
+                    attachment.close()
+    finally:
+        loaded.close()
     return {program: statistics.median(values) for program, values in taxes.items()}
 
 
@@ -276,6 +307,8 @@ def bench_streams(args) -> None:
     print("|---|---|---:|---:|---:|")
     for condition, programs in profile.items():
         for name, (run_ns, calls, elapsed) in sorted(programs.items(), key=lambda item: -item[1][0]):
+            if not calls:
+                continue  # loaded, not attached (hook_cost.bpf.c's other programs)
             per_call = run_ns / calls if calls else 0
             print(f"| {condition} | {name} | {calls / elapsed:,.0f} | {per_call:.0f} | {run_ns / elapsed / 1e9 * 100:.2f}% |")
 

@@ -7,6 +7,8 @@ import json
 import os
 import struct
 import subprocess
+import tempfile
+from pathlib import Path
 
 from exporter.bpf.libbpf import raw_syscall
 
@@ -42,3 +44,30 @@ def program_names(ids) -> dict[int, str]:
         except ValueError:
             names[prog_id] = str(prog_id)
     return names
+
+
+class HookCost:
+    """bench/hook_cost.bpf.c, compiled and loaded: empty and partial programs to attach one by one, to
+    price a hook's dispatch and a program's pieces beside the collectors' programs."""
+
+    def __init__(self):
+        from exporter.bpf import build, libbpf
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / "hook_cost.bpf.o"
+            build.compile_object(Path(__file__).with_name("hook_cost.bpf.c"), path)
+            self._object = libbpf.BpfObject(str(path))
+        self._attachment = libbpf.Attachment
+
+    def attach(self, *programs: str):
+        """The programs attached, until the returned attachment's close()."""
+        attachment = self._attachment()
+        try:
+            for program in programs:
+                attachment.attach(self._object, program)
+        except BaseException:
+            attachment.close()
+            raise
+        return attachment
+
+    def close(self) -> None:
+        self._object.close()

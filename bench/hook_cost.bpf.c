@@ -4,7 +4,10 @@
  * attaches one at a time and times getppid()): `empty` is the tracepoint's dispatch alone, `store`
  * adds the per-CPU array lookup and the stores netstack_syscalls.bpf.c's sys_enter makes, `clock` adds its
  * bpf_ktime_get_ns(). `switch_empty`, on sched_switch, is what any program there costs a context
- * switch (timed with sched_yield() between two processes on one CPU).
+ * switch (timed with sched_yield() between two processes on one CPU). The other empty programs are the
+ * floor of any program on their hook, its dispatch alone, run in the benchmarks' interleaved windows
+ * like the collectors' programs: `drop_empty` on kfree_skb (bench_drops.py), `softirq_entry_empty` and
+ * `softirq_exit_empty` on the softirq tracepoints the netstack default uses (bench_netstack.py).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -12,6 +15,7 @@
 
 struct pt_regs;
 struct task_struct;
+struct sk_buff;
 struct slot { __u64 start; __u64 paused; __u32 counted; __u32 unused; };
 
 struct {
@@ -55,6 +59,24 @@ int BPF_PROG(clock, struct pt_regs *regs, long id)
 
 SEC("tp_btf/sched_switch")
 int BPF_PROG(switch_empty, _Bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	return 0;
+}
+
+SEC("tp_btf/softirq_entry")
+int BPF_PROG(softirq_entry_empty, unsigned int vec)
+{
+	return 0;
+}
+
+SEC("tp_btf/softirq_exit")
+int BPF_PROG(softirq_exit_empty, unsigned int vec)
+{
+	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(drop_empty, struct sk_buff *skb, void *location, unsigned int reason)
 {
 	return 0;
 }
