@@ -30,6 +30,7 @@ import tempfile
 import time
 
 from bench.bpf_programs import HookCost, enable_bpf_stats, program_stats
+from bench.helper import Helper
 from bench.interleave import interleave, paired_ratio, ratio_cells
 
 CLOSED_PORT = 9
@@ -86,28 +87,8 @@ class ClosedPortCounter:
         return time.monotonic(), 0, int(values[names.index("NoPorts")])
 
 
-class Helper:
-    def __init__(self, ns: str):
-        self.process = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bench.bench_drops",
-                                         "--helper"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        answer = self.process.stdout.readline().strip()
-        if answer != "ready":
-            self.stop()
-            raise SystemExit(f"bench_drops: the collector cannot load: {answer}")
-
-    def ask(self, what: str) -> str:
-        self.process.stdin.write(what + "\n")
-        self.process.stdin.flush()
-        return self.process.stdout.readline().strip()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()  # our own child, by its Popen handle (pid)
-                self.process.wait()
+def drops_helper(ns: str) -> Helper:
+    return Helper(["ip", "netns", "exec", ns, sys.executable, "-m", "bench.bench_drops", "--helper"], "bench_drops")
 
 
 def build_flood(directory: str) -> str:
@@ -141,7 +122,7 @@ def main() -> None:
         try:
             subprocess.run(["ip", "netns", "add", ns], check=True)
             subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-            held = Helper(ns)
+            held = drops_helper(ns)
             counter = ClosedPortCounter(held.process.pid)
             flood = subprocess.Popen(["ip", "netns", "exec", ns, "taskset", "-c", "0", sender, "127.0.0.1",
                                       str(CLOSED_PORT)], stderr=subprocess.PIPE, text=True)

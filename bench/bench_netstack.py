@@ -40,6 +40,7 @@ import tempfile
 import time
 
 from bench.bpf_programs import HookCost, enable_bpf_stats, program_names, program_stats
+from bench.helper import Helper
 from bench.interleave import ReceiveCounter, interleave, paired_ratio, ratio_cells
 
 # condition -> (sampling frequency, syscall entries); FLOOR: empty programs on the default's softirq hooks
@@ -127,29 +128,9 @@ class _EmptySoftirqPrograms:
         self._loaded.close()
 
 
-class Helper:
-    def __init__(self, frequency: int, syscalls: bool):
-        self.process = subprocess.Popen([sys.executable, "-m", "bench.bench_netstack", "--helper", str(frequency),
-                                         *(["--helper-syscalls"] if syscalls else [])],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        answer = self.process.stdout.readline().strip()
-        if answer != "ready":
-            self.stop()
-            raise SystemExit(f"bench_netstack: the collector cannot load: {answer}")
-
-    def ask(self, what: str) -> str:
-        self.process.stdin.write(what + "\n")
-        self.process.stdin.flush()
-        return self.process.stdout.readline().strip()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()  # our own child, by its Popen handle (pid)
-                self.process.wait()
+def netstack_helper(frequency: int, syscalls: bool) -> Helper:
+    return Helper([sys.executable, "-m", "bench.bench_netstack", "--helper", str(frequency),
+                   *(["--helper-syscalls"] if syscalls else [])], "bench_netstack")
 
 
 class Stream:
@@ -229,7 +210,7 @@ def bench_streams(args) -> None:
         results, latencies, first_reads, rss = {}, {}, {}, {}
         for condition, (frequency, syscalls) in conditions.items():
             start = time.perf_counter()
-            held = Helper(frequency, syscalls)  # "ready" after its first read: the kallsyms index is built
+            held = netstack_helper(frequency, syscalls)  # "ready" after its first read: the kallsyms index is built
             first_reads[condition] = time.perf_counter() - start
             latencies[condition] = []
             try:
@@ -254,7 +235,7 @@ def bench_streams(args) -> None:
         stats_fd = enable_bpf_stats()
         try:
             for condition, (frequency, syscalls) in conditions.items():
-                held = Helper(frequency, syscalls)
+                held = netstack_helper(frequency, syscalls)
                 stream = Stream(server_ns, "127.0.0.1")
                 try:
                     before, rx_before = program_stats(held.process.pid), held.ask("net_rx").split()
@@ -327,7 +308,7 @@ def bench_syscalls() -> None:
         order = [None, *loaded_conditions]
         for round_number in range(6):  # each round in another order, so a drift favours no condition
             for condition in order[round_number % 3:] + order[:round_number % 3]:
-                held = Helper(0, loaded_conditions[condition]) if condition else None
+                held = netstack_helper(0, loaded_conditions[condition]) if condition else None
                 try:
                     for name, call in syscalls.items():
                         syscall_cost[(name, condition)].append(syscall_nanoseconds(loop, call))
