@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from ..netlink import tcp_info
 from ..netlink.connections import MEMINFO_NAMES, Connection, ConnectionReader
-from .files import ArchiveFiles, FileStats
+from .files import ArchiveFiles, FileStats, compressor
 
 log = logging.getLogger("netio_exporter")
 
@@ -92,11 +92,8 @@ class Archive:
     """Runs the archive thread; ``stats()`` and ``file_stats()`` are safe from any thread."""
 
     def __init__(self, directory: str, interval: float, rotate_seconds: float, max_bytes: int):
-        import zstandard
-
         self.interval = interval
-        compressor = zstandard.ZstdCompressor(level=1)
-        self.files = ArchiveFiles(directory, rotate_seconds, max_bytes, compressor.compress)
+        self.files = ArchiveFiles(directory, rotate_seconds, max_bytes, compressor())
         self._reader = ConnectionReader()
         self._boot = _boot_id()
         self._wall_offset = time.time() - time.monotonic()  # CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall
@@ -167,6 +164,7 @@ class Archive:
         if self._changes is not None:
             self._changes.close()
         self._reader.close()
+        self.files.close()
 
     # --- the archive thread --------------------------------------------------------------------------
     def _run(self) -> None:
@@ -302,13 +300,14 @@ class Archive:
 
     def _flush(self, everything: bool) -> None:
         """Every connection's pending lines, or only those of new and finished connections."""
+        now = time.monotonic()
         for connection in self._live.values() if everything else self._prompt.values():
             if connection.pending:
                 lines = b"".join(connection.pending)
                 count = len(connection.pending)
                 self._pending_bytes -= len(lines)
                 connection.pending.clear()
-                self.files.append(connection.uuid, connection.header, lines, count)
+                self.files.append(connection.uuid, connection.header, lines, count, now)
         self._prompt.clear()
         for cookie in self._closing:
             connection = self._live.pop(cookie, None)
