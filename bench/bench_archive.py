@@ -101,7 +101,7 @@ def breakdown(interval: float, polls: int) -> dict[str, float]:
             # every connection (its file begun, as the archive's first poll does), then those whose optmem moved
             for _ in range(2):
                 for connection in reader.answers(changes.requests(), fingerprints):
-                    files.append(str(connection.cookie), b"", change_tail(connection).encode(), 1, time.monotonic())
+                    files.append(str(connection.cookie), b"", change_tail(connection), 1, time.monotonic())
             for poll in range(1, polls + 1):
                 time.sleep(interval)
                 begin = time.thread_time()
@@ -110,7 +110,7 @@ def breakdown(interval: float, polls: int) -> dict[str, float]:
                 changed = reader.answers(requests, fingerprints)
                 looked_up = time.thread_time()
                 for connection in changed:
-                    pending.setdefault(connection.cookie, []).append(change_tail(connection).encode())
+                    pending.setdefault(connection.cookie, []).append(change_tail(connection))
                 encoded = time.thread_time()
                 if poll % per_second == 0:
                     now = time.monotonic()

@@ -286,7 +286,7 @@ def test_a_change_record_is_what_the_json_encoder_writes_of_it(netns):
             record = {"state": STATE_NAMES[connection.state], "congestion": connection.congestion,
                       "tcp_info": tcp_info.decode(connection.tcp_info),
                       "meminfo": dict(zip(MEMINFO_NAMES, connection.meminfo))}
-            assert "{" + change_tail(connection) + "}" == json.dumps(record, separators=(",", ":"))
+            assert b"{" + change_tail(connection) + b"}" == json.dumps(record, separators=(",", ":")).encode()
     finally:
         client.close()
         server.close()

@@ -48,7 +48,7 @@ def test_the_json_of_a_prefix_is_what_json_dumps_writes_of_its_fields():
         raw = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1024)
     for length in (len(raw), 104, 8, 7):  # this kernel's, a 4.1-era kernel's, the bit fields alone, less
         expected = json.dumps(tcp_info.decode(raw[:length]), separators=(",", ":"))
-        assert tcp_info.prefix(length).json(raw[:length]) == expected
+        assert tcp_info.prefix(length).json(raw[:length]) == expected.encode()
     newer = raw + bytes(max(0, tcp_info.SIZE - len(raw)) + 64)  # a newer kernel's: what follows the table is not read
     assert tuple(tcp_info.decode(newer)) == tcp_info.NAMES
-    assert tcp_info.prefix(len(newer)).json(newer) == json.dumps(tcp_info.decode(newer), separators=(",", ":"))
+    assert tcp_info.prefix(len(newer)).json(newer) == json.dumps(tcp_info.decode(newer), separators=(",", ":")).encode()

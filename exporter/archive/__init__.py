@@ -79,12 +79,13 @@ def _boot_id() -> str:
 class _Connection:
     """What the archive remembers of a live connection: its header, last change record, pending lines."""
 
-    __slots__ = ("uuid", "header", "last", "pending")
+    __slots__ = ("uuid", "quoted", "header", "last", "pending")
 
     def __init__(self, uuid: str, header: bytes):
         self.uuid = uuid
+        self.quoted = f'"{uuid}",'.encode()  # as records write it
         self.header = header
-        self.last = ""  # the last change record after its uuid (the final record without eBPF)
+        self.last = b""  # the last change record after its uuid (the final record without eBPF)
         self.pending: list[bytes] = []
 
 
@@ -206,7 +207,7 @@ class Archive:
             changed, present = self._reader.changed(self._fingerprints)
         now = time.time()
         stamp = _timestamp(now)
-        head = f'{{"kind":"change","timestamp":"{stamp}","uuid":"'
+        head = f'{{"kind":"change","timestamp":"{stamp}","uuid":'.encode()
         records = 0
         for connection in changed:
             cookie = connection.cookie
@@ -217,15 +218,15 @@ class Archive:
                 known = self._live[cookie] = self._open(connection, now)
                 self._prompt[cookie] = known
             known.last = change_tail(connection)
-            self._queue(known, (head + known.uuid + '",' + known.last + "}\n").encode())
+            self._queue(known, head + known.quoted + known.last + b"}\n")
             records += 1
         if present is not None:  # the dump: a connection that left it has left its last state with tcp_info
             for cookie in [cookie for cookie in self._fingerprints if cookie not in present]:
                 del self._fingerprints[cookie]  # left the dump (or lost its tcp_info: TIME_WAIT)
                 if self._hook is None and cookie in self._live:  # without the close hook, that is the end
                     connection = self._live[cookie]
-                    self._queue(connection, (f'{{"kind":"final","timestamp":"{stamp}","uuid":"{connection.uuid}",'
-                                             f'{connection.last},"source":"poll"}}\n').encode())
+                    self._queue(connection, f'{{"kind":"final","timestamp":"{stamp}","uuid":'.encode()
+                                + connection.quoted + connection.last + b',"source":"poll"}\n')
                     self._finish(cookie)
                     with self._lock:
                         self._stats.records["final"] += 1
@@ -317,24 +318,25 @@ class Archive:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)  # one encoder: json.dumps makes one a call
-_MEMINFO_TEMPLATES: dict[int, str] = {}  # by the number of meminfo fields
-_CONGESTION_JSON: dict[str, str] = {}
+# What surrounds tcp_info in a change record, by (state, congestion control, number of meminfo fields):
+# the JSON before it, and the format of what follows (the meminfo object). A few dozen at most.
+_AROUND_TCP_INFO: dict[tuple[int, str, int], tuple[bytes, bytes]] = {}
 
 
 def _line(record: dict) -> bytes:
     return _ENCODER.encode(record).encode() + b"\n"
 
 
-def change_tail(connection: Connection) -> str:
+def change_tail(connection: Connection) -> bytes:
     """A change record's JSON after its uuid, without the closing brace, as ``_line`` would write it
-    (same keys, same order), from precompiled formats: no dict per record."""
+    (same keys, same order), from precompiled formats: no dict per record, one ``%`` per struct."""
     meminfo = connection.meminfo
-    template = _MEMINFO_TEMPLATES.get(len(meminfo))
-    if template is None:
-        template = _MEMINFO_TEMPLATES[len(meminfo)] = ",".join(f'"{name}":%d' for name in MEMINFO_NAMES[:len(meminfo)])
-    congestion = _CONGESTION_JSON.get(connection.congestion)
-    if congestion is None:
-        congestion = _CONGESTION_JSON[connection.congestion] = _ENCODER.encode(connection.congestion)
-    info = tcp_info.prefix(len(connection.tcp_info)).json(connection.tcp_info)
-    return (f'"state":"{STATE_NAMES.get(connection.state, connection.state)}","congestion":{congestion},'
-            f'"tcp_info":{info},"meminfo":{{{template % meminfo}}}')
+    key = (connection.state, connection.congestion, len(meminfo))
+    around = _AROUND_TCP_INFO.get(key)
+    if around is None:
+        state = STATE_NAMES.get(connection.state, connection.state)
+        around = _AROUND_TCP_INFO[key] = (
+            f'"state":"{state}","congestion":{_ENCODER.encode(connection.congestion)},"tcp_info":'.encode(),
+            (',"meminfo":{' + ",".join(f'"{name}":%d' for name in MEMINFO_NAMES[:len(meminfo)]) + "}").encode())
+    lead, meminfo_format = around
+    return lead + tcp_info.prefix(len(connection.tcp_info)).json(connection.tcp_info) + meminfo_format % meminfo

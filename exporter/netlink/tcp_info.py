@@ -73,8 +73,8 @@ assert TIMER_BYTES[1] - TIMER_BYTES[0] == 4 * len(TIMERS)
 
 class Prefix:
     """How to read the fields a kernel's tcp_info of one length holds: ``names`` (``NAMES`` order),
-    ``values(raw)`` (a tuple in that order) and ``json(raw)``, the JSON object of them (as json.dumps with
-    compact separators would write it), from precompiled formats: no dict."""
+    ``values(raw)`` (a tuple in that order) and ``json(raw)``, the JSON object of them as bytes (as
+    json.dumps with compact separators would write it), from precompiled formats: no dict."""
 
     __slots__ = ("names", "values", "json")
 
@@ -83,7 +83,7 @@ class Prefix:
         unpack_from = _struct(fields, 0).unpack_from
         if len(fields) < 8:  # shorter than 8 bytes, without the bit-field bytes: no kernel sends that
             self.names, self.values = tuple(name for name, _, _ in fields), unpack_from
-            template = "{" + ",".join(f'"{name}":%d' for name in self.names) + "}"
+            template = ("{" + ",".join(f'"{name}":%d' for name in self.names) + "}").encode()
             self.json = lambda raw: template % unpack_from(raw)
             return
         self.names = _HEAD + tuple(name for name, _, _ in fields[8:])
@@ -94,12 +94,12 @@ class Prefix:
             return (*head[:6], wscale & 15, wscale >> 4, flags & 1, flags >> 1 & 3, *head[8:])
 
         # The first 8 bytes (state, the bit fields, ...) take few values: their JSON is kept by those bytes.
-        heads: dict[bytes, str] = {}
-        head_template = "{" + ",".join(f'"{name}":%d' for name in _HEAD) + ("," if fields[8:] else "")
-        rest_template = ",".join(f'"{name}":%d' for name, _, _ in fields[8:]) + "}"
+        heads: dict[bytes, bytes] = {}
+        head_template = ("{" + ",".join(f'"{name}":%d' for name in _HEAD) + ("," if fields[8:] else "")).encode()
+        rest_template = (",".join(f'"{name}":%d' for name, _, _ in fields[8:]) + "}").encode()
         rest = _struct(fields[8:], 8).unpack_from
 
-        def json(raw) -> str:
+        def json(raw) -> bytes:
             key = raw[:8]
             head = heads.get(key)
             if head is None:
