@@ -103,6 +103,7 @@ class Archive:
         self._finished: dict[int, None] = {}  # insertion-ordered set, bounded
         self._closing: list[int] = []  # finished since the last flush
         self._prompt: dict[int, _Connection] = {}  # to flush at once: new or finished connections
+        self._waiting: list[_Connection] = []  # those whose pending lines were empty, in the order they filled
         self._pending_bytes = 0
         self._starts: dict[int, int] = {}  # cookie -> the kernel's start (CLOCK_MONOTONIC ns), until first seen
         self._stats = ArchiveStats()
@@ -208,18 +209,24 @@ class Archive:
         now = time.time()
         stamp = _timestamp(now)
         head = f'{{"kind":"change","timestamp":"{stamp}","uuid":'.encode()
-        records = 0
+        records = queued = 0
+        finished, live, waiting = self._finished, self._live, self._waiting
         for connection in changed:
             cookie = connection.cookie
-            if cookie in self._finished:
+            if cookie in finished:
                 continue  # closed already (still in the dump as CLOSE until its owner closes it)
-            known = self._live.get(cookie)
+            known = live.get(cookie)
             if known is None:
-                known = self._live[cookie] = self._open(connection, now)
+                known = live[cookie] = self._open(connection, now)
                 self._prompt[cookie] = known
-            known.last = change_tail(connection)
-            self._queue(known, head + known.quoted + known.last + b"}\n")
+            known.last = tail = change_tail(connection)
+            line = head + known.quoted + tail + b"}\n"
+            if not known.pending:
+                waiting.append(known)
+            known.pending.append(line)  # _queue, inline: this runs for every record
+            queued += len(line)
             records += 1
+        self._pending_bytes += queued
         if present is not None:  # the dump: a connection that left it has left its last state with tcp_info
             for cookie in [cookie for cookie in self._fingerprints if cookie not in present]:
                 del self._fingerprints[cookie]  # left the dump (or lost its tcp_info: TIME_WAIT)
@@ -289,6 +296,8 @@ class Archive:
             self._stats.records["final"] += 1
 
     def _queue(self, connection: _Connection, line: bytes) -> None:
+        if not connection.pending:
+            self._waiting.append(connection)
         connection.pending.append(line)
         self._pending_bytes += len(line)
 
@@ -302,13 +311,15 @@ class Archive:
     def _flush(self, everything: bool) -> None:
         """Every connection's pending lines, or only those of new and finished connections."""
         now = time.monotonic()
-        for connection in self._live.values() if everything else self._prompt.values():
+        for connection in self._waiting if everything else self._prompt.values():
             if connection.pending:
                 lines = b"".join(connection.pending)
                 count = len(connection.pending)
                 self._pending_bytes -= len(lines)
                 connection.pending.clear()
                 self.files.append(connection.uuid, connection.header, lines, count, now)
+        if everything:
+            self._waiting.clear()
         self._prompt.clear()
         for cookie in self._closing:
             connection = self._live.pop(cookie, None)
