@@ -106,11 +106,10 @@ class ArchiveFiles:
             current = self._current[uuid] = _Open(self._path(uuid, sequence), sequence, now)
         if self._total + len(header) + len(lines) > self.max_bytes:  # an upper bound of the frame
             self._make_room(len(header) + len(lines))
-        fresh = current.path not in self._sizes  # also when retention just took it
-        frame = self._compress(header + lines if fresh else lines)
-        if not self._write(current.path, frame, fresh):
+        size = self._sizes.get(current.path)  # None: a new file (also when retention just took it)
+        if not self._write(current.path, self._compress(lines if size is not None else header + lines), size):
             with self._lock:
-                self.stats.dropped_records += records + (1 if fresh else 0)
+                self.stats.dropped_records += records + (1 if size is None else 0)
 
     def forget(self, uuid: str) -> None:
         """The connection ended: its files stay, its place in memory goes."""
@@ -119,17 +118,20 @@ class ArchiveFiles:
     def _path(self, uuid: str, sequence: int) -> str:
         return time.strftime("%Y/%m/%d/", time.gmtime()) + f"{uuid}.{sequence}{SUFFIX}"
 
-    def _write(self, path: str, frame: bytes, fresh: bool) -> bool:
-        size = self._sizes.get(path, 0)
+    def _write(self, path: str, frame: bytes, size: int | None) -> bool:
+        """Append ``frame`` to the file at ``path`` of ``size`` bytes (None: a new file)."""
+        fresh = size is None
         try:
             if fresh:
                 os.makedirs(os.path.join(self.directory, os.path.dirname(path)), exist_ok=True)
-            fd = self._open(path, fresh)
+                fd = self._open_new(path)
+            else:
+                fd = os.open(path, _APPEND, 0o640, dir_fd=self._root)
         except OSError as error:
             self._error(error, path)
             return False
         try:
-            written = 0
+            written = os.write(fd, frame)
             while written < len(frame):
                 written += os.write(fd, frame[written:])
         except OSError as error:
@@ -148,16 +150,15 @@ class ArchiveFiles:
             self.stats.bytes_written += len(frame)
             if fresh:
                 self.stats.files += 1
-        self._sizes[path] = size + len(frame)  # a new file goes last: the order is creation order
+        self._sizes[path] = (size or 0) + len(frame)  # a new file goes last: the order is creation order
         self._total += len(frame)
         return True
 
-    def _open(self, path: str, fresh: bool) -> int:
+    def _open_new(self, path: str) -> int:
         try:
             return os.open(path, _APPEND, 0o640, dir_fd=self._root)
         except FileNotFoundError:
-            if not fresh:
-                raise
+            pass
         # The directory itself was removed (and made again by makedirs): open the new one.
         root = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         os.close(self._root)
