@@ -361,6 +361,19 @@ def test_retention_deletes_the_oldest_first_and_stays_under_the_limit(tmp_path):
     files.close()
 
 
+def test_a_file_removed_behind_the_archive_starts_again_with_its_header(tmp_path):
+    files = ArchiveFiles(str(tmp_path), 600, 1 << 20, compressor())
+    try:
+        files.append("gone", b'{"kind":"header"}\n', b'{"kind":"change"}\n', 1, time.monotonic())
+        [path] = tmp_path.rglob("*.zst")
+        path.unlink()
+        files.append("gone", b'{"kind":"header"}\n', b'{"kind":"change"}\n', 1, time.monotonic())
+        assert [record["kind"] for record in records([str(path)])] == ["header", "change"]
+        assert files.total_bytes == path.stat().st_size and files.stats.errors == {}
+    finally:
+        files.close()
+
+
 def test_writing_resumes_after_the_archive_directory_is_removed_and_made_again(tmp_path):
     import shutil
     directory = tmp_path / "archive"
