@@ -85,10 +85,8 @@ def breakdown(interval: float, polls: int) -> dict[str, float]:
     while the children move data: the iterator pass, the exact lookups with their parsing and comparison,
     the records' encoding, and the frames (one per changed connection per second, as the archive writes
     them, amortised per poll)."""
-    import zstandard
-
     from exporter.archive import change_tail
-    from exporter.archive.files import ArchiveFiles
+    from exporter.archive.files import ArchiveFiles, compressor
     from exporter.archive.kernel import ChangeIterator
     from exporter.netlink.connections import ConnectionReader
 
@@ -98,11 +96,12 @@ def breakdown(interval: float, polls: int) -> dict[str, float]:
     pending: dict[int, list[bytes]] = {}
     per_second = max(1, round(1 / interval))
     with tempfile.TemporaryDirectory(prefix="netio-bench-archive-") as directory:
-        files = ArchiveFiles(directory, 600.0, 1 << 34, zstandard.ZstdCompressor(level=1).compress)
+        files = ArchiveFiles(directory, 600.0, 1 << 34, compressor())
         try:
-            for _ in range(2):  # every connection (its file begun, as the archive's first poll does), then
-                for connection in reader.answers(changes.requests(), fingerprints):  # those whose optmem
-                    files.append(str(connection.cookie), b"", change_tail(connection).encode(), 1)  # moved
+            # every connection (its file begun, as the archive's first poll does), then those whose optmem moved
+            for _ in range(2):
+                for connection in reader.answers(changes.requests(), fingerprints):
+                    files.append(str(connection.cookie), b"", change_tail(connection), 1, time.monotonic())
             for poll in range(1, polls + 1):
                 time.sleep(interval)
                 begin = time.thread_time()
@@ -111,11 +110,12 @@ def breakdown(interval: float, polls: int) -> dict[str, float]:
                 changed = reader.answers(requests, fingerprints)
                 looked_up = time.thread_time()
                 for connection in changed:
-                    pending.setdefault(connection.cookie, []).append(change_tail(connection).encode())
+                    pending.setdefault(connection.cookie, []).append(change_tail(connection))
                 encoded = time.thread_time()
                 if poll % per_second == 0:
+                    now = time.monotonic()
                     for cookie, lines in pending.items():
-                        files.append(str(cookie), b"", b"\n".join(lines), len(lines))
+                        files.append(str(cookie), b"", b"\n".join(lines), len(lines), now)
                     pending.clear()
                 spent["iterator pass"] += passed - begin
                 spent["exact lookups"] += looked_up - passed
@@ -124,6 +124,7 @@ def breakdown(interval: float, polls: int) -> dict[str, float]:
         finally:
             changes.close()
             reader.close()
+            files.close()
     return {piece: seconds / polls * 1e6 for piece, seconds in spent.items()}
 
 

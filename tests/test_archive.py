@@ -17,7 +17,7 @@ import time
 import pytest
 
 from exporter.archive import Archive
-from exporter.archive.files import ArchiveFiles
+from exporter.archive.files import ArchiveFiles, compressor
 from exporter.archive.reader import COLUMNS, frames, records
 from exporter.netlink import tcp_info
 from tests.support import in_netns, require, run, value
@@ -286,7 +286,7 @@ def test_a_change_record_is_what_the_json_encoder_writes_of_it(netns):
             record = {"state": STATE_NAMES[connection.state], "congestion": connection.congestion,
                       "tcp_info": tcp_info.decode(connection.tcp_info),
                       "meminfo": dict(zip(MEMINFO_NAMES, connection.meminfo))}
-            assert "{" + change_tail(connection) + "}" == json.dumps(record, separators=(",", ":"))
+            assert b"{" + change_tail(connection) + b"}" == json.dumps(record, separators=(",", ":")).encode()
     finally:
         client.close()
         server.close()
@@ -351,13 +351,43 @@ def test_retention_deletes_the_oldest_first_and_stays_under_the_limit(tmp_path):
     files = ArchiveFiles(str(tmp_path), 600, 64 << 10, zstandard.ZstdCompressor().compress)
     noise = os.urandom(4096).hex().encode()  # incompressible enough: every frame is a few KB
     for index in range(100):
-        files.append(f"c{index:03d}", b'{"kind":"header"}\n', noise + b"\n", 1)
+        files.append(f"c{index:03d}", b'{"kind":"header"}\n', noise + b"\n", 1, time.monotonic())
         assert files.total_bytes <= 64 << 10
     left = sorted(path.name for path in tmp_path.rglob("*.zst"))
     assert left and left[-1] == "c099.0.jsonl.zst"  # the newest stay
     assert left == [f"c{index:03d}.0.jsonl.zst" for index in range(100 - len(left), 100)]  # oldest went first
     assert files.stats.deleted_files == 100 - len(left)
     assert sum(path.stat().st_size for path in tmp_path.rglob("*.zst")) == files.total_bytes
+    files.close()
+
+
+def test_a_file_removed_behind_the_archive_starts_again_with_its_header(tmp_path):
+    files = ArchiveFiles(str(tmp_path), 600, 1 << 20, compressor())
+    try:
+        files.append("gone", b'{"kind":"header"}\n', b'{"kind":"change"}\n', 1, time.monotonic())
+        [path] = tmp_path.rglob("*.zst")
+        path.unlink()
+        files.append("gone", b'{"kind":"header"}\n', b'{"kind":"change"}\n', 1, time.monotonic())
+        assert [record["kind"] for record in records([str(path)])] == ["header", "change"]
+        assert files.total_bytes == path.stat().st_size and files.stats.errors == {}
+    finally:
+        files.close()
+
+
+def test_writing_resumes_after_the_archive_directory_is_removed_and_made_again(tmp_path):
+    import shutil
+    directory = tmp_path / "archive"
+    files = ArchiveFiles(str(directory), 600, 1 << 20, compressor())
+    try:
+        files.append("before", b'{"kind":"header"}\n', b'{"kind":"change"}\n', 1, time.monotonic())
+        shutil.rmtree(directory)  # files are opened relative to the directory's descriptor: it must follow
+        files.append("after", b'{"kind":"header"}\n', b'{"kind":"change"}\n', 1, time.monotonic())
+        written = list(directory.rglob("*.zst"))
+        assert [path.name for path in written] == ["after.0.jsonl.zst"]
+        assert [record["kind"] for record in records([str(written[0])])] == ["header", "change"]
+        assert files.stats.errors == {}
+    finally:
+        files.close()
 
 
 def test_a_full_disk_counts_errors_loses_no_written_record_and_resumes(netns, tmp_path):

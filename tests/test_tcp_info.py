@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import struct
 import subprocess
 
 from exporter.netlink import tcp_info
@@ -48,7 +49,25 @@ def test_the_json_of_a_prefix_is_what_json_dumps_writes_of_its_fields():
         raw = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1024)
     for length in (len(raw), 104, 8, 7):  # this kernel's, a 4.1-era kernel's, the bit fields alone, less
         expected = json.dumps(tcp_info.decode(raw[:length]), separators=(",", ":"))
-        assert tcp_info.prefix(length).json(raw[:length]) == expected
+        assert tcp_info.prefix(length).json(raw[:length]) == expected.encode()
     newer = raw + bytes(max(0, tcp_info.SIZE - len(raw)) + 64)  # a newer kernel's: what follows the table is not read
     assert tuple(tcp_info.decode(newer)) == tcp_info.NAMES
-    assert tcp_info.prefix(len(newer)).json(newer) == json.dumps(tcp_info.decode(newer), separators=(",", ":"))
+    assert tcp_info.prefix(len(newer)).json(newer) == json.dumps(tcp_info.decode(newer), separators=(",", ":")).encode()
+
+
+def test_the_json_pieces_kept_by_their_bytes_follow_every_change_of_those_bytes():
+    """json() keeps the JSON of the first 8 bytes and of the last fields (rehash on) by their bytes: records
+    that differ only there, or only between, are each written as json.dumps writes them."""
+    layout = dict((name, offset) for name, offset, _ in tcp_info.FIELDS)
+    base = bytearray(tcp_info.SIZE)
+    base[0] = 1
+    variants = []
+    for rehash, bytes_acked, accecn in ((0, 0, 0), (3, 0, 0), (3, 7, 0), (0, 7, 0), (0, 7, 9), (3, 0, 9)):
+        raw = bytearray(base)
+        struct.pack_into("=I", raw, layout["rehash"], rehash)
+        struct.pack_into("=Q", raw, layout["bytes_acked"], bytes_acked)
+        struct.pack_into("=H", raw, layout["accecn_opt_seen"], accecn)
+        variants.append(bytes(raw))
+    layout = tcp_info.prefix(tcp_info.SIZE)
+    for raw in variants + variants[::-1]:
+        assert layout.json(raw) == json.dumps(tcp_info.decode(raw), separators=(",", ":")).encode()

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from ..netlink import tcp_info
 from ..netlink.connections import MEMINFO_NAMES, Connection, ConnectionReader
-from .files import ArchiveFiles, FileStats
+from .files import ArchiveFiles, FileStats, compressor
 
 log = logging.getLogger("netio_exporter")
 
@@ -79,12 +79,13 @@ def _boot_id() -> str:
 class _Connection:
     """What the archive remembers of a live connection: its header, last change record, pending lines."""
 
-    __slots__ = ("uuid", "header", "last", "pending")
+    __slots__ = ("uuid", "quoted", "header", "last", "pending")
 
     def __init__(self, uuid: str, header: bytes):
         self.uuid = uuid
+        self.quoted = f'"{uuid}",'.encode()  # as records write it
         self.header = header
-        self.last = ""  # the last change record after its uuid (the final record without eBPF)
+        self.last = b""  # the last change record after its uuid (the final record without eBPF)
         self.pending: list[bytes] = []
 
 
@@ -92,11 +93,8 @@ class Archive:
     """Runs the archive thread; ``stats()`` and ``file_stats()`` are safe from any thread."""
 
     def __init__(self, directory: str, interval: float, rotate_seconds: float, max_bytes: int):
-        import zstandard
-
         self.interval = interval
-        compressor = zstandard.ZstdCompressor(level=1)
-        self.files = ArchiveFiles(directory, rotate_seconds, max_bytes, compressor.compress)
+        self.files = ArchiveFiles(directory, rotate_seconds, max_bytes, compressor())
         self._reader = ConnectionReader()
         self._boot = _boot_id()
         self._wall_offset = time.time() - time.monotonic()  # CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall
@@ -105,6 +103,7 @@ class Archive:
         self._finished: dict[int, None] = {}  # insertion-ordered set, bounded
         self._closing: list[int] = []  # finished since the last flush
         self._prompt: dict[int, _Connection] = {}  # to flush at once: new or finished connections
+        self._waiting: list[_Connection] = []  # those whose pending lines were empty, in the order they filled
         self._pending_bytes = 0
         self._starts: dict[int, int] = {}  # cookie -> the kernel's start (CLOCK_MONOTONIC ns), until first seen
         self._stats = ArchiveStats()
@@ -167,6 +166,7 @@ class Archive:
         if self._changes is not None:
             self._changes.close()
         self._reader.close()
+        self.files.close()
 
     # --- the archive thread --------------------------------------------------------------------------
     def _run(self) -> None:
@@ -208,26 +208,32 @@ class Archive:
             changed, present = self._reader.changed(self._fingerprints)
         now = time.time()
         stamp = _timestamp(now)
-        head = f'{{"kind":"change","timestamp":"{stamp}","uuid":"'
-        records = 0
+        head = f'{{"kind":"change","timestamp":"{stamp}","uuid":'.encode()
+        records = queued = 0
+        finished, live, waiting = self._finished, self._live, self._waiting
         for connection in changed:
             cookie = connection.cookie
-            if cookie in self._finished:
+            if cookie in finished:
                 continue  # closed already (still in the dump as CLOSE until its owner closes it)
-            known = self._live.get(cookie)
+            known = live.get(cookie)
             if known is None:
-                known = self._live[cookie] = self._open(connection, now)
+                known = live[cookie] = self._open(connection, now)
                 self._prompt[cookie] = known
-            known.last = change_tail(connection)
-            self._queue(known, (head + known.uuid + '",' + known.last + "}\n").encode())
+            known.last = tail = change_tail(connection)
+            line = head + known.quoted + tail + b"}\n"
+            if not known.pending:
+                waiting.append(known)
+            known.pending.append(line)  # _queue, inline: this runs for every record
+            queued += len(line)
             records += 1
+        self._pending_bytes += queued
         if present is not None:  # the dump: a connection that left it has left its last state with tcp_info
             for cookie in [cookie for cookie in self._fingerprints if cookie not in present]:
                 del self._fingerprints[cookie]  # left the dump (or lost its tcp_info: TIME_WAIT)
                 if self._hook is None and cookie in self._live:  # without the close hook, that is the end
                     connection = self._live[cookie]
-                    self._queue(connection, (f'{{"kind":"final","timestamp":"{stamp}","uuid":"{connection.uuid}",'
-                                             f'{connection.last},"source":"poll"}}\n').encode())
+                    self._queue(connection, f'{{"kind":"final","timestamp":"{stamp}","uuid":'.encode()
+                                + connection.quoted + connection.last + b',"source":"poll"}\n')
                     self._finish(cookie)
                     with self._lock:
                         self._stats.records["final"] += 1
@@ -290,6 +296,8 @@ class Archive:
             self._stats.records["final"] += 1
 
     def _queue(self, connection: _Connection, line: bytes) -> None:
+        if not connection.pending:
+            self._waiting.append(connection)
         connection.pending.append(line)
         self._pending_bytes += len(line)
 
@@ -302,13 +310,16 @@ class Archive:
 
     def _flush(self, everything: bool) -> None:
         """Every connection's pending lines, or only those of new and finished connections."""
-        for connection in self._live.values() if everything else self._prompt.values():
+        now = time.monotonic()
+        for connection in self._waiting if everything else self._prompt.values():
             if connection.pending:
                 lines = b"".join(connection.pending)
                 count = len(connection.pending)
                 self._pending_bytes -= len(lines)
                 connection.pending.clear()
-                self.files.append(connection.uuid, connection.header, lines, count)
+                self.files.append(connection.uuid, connection.header, lines, count, now)
+        if everything:
+            self._waiting.clear()
         self._prompt.clear()
         for cookie in self._closing:
             connection = self._live.pop(cookie, None)
@@ -318,24 +329,25 @@ class Archive:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)  # one encoder: json.dumps makes one a call
-_MEMINFO_TEMPLATES: dict[int, str] = {}  # by the number of meminfo fields
-_CONGESTION_JSON: dict[str, str] = {}
+# What surrounds tcp_info in a change record, by (state, congestion control, number of meminfo fields):
+# the JSON before it, and the format of what follows (the meminfo object). A few dozen at most.
+_AROUND_TCP_INFO: dict[tuple[int, str, int], tuple[bytes, bytes]] = {}
 
 
 def _line(record: dict) -> bytes:
     return _ENCODER.encode(record).encode() + b"\n"
 
 
-def change_tail(connection: Connection) -> str:
+def change_tail(connection: Connection) -> bytes:
     """A change record's JSON after its uuid, without the closing brace, as ``_line`` would write it
-    (same keys, same order), from precompiled formats: no dict per record."""
+    (same keys, same order), from precompiled formats: no dict per record, one ``%`` per struct."""
     meminfo = connection.meminfo
-    template = _MEMINFO_TEMPLATES.get(len(meminfo))
-    if template is None:
-        template = _MEMINFO_TEMPLATES[len(meminfo)] = ",".join(f'"{name}":%d' for name in MEMINFO_NAMES[:len(meminfo)])
-    congestion = _CONGESTION_JSON.get(connection.congestion)
-    if congestion is None:
-        congestion = _CONGESTION_JSON[connection.congestion] = _ENCODER.encode(connection.congestion)
-    info = tcp_info.prefix(len(connection.tcp_info)).json(connection.tcp_info)
-    return (f'"state":"{STATE_NAMES.get(connection.state, connection.state)}","congestion":{congestion},'
-            f'"tcp_info":{info},"meminfo":{{{template % meminfo}}}')
+    key = (connection.state, connection.congestion, len(meminfo))
+    around = _AROUND_TCP_INFO.get(key)
+    if around is None:
+        state = STATE_NAMES.get(connection.state, connection.state)
+        around = _AROUND_TCP_INFO[key] = (
+            f'"state":"{state}","congestion":{_ENCODER.encode(connection.congestion)},"tcp_info":'.encode(),
+            (',"meminfo":{' + ",".join(f'"{name}":%d' for name in MEMINFO_NAMES[:len(meminfo)]) + "}").encode())
+    lead, meminfo_format = around
+    return lead + tcp_info.prefix(len(connection.tcp_info)).json(connection.tcp_info) + meminfo_format % meminfo

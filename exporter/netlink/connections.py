@@ -94,9 +94,10 @@ class _Shape:
             position = field_offset + struct.calcsize(fmt)
         self.unpack_from = struct.Struct(layout).unpack_from
         self.headers = tuple(header for _, header in chain)
-        # Compared: the queues, uid and inode, the attributes up to tcp_info's timers, and all after them
-        # (the socket memory before tcp_info, the congestion control after it). Not compared: idiag_timer,
-        # idiag_retrans and idiag_expires (timer state) and tcp_info's last_* times, which move every ms.
+        # Compared: the queues, uid and inode, the attributes up to tcp_info's timers (tcp_info begins with
+        # the state), and all after them (the socket memory before tcp_info, the congestion control after
+        # it). Not compared: idiag_timer, idiag_retrans and idiag_expires (timer state) and tcp_info's
+        # last_* times, which move every ms.
         self.cut = info + TIMERS_START
         self.resume = info + TIMERS_END
         self.info = self.congestion = None  # (start, end) in the message
@@ -110,18 +111,26 @@ class _Shape:
             elif attr == INET_DIAG_SKMEMINFO:
                 self.meminfo = (at + 4, struct.Struct(f"={min((length - 4) // 4, len(MEMINFO_NAMES))}I"))
 
-    def connection(self, buf, offset: int, cookie: int, state: int) -> Connection:
+    def connection(self, view: memoryview, offset: int, cookie: int, state: int) -> Connection:
         start, end = self.info
-        info = bytes(buf[offset + start:offset + end])
+        info = bytes(view[offset + start:offset + end])
         congestion = ""
         if self.congestion is not None:
             start, end = self.congestion
-            congestion = attr_string(buf, offset + start, end - start)
+            raw = bytes(view[offset + start:offset + end])
+            congestion = _CONGESTION_NAMES.get(raw)
+            if congestion is None:
+                if len(_CONGESTION_NAMES) >= 64:  # the kernel's few algorithms; never more than this
+                    _CONGESTION_NAMES.clear()
+                congestion = _CONGESTION_NAMES[raw] = attr_string(raw, 0, len(raw))
         meminfo = ()
         if self.meminfo is not None:
             start, layout = self.meminfo
-            meminfo = layout.unpack_from(buf, offset + start)
-        return Connection(cookie, buf[offset], state, info, congestion, meminfo, bytes(buf[offset + 4:offset + 40]))
+            meminfo = layout.unpack_from(view, offset + start)
+        return Connection(cookie, view[offset], state, info, congestion, meminfo, bytes(view[offset + 4:offset + 40]))
+
+
+_CONGESTION_NAMES: dict[bytes, str] = {}  # INET_DIAG_CONG's bytes -> the name
 
 
 def _chain(buf, offset: int, end: int) -> tuple[list[tuple[int, int]], int | None]:
@@ -206,6 +215,7 @@ class ConnectionReader:
         seen = present.add if present is not None else None
 
         def parse(buf, offset, end):
+            view = memoryview(buf)
             shape = shapes.get(end - offset)
             if shape is not None:
                 values = shape.unpack_from(buf, offset)
@@ -222,11 +232,10 @@ class ConnectionReader:
             cookie = values[1]
             if seen is not None:
                 seen(cookie)
-            fingerprint = bytes(buf[offset + 1:offset + 2]) + buf[offset + 60:offset + shape.cut] \
-                + buf[offset + shape.resume:end]
+            fingerprint = bytes(view[offset + 60:offset + shape.cut]) + view[offset + shape.resume:end]
             if recall(cookie) != fingerprint:
                 fingerprints[cookie] = fingerprint
-                changed.append(shape.connection(buf, offset, cookie, values[0]))
+                changed.append(shape.connection(view, offset, cookie, values[0]))
 
         return parse
 

@@ -73,8 +73,8 @@ assert TIMER_BYTES[1] - TIMER_BYTES[0] == 4 * len(TIMERS)
 
 class Prefix:
     """How to read the fields a kernel's tcp_info of one length holds: ``names`` (``NAMES`` order),
-    ``values(raw)`` (a tuple in that order) and ``json(raw)``, the JSON object of them (as json.dumps with
-    compact separators would write it), from precompiled formats: no dict."""
+    ``values(raw)`` (a tuple in that order) and ``json(raw)``, the JSON object of them as bytes (as
+    json.dumps with compact separators would write it), from precompiled formats: no dict."""
 
     __slots__ = ("names", "values", "json")
 
@@ -83,7 +83,7 @@ class Prefix:
         unpack_from = _struct(fields, 0).unpack_from
         if len(fields) < 8:  # shorter than 8 bytes, without the bit-field bytes: no kernel sends that
             self.names, self.values = tuple(name for name, _, _ in fields), unpack_from
-            template = "{" + ",".join(f'"{name}":%d' for name in self.names) + "}"
+            template = ("{" + ",".join(f'"{name}":%d' for name in self.names) + "}").encode()
             self.json = lambda raw: template % unpack_from(raw)
             return
         self.names = _HEAD + tuple(name for name, _, _ in fields[8:])
@@ -93,26 +93,41 @@ class Prefix:
             wscale, flags = head[6], head[7]
             return (*head[:6], wscale & 15, wscale >> 4, flags & 1, flags >> 1 & 3, *head[8:])
 
-        # The first 8 bytes (state, the bit fields, ...) take few values: their JSON is kept by those bytes.
-        heads: dict[bytes, str] = {}
-        head_template = "{" + ",".join(f'"{name}":%d' for name in _HEAD) + ("," if fields[8:] else "")
-        rest_template = ",".join(f'"{name}":%d' for name, _, _ in fields[8:]) + "}"
-        rest = _struct(fields[8:], 8).unpack_from
+        # The first 8 bytes (state, the bit fields, ...) take few values, and so do the last fields (from
+        # rehash on: RTO and AccECN counters, zero on most connections): their JSON is kept by their bytes.
+        # Only the fields between are formatted each time.
+        middle = [field for field in fields[8:] if field[1] < _KEPT_TAIL]
+        tail = fields[8 + len(middle):]
+        heads: dict[bytes, bytes] = {}
+        tails: dict[bytes, bytes] = {}
+        head_template = ("{" + ",".join(f'"{name}":%d' for name in _HEAD) + ("," if fields[8:] else "")).encode()
+        middle_template = (",".join(f'"{name}":%d' for name, _, _ in middle) + ("," if tail else "}")).encode()
+        tail_template = (",".join(f'"{name}":%d' for name, _, _ in tail) + "}").encode() if tail else b""
+        middle_read = _struct(middle, 8).unpack_from
+        tail_read = _struct(tail, _KEPT_TAIL).unpack_from if tail else lambda raw, offset: ()
+        tail_end = tail[-1][1] + struct.calcsize(tail[-1][2]) if tail else _KEPT_TAIL
 
-        def json(raw) -> str:
+        def json(raw) -> bytes:
             key = raw[:8]
             head = heads.get(key)
             if head is None:
-                if len(heads) >= _HEADS_KEPT:
+                if len(heads) >= _KEPT:
                     heads.clear()
                 wscale, flags = raw[6], raw[7]
                 head = heads[key] = head_template % (*raw[:6], wscale & 15, wscale >> 4, flags & 1, flags >> 1 & 3)
-            return head + rest_template % rest(raw, 8)
+            key = raw[_KEPT_TAIL:tail_end]
+            end = tails.get(key)
+            if end is None:
+                if len(tails) >= _KEPT:
+                    tails.clear()
+                end = tails[key] = tail_template % tail_read(raw, _KEPT_TAIL)
+            return head + middle_template % middle_read(raw, 8) + end
 
         self.values, self.json = values, json
 
 
-_HEADS_KEPT = 4096
+_KEPT = 4096  # JSON pieces kept by their bytes, each of the head and the tail
+_KEPT_TAIL = _OFFSETS["rehash"]
 
 
 def _struct(fields: list[tuple[str, int, str]], start: int) -> struct.Struct:
