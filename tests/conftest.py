@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import ExporterProcess, require_namespaces, run, unique_name
+from tests.support import ExporterProcess, close_registered, require_namespaces, run, unique_name
 
 
 @pytest.fixture
@@ -39,3 +39,10 @@ def exporter():
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture(autouse=True)
+def _close_registered():
+    """What a test handed to tests.support.close_after_test is closed after it."""
+    yield
+    close_registered()

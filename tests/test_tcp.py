@@ -22,7 +22,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.utils import floatToGoString
 
-from tests.support import in_netns, require, run, samples, value
+from tests.support import close_after_test, in_netns, require, run, samples, value
 from exporter.collectors import Scrape
 from exporter.collectors.tcp import RTT_BOUNDS_US, STATES, TcpCollector, polling
 from exporter.flags import port_list
@@ -143,22 +143,13 @@ def method(request) -> str:
     return request.param
 
 
-_collectors: list[TcpCollector] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_collectors():
-    """Each test's collectors are closed after it: their programs (sockops on the cgroup root) detach."""
-    yield
-    while _collectors:
-        _collectors.pop().close()
 
 
 def _collector_in(ns: str, method: str, ports: frozenset = frozenset({PORT})) -> TcpCollector:
     """A TcpCollector whose sock_diag socket (or BPF accounting) belongs to namespace ``ns``."""
     with in_netns(ns):
         collector = TcpCollector(ports, kernel=method == "kernel")
-    _collectors.append(collector)
+    close_after_test(collector)
     require(collector.method == method, f"the {method} method did not start (eBPF needs root and BTF)")
     return collector
 
@@ -445,7 +436,7 @@ def test_parse_local_ports():
 
 def test_describe_names_every_family():
     collector = TcpCollector()
-    _collectors.append(collector)
+    close_after_test(collector)
     names = [metric.name for metric in collector.describe()]
     assert names == ["netio_tcp_connections", "netio_tcp_retransmitted_segments", "netio_tcp_acked_bytes",
                      "netio_tcp_received_bytes", "netio_tcp_sent_segments", "netio_tcp_received_segments",

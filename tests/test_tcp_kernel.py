@@ -28,7 +28,7 @@ import time
 
 import pytest
 
-from tests.support import in_netns, require, run, samples, value
+from tests.support import close_after_test, in_netns, require, run, samples, value
 from tests.support.netns import enter_netns
 from exporter.bpf import libbpf
 from exporter.bpf import tcp_accounting
@@ -46,21 +46,12 @@ COUNTERS = BYTES + ("netio_tcp_received_segments_total", "netio_tcp_sent_segment
                     "netio_tcp_busy_seconds_total", "netio_tcp_connections_closed_total")
 
 
-_collectors: list[TcpCollector] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_collectors():
-    """Each test's collectors are closed after it: their programs (sockops on the cgroup root) detach."""
-    yield
-    while _collectors:
-        _collectors.pop().close()
 
 
 def _kernel_collector(ns: str, ports=frozenset({PORT})) -> TcpCollector:
     with in_netns(ns):
         collector = TcpCollector(ports)
-    _collectors.append(collector)
+    close_after_test(collector)
     require(collector.method == "kernel", "the kernel method did not start (eBPF needs root and BTF)")
     return collector
 
@@ -346,7 +337,7 @@ def test_without_bpf_it_falls_back_to_polling(netns, monkeypatch, caplog):
     monkeypatch.setattr(libbpf, "BpfObject", refuse)
     with caplog.at_level(logging.WARNING, logger="netio_exporter"), in_netns(ns):
         collector = TcpCollector(frozenset({PORT}))
-        _collectors.append(collector)
+        close_after_test(collector)
         listener = _listener()
         client = socket.create_connection(("127.0.0.1", PORT))
         server, _ = listener.accept()

@@ -113,6 +113,21 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
     return result
 
 
+_closing: list = []
+
+
+def close_after_test(thing):
+    """``thing`` (a collector, say), closed when the running test ends (tests/conftest.py's autouse
+    fixture calls close_registered): programs such as sockops on the cgroup root detach between tests."""
+    _closing.append(thing)
+    return thing
+
+
+def close_registered() -> None:
+    while _closing:
+        _closing.pop().close()
+
+
 def terminate(process: subprocess.Popen, timeout: float = 20) -> None:
     """End a process this test started, by its handle: SIGTERM, then SIGKILL after ``timeout`` seconds."""
     process.terminate()
