@@ -477,7 +477,8 @@ class _Connection(asyncio.Protocol):
 class _Heads:
     """Request heads h11 accepted (with nothing pipelined after them) and their ``Request``: a scraper
     sends the same bytes every time, in one read, and is answered without parsing them again. Bounded;
-    cleared when full."""
+    cleared when full. Heads with credentials are not kept: the process keeps no password it does not
+    need (verified ones only as a hash of the header, webconfig.py), so those are parsed each time."""
 
     def __init__(self):
         self._requests: dict[bytes, Request] = {}
@@ -486,7 +487,7 @@ class _Heads:
         return self._requests.get(data) if len(data) <= _PARSED_HEAD_BYTES else None
 
     def add(self, head: bytes, request: Request) -> None:
-        if len(head) <= _PARSED_HEAD_BYTES:
+        if len(head) <= _PARSED_HEAD_BYTES and "authorization" not in request.headers:
             if len(self._requests) >= _PARSED_HEADS:
                 self._requests.clear()
             self._requests[head] = request

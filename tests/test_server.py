@@ -284,6 +284,18 @@ def test_a_request_head_sent_again_is_answered_as_the_first_was(running):
         assert sock.recv(65536).startswith(b"HTTP/1.1 400 ")
 
 
+def test_request_heads_with_credentials_are_not_remembered():
+    """The head cache would otherwise hold Authorization values in memory, which the credential cache
+    deliberately keeps only as a hash."""
+    from exporter.server import Request, _Heads
+    heads = _Heads()
+    plain, with_credentials = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", \
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic dTpw\r\n\r\n"
+    heads.add(plain, Request("GET", "/metrics", {"host": "x"}))
+    heads.add(with_credentials, Request("GET", "/metrics", {"host": "x", "authorization": "Basic dTpw"}))
+    assert heads.get(plain) is not None and heads.get(with_credentials) is None
+
+
 def test_keep_alive_after_head_and_errors_that_keep_the_connection(running):
     response = _exchange(running, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
                                   b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n")
