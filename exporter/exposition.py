@@ -140,27 +140,30 @@ def format_value(value) -> str:
     return repr(value)
 
 
-# id(rows) -> (rows, each row's label text and the space before the value). The entry holds rows,
-# so no other object can take its id while the entry lives. Cleared when full: label sets that
-# change every scrape cost what they would without the cache.
-_row_text_cache: dict[int, tuple[Rows, tuple[str, ...]]] = {}
+# id(rows) -> (rows, each row's label text and the space before the value, and by sample name the
+# column's text with %d for each value). The entry holds rows, so no other object can take its id
+# while the entry lives. Cleared when full: label sets that change every scrape cost what they would
+# without the cache.
+_row_text_cache: dict[int, tuple[Rows, tuple[str, ...], dict[str, str]]] = {}
 _ROW_TEXT_CACHE_ENTRIES = 1024  # room for per-namespace label rows (--collector.netns)
 
 
-def _row_texts(rows: Rows) -> tuple[str, ...]:
+def _column_text(sample: str, rows: Rows, values: Sequence) -> str:
+    """``sample{labels} value`` lines, one per row: integer columns (nearly all) by one ``%``."""
     entry = _row_text_cache.get(id(rows))
     if entry is None:
         if len(_row_text_cache) >= _ROW_TEXT_CACHE_ENTRIES:
             _row_text_cache.clear()
-        entry = _row_text_cache[id(rows)] = (rows, tuple(_render_labels(labels) + " " for labels in rows))
-    return entry[1]
-
-
-def _value_texts(values: Sequence) -> Iterable[str]:
+        entry = _row_text_cache[id(rows)] = (rows, tuple(_render_labels(labels) + " " for labels in rows), {})
     total = sum(values)
-    if type(total) is float and not math.isfinite(total):  # the only values str() writes differently
-        return map(format_value, values)
-    return map(str, values)
+    if type(total) is int:
+        format = entry[2].get(sample)
+        if format is None:
+            format = entry[2][sample] = "".join(f"{sample}{text.replace('%', '%%')}%d\n" for text in entry[1])
+        return format % tuple(values)
+    texts = map(format_value, values) if not math.isfinite(total) else map(str, values)  # str(): finite floats
+    # sample{labels} value\nsample{labels} value\n...: the name is the separator
+    return sample + ("\n" + sample).join(map(concat, entry[1], texts)) + "\n"
 
 
 # (name, type, help) -> the family's "# HELP" and "# TYPE" lines; cleared when full.
@@ -201,9 +204,7 @@ def render_text(families: Iterable[Family]) -> bytes:
                 raise ValueError(f"{name}{suffix}: {len(rows)} label rows for {len(values)} values")
             if not rows:
                 continue
-            sample = name + suffix
-            # sample{labels} value\nsample{labels} value\n...: the name is the separator
-            text = sample + ("\n" + sample).join(map(concat, _row_texts(rows), _value_texts(values))) + "\n"
+            text = _column_text(name + suffix, rows, values)
             if suffix in _SPLIT_SUFFIXES:
                 split.setdefault(suffix, []).append(text)
             else:
