@@ -72,7 +72,6 @@ _MAX_TARGET_BYTES = 8192
 _PARSED_HEADS = 64  # request heads remembered with their parse, each at most _PARSED_HEAD_BYTES
 _PARSED_HEAD_BYTES = 2048
 _BACKLOG = 1024  # asyncio.start_server would make it 100
-_ACCEPTS_PER_TURN = 64  # then the loop serves the others before accepting more
 _ACCEPT_RETRY_SECONDS = 1.0  # out of file descriptors (or memory): accept again after this long
 _READ_BYTES = 262144  # as asyncio's: a refused head of up to this much is read whole, so closing sends no RST
 _HIGH_WATER, _LOW_WATER = 65536, 16384  # write buffer bytes: pause_writing above, resume_writing at
@@ -271,7 +270,9 @@ class _PlainTransport:
         protocol.connection_made(self)
         if not self._closing and not self._paused:
             self._read_ready()  # the request has most often come with the connection: no turn of the loop
-            if not self._closing and not self._paused and not self._eof:
+            if protocol.task is not None:  # and is being answered: the reader waits until the answer is out
+                self._paused = True
+            elif not self._closing and not self._paused and not self._eof:
                 loop.add_reader(self._fd, self._read_ready)
 
     def _read_ready(self) -> None:
@@ -687,25 +688,24 @@ class Server:
     def _accept(self) -> None:
         """New connections: plain ones on a _PlainTransport, TLS ones on asyncio's transport."""
         loop = self._loop
-        for _ in range(_ACCEPTS_PER_TURN):
-            try:
-                sock, _ = self.socket.accept()  # TCP_NODELAY inherited from the listening socket (Linux)
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as error:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: the backlog waits meanwhile
-                if error.errno not in self._accept_errors:
-                    self._accept_errors.add(error.errno)
-                    log.warning("cannot accept connections (%s); trying again every %g s", error.strerror,
-                                _ACCEPT_RETRY_SECONDS)
-                loop.remove_reader(self.socket.fileno())
-                self._accept_retry = loop.call_later(_ACCEPT_RETRY_SECONDS, self._resume_accepting)
-                return
-            sock.setblocking(False)
-            context = self.web_config.current().ssl_context if self.web_config is not None else None
-            if context is None:
-                _PlainTransport(loop, sock, _Connection(self))
-            else:
-                loop.create_task(self._accept_tls(sock, _Connection(self, context)))
+        try:  # one per turn of the loop (the listening socket stays readable while more wait)
+            sock, _ = self.socket.accept()  # TCP_NODELAY inherited from the listening socket (Linux)
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as error:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: the backlog waits meanwhile
+            if error.errno not in self._accept_errors:
+                self._accept_errors.add(error.errno)
+                log.warning("cannot accept connections (%s); trying again every %g s", error.strerror,
+                            _ACCEPT_RETRY_SECONDS)
+            loop.remove_reader(self.socket.fileno())
+            self._accept_retry = loop.call_later(_ACCEPT_RETRY_SECONDS, self._resume_accepting)
+            return
+        sock.setblocking(False)
+        context = self.web_config.current().ssl_context if self.web_config is not None else None
+        if context is None:
+            _PlainTransport(loop, sock, _Connection(self))
+        else:
+            loop.create_task(self._accept_tls(sock, _Connection(self, context)))
 
     async def _accept_tls(self, sock: socket.socket, connection: _Connection) -> None:
         """asyncio's transport for ``sock``; connection_made then starts the handshake."""
