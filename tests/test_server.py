@@ -514,3 +514,108 @@ def test_idle_and_slowloris_connections_do_not_stop_scrapes(netns, exporter):
         time.sleep(0.2)
     assert (fds, threads) == (start_fds, start_threads)
     assert rss - start_rss <= 5, f"RSS {start_rss:.1f} -> {rss:.1f} MiB"
+
+
+def test_out_of_file_descriptors_pauses_accepting_and_recovers(netns, exporter):
+    """With its open-file limit lowered under it (prlimit, on the running process), accept fails with
+    EMFILE: the exporter says so once, waits instead of retrying in a busy loop, and serves again once
+    descriptors are free."""
+    running = exporter(netns(), "--no-collector.tcp", "--no-collector.netstack")
+    pid = running.process.pid
+    running.get()
+    time.sleep(0.5)  # that answer's connection is closed by now
+    limit = len(os.listdir(f"/proc/{pid}/fd")) + 4
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
+    with in_netns(running.ns):
+        held = [socket.create_connection((running.address, running.port), timeout=5) for _ in range(12)]
+    try:
+        time.sleep(0.5)
+        cpu_before = _cpu_seconds(pid)
+        time.sleep(2)
+        assert _cpu_seconds(pid) - cpu_before < 0.2, "accept is retried in a busy loop"
+    finally:
+        for connection in held:
+            connection.close()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            status, _, body = running.get()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assert status == 200 and b"netio_network_receive_bytes_total" in body
+    _, stderr = running.stop()
+    assert stderr.count("cannot accept connections (Too many open files)") == 1, stderr
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_client_that_reads_slowly_gets_every_byte_and_one_that_never_reads_is_dropped(monkeypatch):
+    """Write flow control: a stream of 8 MiB to a client that waits before reading is held back (the
+    server buffers at most about a socket's worth, not the stream), then arrives whole and in order; a
+    client that never reads is dropped after WRITE_SECONDS, and the server goes on answering.
+    (In-process, on loopback of this namespace, with WRITE_SECONDS shortened.)"""
+    import asyncio
+
+    from exporter import server as http_server
+    from exporter.collectors import Scrape
+
+    monkeypatch.setattr(http_server, "WRITE_SECONDS", 1.0)
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    produced = []
+
+    class Streaming(http_server.Server):
+        async def route(self, request):
+            if request.path != "/big":
+                return await super().route(request)
+
+            async def body():
+                for number in range(8):
+                    produced.append(number)
+                    yield chunk
+            return http_server.Response(200, body(), "application/octet-stream")
+
+    server = Streaming(http_server.MetricsApp(Scrape([])), "127.0.0.1", 0)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.run(),))
+    thread.start()
+    try:
+        port = server.server_address[1]
+        slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        slow.sendall(b"GET /big HTTP/1.0\r\n\r\n")
+        time.sleep(0.5)
+        assert len(produced) < 8, "the whole stream was buffered for a client that is not reading"
+        received = bytearray()
+        while data := slow.recv(1 << 20):
+            received += data
+        slow.close()
+        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and body == chunk * 8
+
+        stuck = socket.create_connection(("127.0.0.1", port), timeout=10)
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        stuck.sendall(b"GET /big HTTP/1.0\r\n\r\n")
+        time.sleep(2.5)  # WRITE_SECONDS and a sweep
+        other = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        other.request("GET", "/")
+        assert other.getresponse().status == 200
+        other.close()
+        stuck.settimeout(5)
+        cut = 0
+        while data := stuck.recv(1 << 20):  # what was on its way when it was dropped, then the end
+            cut += len(data)
+        stuck.close()
+        assert cut < len(chunk) * 8
+    finally:
+        loop.call_soon_threadsafe(server.stop)
+        thread.join(timeout=20)
+        loop.close()
+        server.socket.close()
+    assert not thread.is_alive()
