@@ -144,6 +144,8 @@ def test_as_nobody_with_the_listed_capabilities_every_collector_succeeds(unprivi
     _all_succeed(parsed)
     assert value(parsed, "netio_mac_upload_packets_total", device="m0", mac=CLIENT) == 5
     assert exporter.stderr().count("attached again") == 1
+    # process_* still read after the drop (statm and the fd directory are held open from start-up)
+    assert value(parsed, "process_open_fds") > 0 and value(parsed, "process_resident_memory_bytes") > 0
 
 
 def test_drop_keeps_what_is_asked_and_clears_the_rest_as_root():

@@ -3,7 +3,9 @@
 Same names, types, help and values as ProcessCollector on Linux. ProcessCollector reads
 /proc/self/stat; the same kernel figures come cheaper from /proc/self/statm (memory, in pages),
 times() (CPU, in clock ticks), /proc/self/fd and the RLIMIT_NOFILE soft limit; the start time is read
-from /proc/self/stat once. (The kernel sums its per-CPU memory counters for statm and estimates them
+from /proc/self/stat once. statm and the fd directory stay open and are read again from their start (a
+scrape on a thread woken for it runs cold: the path walks of opening them cost several times what reading
+costs). (The kernel sums its per-CPU memory counters for statm and estimates them
 for stat: the two resident sizes may differ by some hundred KiB.)
 
 Always on and registered outside the collector flags (``SELF_COLLECTORS``): no success series.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 
 from ..exposition import Family
 from . import Collector
@@ -39,23 +42,28 @@ class ProcessCollector(Collector):
             boot_time = next(float(line.split()[1]) for line in stat if line.startswith(b"btime "))
         with open("/proc/self/stat", "rb") as stat:
             self._start_time = float(stat.read().rsplit(b")", 1)[-1].split()[19]) / ticks + boot_time
+        self._statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+        self._fd_dir = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._listing = threading.Lock()  # listdir rewinds the directory's one offset: one listing at a time
+
+    def close(self) -> None:
+        os.close(self._statm)
+        os.close(self._fd_dir)
 
     def describe_families(self) -> list[Family]:
         return list(_families().values())
 
     def read(self) -> list[Family]:
         families = _families()
-        fd = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            size, resident = os.read(fd, 256).split()[:2]
-        finally:
-            os.close(fd)
+        size, resident = os.pread(self._statm, 256, 0).split()[:2]  # offset 0: the kernel makes it anew
         cpu = os.times()  # tms_utime / SC_CLK_TCK, tms_stime / SC_CLK_TCK: ProcessCollector's arithmetic
         families["virtual"].add((), int(size) * self._pagesize)
         families["resident"].add((), int(resident) * self._pagesize)
         families["start"].add((), self._start_time)
         families["cpu"].add((), cpu.user + cpu.system)
-        families["fds"].add((), len(os.listdir("/proc/self/fd")))
+        with self._listing:
+            open_fds = len(os.listdir(self._fd_dir))  # with the listing's own, as ProcessCollector counts
+        families["fds"].add((), open_fds)
         max_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if max_fds == resource.RLIM_INFINITY:
             del families["max_fds"]
