@@ -181,6 +181,20 @@ def test_process_metrics_match_prometheus_clients_process_collector():
         assert ours[name] > 0 and abs(ours[name] - theirs[name]) < 4 << 20, name
 
 
+def test_process_open_fds_counts_the_open_files_themselves():
+    """process_open_fds is the number of open descriptors: the fd directory's size (Linux 6.2 and later)
+    or its listing without the descriptor the listing itself opened."""
+    from exporter.collectors.process import ProcessCollector
+
+    collector = ProcessCollector()
+    try:
+        reported = next(family for family in collector.read() if family.name == "process_open_fds").samples[0][2]
+        assert reported == len(os.listdir("/proc/self/fd")) - 1  # this listing's own descriptor is not open after
+        assert collector._listed_fds() == reported  # the way for kernels before 6.2, whose directory size is 0
+    finally:
+        collector.close()
+
+
 def test_the_registry_serves_the_same_families(running):
     """MetricsApp.registry (prometheus_client, for embedding) exposes the families /metrics serves."""
     from prometheus_client import generate_latest
