@@ -9,6 +9,7 @@ Layouts follow include/uapi/linux/rtnetlink.h, if_link.h and if.h.
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import struct
 import threading
@@ -161,6 +162,8 @@ class LinkReader:
         self._events.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self._events.bind((0, RTMGRP_LINK))  # subscribe before the first dump: no change is missed
         self._events.setblocking(False)
+        self._pending = select.poll()  # POLLIN: notifications queued; POLLERR: the queue overflowed (ENOBUFS)
+        self._pending.register(self._events, select.POLLIN)
         self._event_buffer = bytearray(1 << 16)
         self._links: dict[int, Link] = {}
         self._links_lock = threading.Lock()
@@ -188,6 +191,8 @@ class LinkReader:
 
     def _drain_events(self) -> bool:
         """Apply queued link notifications; True if some were lost and a full dump is needed."""
+        if not self._pending.poll(0):  # most scrapes: nothing queued, and no BlockingIOError raised to say so
+            return False
         view = memoryview(self._event_buffer)
         while True:
             try:
