@@ -632,7 +632,7 @@ class Server:
         self.web_config = web_config
         self.parsed = _Heads()
         self._fields: dict[tuple, bytes] = {}  # header lines by what they are made of (_header_fields)
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        family = self._family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -689,7 +689,7 @@ class Server:
         """New connections: plain ones on a _PlainTransport, TLS ones on asyncio's transport."""
         loop = self._loop
         try:  # one per turn of the loop (the listening socket stays readable while more wait)
-            sock, _ = self.socket.accept()  # TCP_NODELAY inherited from the listening socket (Linux)
+            fd, _ = self.socket._accept()  # socket.accept() would also convert family and type to enums
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
         except OSError as error:  # EMFILE, ENFILE, ENOBUFS, ENOMEM: the backlog waits meanwhile
@@ -700,6 +700,7 @@ class Server:
             loop.remove_reader(self.socket.fileno())
             self._accept_retry = loop.call_later(_ACCEPT_RETRY_SECONDS, self._resume_accepting)
             return
+        sock = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)  # TCP_NODELAY: inherited (Linux)
         sock.setblocking(False)
         context = self.web_config.current().ssl_context if self.web_config is not None else None
         if context is None:
