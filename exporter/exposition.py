@@ -100,6 +100,20 @@ class Family:
         return f"Family({self.name!r}, {self.type!r}, {count} samples)"
 
 
+class Template:
+    """Families made once by the builders; ``new()`` makes empty ones like them for a scrape, from their
+    fields directly: about two thirds of the builders' cost, which a collector making dozens of families
+    at every scrape notices (a scrape on a worker thread woken for it runs cold)."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, families: Iterable[Family]):
+        self._fields = tuple((family.name, family.type, family.help) for family in families)
+
+    def new(self) -> list[Family]:
+        return [Family(*fields) for fields in self._fields]
+
+
 def to_metric(family: Family):
     """The family as a prometheus_client ``Metric``."""
     from prometheus_client.metrics_core import Metric

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import __version__
-from ..exposition import Family, to_metric
+from ..exposition import Family, Template, to_metric
 
 log = logging.getLogger("netio_exporter")
 
@@ -160,7 +160,7 @@ class Scrape:
 
     def families(self) -> list[Family]:
         families: list[Family] = []
-        success, duration = _scrape_families()
+        build_info, success, duration = _OWN_FAMILIES.new()
         for collector in self.collectors:
             labels = (("collector", collector.name),)
             start = time.perf_counter()
@@ -168,9 +168,8 @@ class Scrape:
             families.extend(read)
             duration.add(labels, time.perf_counter() - start)
             success.add(labels, 0 if error else 1)
-        families.append(_build_info())
-        families.append(success)
-        families.append(duration)
+        build_info.add(_BUILD_INFO_LABELS)
+        families += (build_info, success, duration)
         for collector in self.self_collectors:
             families.extend(self.read(collector)[0])
         return families
@@ -204,7 +203,7 @@ class Scrape:
 
     def _described(self) -> list[Family]:
         families = [family for collector in self.collectors for family in collector.describe_families()]
-        families += [_build_info(), *_scrape_families()]
+        families += _own_families()
         return families + [family for collector in self.self_collectors for family in collector.describe_families()]
 
     # prometheus_client Collector protocol
@@ -215,17 +214,17 @@ class Scrape:
         return [to_metric(family) for family in self.families()]
 
 
-def _build_info() -> Family:
-    family = Family.info("netio_exporter_build_info", "netio-exporter's version; the value is always 1.")
-    family.add((("version", __version__),))
-    return family
-
-
-def _scrape_families() -> tuple[Family, Family]:
-    return (Family.gauge("netio_scrape_collector_success",
+def _own_families() -> list[Family]:
+    """The scrape's own: build info, then each collector's success and duration."""
+    return [Family.info("netio_exporter_build_info", "netio-exporter's version; the value is always 1."),
+            Family.gauge("netio_scrape_collector_success",
                          "Whether the collector's read of the kernel succeeded (1) or failed (0) in this scrape."),
             Family.gauge("netio_scrape_collector_duration_seconds",
-                         "How long the collector's read of the kernel took in this scrape."))
+                         "How long the collector's read of the kernel took in this scrape.")]
+
+
+_OWN_FAMILIES = Template(_own_families())
+_BUILD_INFO_LABELS = (("version", __version__),)
 
 
 def _describe_error(error: Exception) -> str:

@@ -6,7 +6,7 @@ import re
 from itertools import compress
 from typing import NamedTuple
 
-from ..exposition import Family, Labels, Rows
+from ..exposition import Family, Labels, Rows, Template
 from ..netlink.rtnl import STATS64_FIELDS, Link, LinkReader
 from .. import flags
 from . import Collector, Flags, Registration, namespaces
@@ -62,32 +62,18 @@ class DeviceFilter:
         return True
 
 
-def _built_families() -> tuple[list[Family], dict[str, Family]]:
-    counters = [Family.counter(_PREFIX + COUNTERS[field][0], COUNTERS[field][1]) for field in STATS64_FIELDS]
-    attributes = {
-        "up": Family.gauge(_PREFIX + "up", "Whether the interface's operational state is up (1) or not (0)."),
-        "mtu": Family.gauge(_PREFIX + "mtu_bytes", "The interface's MTU."),
-        "carrier": Family.counter(_PREFIX + "carrier_changes", "Times the interface's carrier changed."),
-        "info": Family.info(_PREFIX + "info",
-                            "Interface attributes as labels: MAC address, operstate, alias, kind; the value is 1."),
-    }
-    return counters, attributes
+def _built_families() -> list[Family]:
+    """The counters in STATS64_FIELDS order, then up, mtu, carrier changes and info."""
+    return [*(Family.counter(_PREFIX + COUNTERS[field][0], COUNTERS[field][1]) for field in STATS64_FIELDS),
+            Family.gauge(_PREFIX + "up", "Whether the interface's operational state is up (1) or not (0)."),
+            Family.gauge(_PREFIX + "mtu_bytes", "The interface's MTU."),
+            Family.counter(_PREFIX + "carrier_changes", "Times the interface's carrier changed."),
+            Family.info(_PREFIX + "info",
+                        "Interface attributes as labels: MAC address, operstate, alias, kind; the value is 1.")]
 
 
-def _field_tables() -> tuple[tuple[tuple[str, str, str], ...], dict[str, tuple[str, str, str]]]:
-    counters, attributes = _built_families()
-    return (tuple((family.name, family.type, family.help) for family in counters),
-            {key: (family.name, family.type, family.help) for key, family in attributes.items()})
-
-
-# The families as the builders made them once: a scrape makes its 29 empty ones from these fields
-# directly, at two thirds of the builders' cost (making them was a third of a link scrape's Python).
-_COUNTER_FIELDS, _ATTRIBUTE_FIELDS = _field_tables()
-
-
-def _families() -> tuple[list[Family], dict[str, Family]]:
-    return ([Family(*fields) for fields in _COUNTER_FIELDS],
-            {key: Family(*fields) for key, fields in _ATTRIBUTE_FIELDS.items()})
+_FAMILIES = Template(_built_families())
+_COUNTERS = len(STATS64_FIELDS)
 
 
 class _Layout(NamedTuple):
@@ -138,40 +124,39 @@ class LinkCollector(Collector):
         self._reader.close()
 
     def describe_families(self) -> list[Family]:
-        counters, attributes = _built_families()
-        return counters + list(attributes.values())
+        return _built_families()
 
     def read(self) -> list[Family]:
-        families, attributes = _families()
-        self._add(self._reader.read(), None, (), families, attributes)
+        families = _FAMILIES.new()
+        self._add(self._reader.read(), None, (), families)
         if self._namespaces is not None:
             alive = {None}
             for namespace, readings in self._namespaces.read_each("link", LinkReader, LinkReader.read):
                 alive.add(namespace.inode)
-                self._add(readings, namespace.inode, (("netns", namespace.label),), families, attributes)
+                self._add(readings, namespace.inode, (("netns", namespace.label),), families)
             for inode in [inode for inode in self._layouts if inode not in alive]:
                 del self._layouts[inode]
-        return families + list(attributes.values())
+        return families
 
-    def _add(self, readings: list, key: int | None, netns: Labels, families: list[Family],
-             attributes: dict[str, Family]) -> None:
+    def _add(self, readings: list, key: int | None, netns: Labels, families: list[Family]) -> None:
         links = tuple(reading.link for reading in readings)
         layout = self._layouts.get(key)
         if layout is None or links != layout.links:  # Link objects are kept while unchanged: compared by identity
             layout = self._layouts[key] = _layout(links, self._select, netns)
         counters = [reading.counters for reading in compress(readings, layout.selected)]
         rows = layout.rows
+        up, mtu, carrier, info = families[_COUNTERS:]
         if len(set(map(len, counters))) == 1:  # every interface sent the same fields: one column each
-            for family, values in zip(families, zip(*counters)):
+            for family, values in zip(families, zip(*counters)):  # zip stops at the last counter
                 family.add_column(rows, values)
         else:  # fields a kernel did not send for an interface are absent, not zero
-            for index, family in enumerate(families):
+            for index, family in enumerate(families[:_COUNTERS]):
                 has = [len(values) > index for values in counters]
                 family.add_column(tuple(compress(rows, has)), [values[index] for values in compress(counters, has)])
-        attributes["up"].add_column(rows, layout.up)
-        attributes["mtu"].add_column(rows, layout.mtu)
-        attributes["carrier"].add_column(layout.carrier_rows, layout.carrier)
-        attributes["info"].add_column(layout.info_rows, (1,) * len(rows))
+        up.add_column(rows, layout.up)
+        mtu.add_column(rows, layout.mtu)
+        carrier.add_column(layout.carrier_rows, layout.carrier)
+        info.add_column(layout.info_rows, (1,) * len(rows))
 
 
 def _add_arguments(options: Flags) -> None:

@@ -20,19 +20,20 @@ import os
 import resource
 import threading
 
-from ..exposition import Family
+from ..exposition import Family, Template
 from . import Collector
 
 
-def _families() -> dict[str, Family]:
-    return {
-        "virtual": Family.gauge("process_virtual_memory_bytes", "Virtual memory size in bytes."),
-        "resident": Family.gauge("process_resident_memory_bytes", "Resident memory size in bytes."),
-        "start": Family.gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds."),
-        "cpu": Family.counter("process_cpu_seconds", "Total user and system CPU time spent in seconds."),
-        "fds": Family.gauge("process_open_fds", "Number of open file descriptors."),
-        "max_fds": Family.gauge("process_max_fds", "Maximum number of open file descriptors."),
-    }
+def _built_families() -> list[Family]:
+    return [Family.gauge("process_virtual_memory_bytes", "Virtual memory size in bytes."),
+            Family.gauge("process_resident_memory_bytes", "Resident memory size in bytes."),
+            Family.gauge("process_start_time_seconds", "Start time of the process since unix epoch in seconds."),
+            Family.counter("process_cpu_seconds", "Total user and system CPU time spent in seconds."),
+            Family.gauge("process_open_fds", "Number of open file descriptors."),
+            Family.gauge("process_max_fds", "Maximum number of open file descriptors.")]
+
+
+_FAMILIES = Template(_built_families())
 
 
 class ProcessCollector(Collector):
@@ -58,20 +59,19 @@ class ProcessCollector(Collector):
             return len(os.listdir(self._fd_dir)) - 1  # not the descriptor listdir opened to list
 
     def describe_families(self) -> list[Family]:
-        return list(_families().values())
+        return _built_families()
 
     def read(self) -> list[Family]:
-        families = _families()
-        size, resident = os.pread(self._statm, 256, 0).split()[:2]  # offset 0: the kernel makes it anew
-        cpu = os.times()  # tms_utime / SC_CLK_TCK, tms_stime / SC_CLK_TCK: ProcessCollector's arithmetic
-        families["virtual"].add((), int(size) * self._pagesize)
-        families["resident"].add((), int(resident) * self._pagesize)
-        families["start"].add((), self._start_time)
-        families["cpu"].add((), cpu.user + cpu.system)
-        families["fds"].add((), os.fstat(self._fd_dir).st_size or self._listed_fds())
-        max_fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if max_fds == resource.RLIM_INFINITY:
-            del families["max_fds"]
-        else:
-            families["max_fds"].add((), max_fds)
-        return list(families.values())
+        families = virtual, resident, start, cpu, fds, max_fds = _FAMILIES.new()
+        size, resident_pages = os.pread(self._statm, 256, 0).split()[:2]  # offset 0: the kernel makes it anew
+        times = os.times()  # tms_utime / SC_CLK_TCK, tms_stime / SC_CLK_TCK: ProcessCollector's arithmetic
+        virtual.add((), int(size) * self._pagesize)
+        resident.add((), int(resident_pages) * self._pagesize)
+        start.add((), self._start_time)
+        cpu.add((), times.user + times.system)
+        fds.add((), os.fstat(self._fd_dir).st_size or self._listed_fds())
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if limit == resource.RLIM_INFINITY:
+            return families[:-1]
+        max_fds.add((), limit)
+        return families
