@@ -154,21 +154,39 @@ def format_value(value) -> str:
     return repr(value)
 
 
-# id(rows) -> (rows, each row's label text and the space before the value, and by sample name the
-# column's text with %d for each value). The entry holds rows, so no other object can take its id
-# while the entry lives. Cleared when full: label sets that change every scrape cost what they would
-# without the cache.
-_row_text_cache: dict[int, tuple[Rows, tuple[str, ...], dict[str, str]]] = {}
+# id(rows) -> (rows, each row's label text and the space before the value, by sample name the column's
+# text with %d for each value, and by family name (type, help, suffix, text) of a family that is just
+# that column: its header and lines with %d for each value). The entry holds rows, so no other object
+# can take its id while the entry lives. Cleared when full: label sets that change every scrape cost
+# what they would without the cache.
+_row_text_cache: dict[int, tuple[Rows, tuple[str, ...], dict[str, str], dict[str, tuple[str, str, str, str]]]] = {}
 _ROW_TEXT_CACHE_ENTRIES = 1024  # room for per-namespace label rows (--collector.netns)
 
 
-def _column_text(sample: str, rows: Rows, values: Sequence) -> str:
-    """``sample{labels} value`` lines, one per row: integer columns (nearly all) by one ``%``."""
+def _rows_entry(rows: Rows) -> tuple[Rows, tuple[str, ...], dict[str, str], dict[str, tuple[str, str, str, str]]]:
     entry = _row_text_cache.get(id(rows))
     if entry is None:
         if len(_row_text_cache) >= _ROW_TEXT_CACHE_ENTRIES:
             _row_text_cache.clear()
-        entry = _row_text_cache[id(rows)] = (rows, tuple(_render_labels(labels) + " " for labels in rows), {})
+        entry = _row_text_cache[id(rows)] = (rows, tuple(_render_labels(labels) + " " for labels in rows), {}, {})
+    return entry
+
+
+def _family_format(family: Family, suffix: str, rows: Rows) -> str:
+    """The whole text of a family that is one integer column, with %d for each value."""
+    entry = _rows_entry(rows)
+    cached = entry[3].get(family.name)
+    if cached is None or cached[0] != family.type or cached[1] != family.help or cached[2] != suffix:
+        sample = family.name + suffix
+        text = _header(family.name, family.type, family.help).replace("%", "%%") + "".join(
+            f"{sample}{labels.replace('%', '%%')}%d\n" for labels in entry[1])
+        cached = entry[3][family.name] = (family.type, family.help, suffix, text)
+    return cached[3]
+
+
+def _column_text(sample: str, rows: Rows, values: Sequence) -> str:
+    """``sample{labels} value`` lines, one per row: integer columns (nearly all) by one ``%``."""
+    entry = _rows_entry(rows)
     total = sum(values)
     if type(total) is int:
         format = entry[2].get(sample)
@@ -201,6 +219,12 @@ def render_text(families: Iterable[Family]) -> bytes:
     out: list[str] = []
     label_text: dict[Labels, str] = {}
     for family in families:
+        columns = family.columns
+        if not family.samples and len(columns) == 1:  # most families: header and lines by one %
+            suffix, rows, values = columns[0]
+            if rows and len(rows) == len(values) and suffix not in _SPLIT_SUFFIXES and type(sum(values)) is int:
+                out.append(_family_format(family, suffix, rows) % tuple(values))
+                continue
         name = family.name
         out.append(_header(name, family.type, family.help))
         split: dict[str, list[str]] = {}
