@@ -22,16 +22,18 @@ def _family() -> Family:
 class BpfProgramsCollector(Collector):
     name = "bpf_programs"
 
+    def __init__(self):
+        from ..bpf import libbpf  # here, not at every scrape (libbpf.so itself loads with the first object)
+        self._libbpf = libbpf
+
     def describe_families(self) -> list[Family]:
         return [_family()]
 
     def read(self) -> list[Family]:
-        from ..bpf.libbpf import loaded_programs, program_info  # no libbpf for an exporter without eBPF
-
         family = _family()
         missed: dict[str, int] = {}
-        for name, fd in loaded_programs():
-            info = program_info(fd)
+        for name, fd in self._libbpf.loaded_programs():
+            info = self._libbpf.program_info(fd)
             if info is not None:
                 missed[name] = missed.get(name, 0) + info["recursion_misses"]
         for name in sorted(missed):
