@@ -187,6 +187,8 @@ class Scrape:
         return families, None
 
     def _note(self, name: str, error: str | None) -> None:
+        if self._last_errors.get(name) == error:  # most scrapes: as before (no lock needed to see that)
+            return
         with self._log_lock:
             previous = self._last_errors.get(name)
             if error == previous:
