@@ -86,7 +86,7 @@ class _Connection:
         self.uuid = uuid
         self.quoted = f'"{uuid}",'.encode()  # as records write it
         self.header = header
-        self.last = b""  # the last change record (the final record without eBPF)
+        self.last = b""  # the last change record, kept without eBPF only (its final record is made of it)
         self.pending: list[bytes] = []
 
 
@@ -210,6 +210,7 @@ class Archive:
         head = f'{{"kind":"change","timestamp":"{stamp}","uuid":'.encode()
         records = queued = 0
         finished, live, waiting = self._finished, self._live, self._waiting
+        keep_last = self._hook is None  # only then is the last change record a final record's source
         for connection in changed:
             cookie = connection.cookie
             if cookie in finished:
@@ -218,7 +219,9 @@ class Archive:
             if known is None:
                 known = live[cookie] = self._open(connection, now)
                 self._prompt[cookie] = known
-            known.last = line = change_record(head, known.quoted, connection)
+            line = change_record(head, known.quoted, connection)
+            if keep_last:
+                known.last = line
             if not known.pending:
                 waiting.append(known)
             known.pending.append(line)  # _queue, inline: this runs for every record
