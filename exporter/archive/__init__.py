@@ -311,14 +311,15 @@ class Archive:
 
     def _flush(self, everything: bool) -> None:
         """Every connection's pending lines, or only those of new and finished connections."""
-        now = time.monotonic()
+        now, append, flushed = time.monotonic(), self.files.append, 0
         for connection in self._waiting if everything else self._prompt.values():
-            if connection.pending:
-                lines = b"".join(connection.pending)
-                count = len(connection.pending)
-                self._pending_bytes -= len(lines)
-                connection.pending.clear()
-                self.files.append(connection.uuid, connection.header, lines, count, now)
+            pending = connection.pending
+            if pending:
+                lines, count = b"".join(pending), len(pending)
+                pending.clear()
+                flushed += len(lines)
+                append(connection.uuid, connection.header, lines, count, now)
+        self._pending_bytes -= flushed
         self.files.settle()
         if everything:
             self._waiting.clear()
