@@ -101,7 +101,7 @@ class _Shape:
         self.cut = info + TIMERS_START
         self.resume = info + TIMERS_END
         self.info = self.congestion = None  # (start, end) in the message
-        self.meminfo = None  # (start, its Struct's unpack_from)
+        self.meminfo = None  # (start, Struct)
         for at, header in chain:
             length, attr = header & 0xFFFF, header >> 16 & 0x3FFF
             if attr == INET_DIAG_INFO:
@@ -109,17 +109,30 @@ class _Shape:
             elif attr == INET_DIAG_CONG:
                 self.congestion = (at + 4, at + length)
             elif attr == INET_DIAG_SKMEMINFO:
-                self.meminfo = (at + 4, struct.Struct(f"={min((length - 4) // 4, len(MEMINFO_NAMES))}I").unpack_from)
+                self.meminfo = (at + 4, struct.Struct(f"={min((length - 4) // 4, len(MEMINFO_NAMES))}I"))
+
+    def connection(self, view: memoryview, offset: int, cookie: int, state: int) -> Connection:
+        start, end = self.info
+        info = bytes(view[offset + start:offset + end])
+        congestion = ""
+        if self.congestion is not None:
+            start, end = self.congestion
+            raw = bytes(view[offset + start:offset + end])
+            congestion = _CONGESTION_NAMES.get(raw)
+            if congestion is None:
+                if len(_CONGESTION_NAMES) >= 64:  # the kernel's few algorithms; never more than this
+                    _CONGESTION_NAMES.clear()
+                congestion = _CONGESTION_NAMES[raw] = attr_string(raw, 0, len(raw))
+        meminfo = ()
+        if self.meminfo is not None:
+            start, layout = self.meminfo
+            meminfo = layout.unpack_from(view, offset + start)
+        return _new_connection(Connection, (cookie, view[offset], state, info, congestion, meminfo,
+                                            bytes(view[offset + 4:offset + 40])))
+
 
 _CONGESTION_NAMES: dict[bytes, str] = {}  # INET_DIAG_CONG's bytes -> the name
 _new_connection = tuple.__new__  # a Connection of its fields in order, without NamedTuple's Python __new__
-
-
-def _congestion_name(raw: bytes) -> str:
-    if len(_CONGESTION_NAMES) >= 64:  # the kernel's few algorithms; never more than this
-        _CONGESTION_NAMES.clear()
-    name = _CONGESTION_NAMES[raw] = attr_string(raw, 0, len(raw))
-    return name
 
 
 def _chain(buf, offset: int, end: int) -> tuple[list[tuple[int, int]], int | None]:
@@ -225,15 +238,7 @@ class ConnectionReader:
             fingerprint = b"".join((view[offset + 60:offset + shape.cut], view[offset + shape.resume:end]))
             if recall(cookie) != fingerprint:
                 fingerprints[cookie] = fingerprint
-                start, stop = shape.info
-                congestion = ""
-                if shape.congestion is not None:
-                    raw = bytes(view[offset + shape.congestion[0]:offset + shape.congestion[1]])
-                    congestion = _CONGESTION_NAMES.get(raw) or _congestion_name(raw)
-                meminfo = () if shape.meminfo is None else shape.meminfo[1](view, offset + shape.meminfo[0])
-                changed.append(_new_connection(Connection, (
-                    cookie, view[offset], values[0], bytes(view[offset + start:offset + stop]), congestion, meminfo,
-                    bytes(view[offset + 4:offset + 40]))))
+                changed.append(shape.connection(view, offset, cookie, values[0]))
 
         return parse
 
