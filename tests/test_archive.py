@@ -239,6 +239,10 @@ def test_the_kernel_names_the_connections_that_changed_and_lookups_answer_with_t
                                                                    dumped[connection.cookie].meminfo)
         client = [connection for connection in changed if connection.local_port == old[0].getsockname()[1]][0]
         assert tcp_info.decode(client.tcp_info)["bytes_acked"] == 101  # the SYN and 100 bytes
+        old[1].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        old[1].close()  # a reset: the client end, still open, is in TCP_CLOSE with its fingerprint
+        time.sleep(0.05)
+        assert changes.requests() == b""  # not named: its final record is the close hook's
         _move(*new)
         requests = changes.requests()
         assert len(requests) > 0

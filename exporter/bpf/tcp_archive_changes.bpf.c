@@ -232,11 +232,11 @@ int changed_sockets(struct bpf_iter__bpf_sk_storage_map *ctx)
 	struct config *wanted = settings();
 	if (!wanted)
 		return 0;
+	struct sock_common *skc = &sk->__sk_common;
 	struct fingerprint now;
 	fingerprint_of(tp, &now);
-	if ((__u8)now.word[0] == TCP_CLOSE)  /* word[0]'s low byte is the state */
+	if (skc->skc_state == TCP_CLOSE)
 		return 0;
-	struct sock_common *skc = &sk->__sk_common;
 	__u64 differ = 0;
 #pragma unroll
 	for (int word = 0; word < WORDS; word++)
