@@ -207,10 +207,15 @@ def _without_timers(connection) -> dict:
             if name not in tcp_info.TIMERS}
 
 
-def test_the_kernel_names_the_connections_that_changed_and_lookups_answer_with_the_dumps_fields(netns):
+@pytest.mark.parametrize("build", ["tcp_archive_changes", "tcp_archive_changes_compat"])
+def test_the_kernel_names_the_connections_that_changed_and_lookups_answer_with_the_dumps_fields(
+        netns, monkeypatch, build):
+    """Either build of the change iterator (the compat one is what kernels before 6.2 load)."""
+    from exporter.archive import kernel
     from exporter.archive.kernel import ChangeIterator
     from exporter.netlink.connections import ConnectionReader
 
+    monkeypatch.setattr(kernel, "CHANGE_OBJECTS", (build,))
     ns = netns()
     old = _pair(ns)  # older than the iterator: enrolled by its first pass over the namespace
     with in_netns(ns):

@@ -5,7 +5,7 @@ One thread does everything on its own clock, never touching the scrape path:
 - every ``interval`` it finds the connections that changed and writes a ``change`` record for each whose
   state, tcp_info (the ``last_*`` timers aside), congestion control or memory changed since its last
   record; a connection seen for the first time gets a ``header`` record first. With eBPF, an iterator
-  pass (``kernel.py``, tcp_archive_changes.bpf.c) names the connections whose fingerprint changed and
+  pass (``kernel.py``, tcp_archive_changes.h) names the connections whose fingerprint changed and
   sock_diag answers exact lookups of just those; without, the namespace's TCP connections are dumped
   over sock_diag and compared in Python (``netlink/connections.py``). Either way the record holds the
   kernel's own tcp_info, and the comparison of its bytes with the last record's decides;

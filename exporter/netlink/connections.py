@@ -181,7 +181,7 @@ class ConnectionReader:
 
     def answers(self, requests: bytes, fingerprints: dict[int, bytes]) -> list[Connection]:
         """What ``changed`` returns, for the connections ``requests`` ask for: ready-made exact sock_diag
-        requests (``REQUEST_SIZE`` bytes each, from tcp_archive_changes.bpf.c), sent ``_BATCH`` to one
+        requests (``REQUEST_SIZE`` bytes each, from tcp_archive_changes.h), sent ``_BATCH`` to one
         sendmsg. The kernel answers every message of a buffer within the sendmsg, so the answers are
         queued when it returns. A connection that closed meanwhile has no answer (an NLMSG_ERROR)."""
         changed: list[Connection] = []
