@@ -85,7 +85,7 @@ def breakdown(interval: float, polls: int) -> dict[str, float]:
     while the children move data: the iterator pass, the exact lookups with their parsing and comparison,
     the records' encoding, and the frames (one per changed connection per second, as the archive writes
     them, amortised per poll)."""
-    from exporter.archive import change_tail
+    from exporter.archive import change_record
     from exporter.archive.files import ArchiveFiles, compressor
     from exporter.archive.kernel import ChangeIterator
     from exporter.netlink.connections import ConnectionReader
@@ -101,7 +101,7 @@ def breakdown(interval: float, polls: int) -> dict[str, float]:
             # every connection (its file begun, as the archive's first poll does), then those whose optmem moved
             for _ in range(2):
                 for connection in reader.answers(changes.requests(), fingerprints):
-                    files.append(str(connection.cookie), b"", change_tail(connection), 1, time.monotonic())
+                    files.append(str(connection.cookie), b"", change_record(b"{", b"", connection), 1, time.monotonic())
             for poll in range(1, polls + 1):
                 time.sleep(interval)
                 begin = time.thread_time()
@@ -110,12 +110,13 @@ def breakdown(interval: float, polls: int) -> dict[str, float]:
                 changed = reader.answers(requests, fingerprints)
                 looked_up = time.thread_time()
                 for connection in changed:
-                    pending.setdefault(connection.cookie, []).append(change_tail(connection))
+                    pending.setdefault(connection.cookie, []).append(change_record(b"{", b"", connection))
                 encoded = time.thread_time()
                 if poll % per_second == 0:
                     now = time.monotonic()
                     for cookie, lines in pending.items():
-                        files.append(str(cookie), b"", b"\n".join(lines), len(lines), now)
+                        files.append(str(cookie), b"", b"".join(lines), len(lines), now)
+                    files.settle()
                     pending.clear()
                 spent["iterator pass"] += passed - begin
                 spent["exact lookups"] += looked_up - passed

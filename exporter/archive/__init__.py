@@ -5,7 +5,7 @@ One thread does everything on its own clock, never touching the scrape path:
 - every ``interval`` it finds the connections that changed and writes a ``change`` record for each whose
   state, tcp_info (the ``last_*`` timers aside), congestion control or memory changed since its last
   record; a connection seen for the first time gets a ``header`` record first. With eBPF, an iterator
-  pass (``kernel.py``, tcp_archive_changes.bpf.c) names the connections whose fingerprint changed and
+  pass (``kernel.py``, tcp_archive_changes.h) names the connections whose fingerprint changed and
   sock_diag answers exact lookups of just those; without, the namespace's TCP connections are dumped
   over sock_diag and compared in Python (``netlink/connections.py``). Either way the record holds the
   kernel's own tcp_info, and the comparison of its bytes with the last record's decides;
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -85,7 +86,7 @@ class _Connection:
         self.uuid = uuid
         self.quoted = f'"{uuid}",'.encode()  # as records write it
         self.header = header
-        self.last = b""  # the last change record after its uuid (the final record without eBPF)
+        self.last = b""  # the last change record, kept without eBPF only (its final record is made of it)
         self.pending: list[bytes] = []
 
 
@@ -150,10 +151,7 @@ class Archive:
         return copy
 
     def file_stats(self) -> FileStats:
-        with self.files._lock:
-            stats = self.files.stats
-            return FileStats(stats.bytes_written, stats.files, stats.deleted_files, dict(stats.errors),
-                             stats.dropped_records)
+        return self.files.snapshot()
 
     def close(self) -> None:
         self._stop.set()
@@ -177,7 +175,8 @@ class Archive:
                 if wait > 0:
                     if self._hook is None:
                         self._stop.wait(wait)
-                    elif self._hook.poll(min(max(1, int(wait * 1000)), _FINAL_LATENCY_MS)):
+                    # Rounded up: a wait that ends just before the poll would cost a second wake (~20 µs).
+                    elif self._hook.poll(min(math.ceil(wait * 1000), _FINAL_LATENCY_MS)):
                         self._flush(everything=False)  # finals go out within about _FINAL_LATENCY_MS
                     continue
                 next_poll += self.interval
@@ -211,6 +210,7 @@ class Archive:
         head = f'{{"kind":"change","timestamp":"{stamp}","uuid":'.encode()
         records = queued = 0
         finished, live, waiting = self._finished, self._live, self._waiting
+        keep_last = self._hook is None  # only then is the last change record a final record's source
         for connection in changed:
             cookie = connection.cookie
             if cookie in finished:
@@ -219,8 +219,9 @@ class Archive:
             if known is None:
                 known = live[cookie] = self._open(connection, now)
                 self._prompt[cookie] = known
-            known.last = tail = change_tail(connection)
-            line = head + known.quoted + tail + b"}\n"
+            line = change_record(head, known.quoted, connection)
+            if keep_last:
+                known.last = line
             if not known.pending:
                 waiting.append(known)
             known.pending.append(line)  # _queue, inline: this runs for every record
@@ -232,8 +233,8 @@ class Archive:
                 del self._fingerprints[cookie]  # left the dump (or lost its tcp_info: TIME_WAIT)
                 if self._hook is None and cookie in self._live:  # without the close hook, that is the end
                     connection = self._live[cookie]
-                    self._queue(connection, f'{{"kind":"final","timestamp":"{stamp}","uuid":'.encode()
-                                + connection.quoted + connection.last + b',"source":"poll"}\n')
+                    self._queue(connection, f'{{"kind":"final","timestamp":"{stamp}"'.encode()
+                                + connection.last[_CHANGE_STAMPED:-2] + b',"source":"poll"}\n')
                     self._finish(cookie)
                     with self._lock:
                         self._stats.records["final"] += 1
@@ -310,14 +311,16 @@ class Archive:
 
     def _flush(self, everything: bool) -> None:
         """Every connection's pending lines, or only those of new and finished connections."""
-        now = time.monotonic()
+        now, append, flushed = time.monotonic(), self.files.append, 0
         for connection in self._waiting if everything else self._prompt.values():
-            if connection.pending:
-                lines = b"".join(connection.pending)
-                count = len(connection.pending)
-                self._pending_bytes -= len(lines)
-                connection.pending.clear()
-                self.files.append(connection.uuid, connection.header, lines, count, now)
+            pending = connection.pending
+            if pending:
+                lines, count = b"".join(pending), len(pending)
+                pending.clear()
+                flushed += len(lines)
+                append(connection.uuid, connection.header, lines, count, now)
+        self._pending_bytes -= flushed
+        self.files.settle()
         if everything:
             self._waiting.clear()
         self._prompt.clear()
@@ -332,15 +335,18 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)  # one 
 # What surrounds tcp_info in a change record, by (state, congestion control, number of meminfo fields):
 # the JSON before it, and the format of what follows (the meminfo object). A few dozen at most.
 _AROUND_TCP_INFO: dict[tuple[int, str, int], tuple[bytes, bytes]] = {}
+# A change record's opening up to its timestamp's closing quote ('{"kind":"change","timestamp":"...Z"').
+_CHANGE_STAMPED = len('{"kind":"change","timestamp":"') + len(_timestamp(0.0)) + 1
 
 
 def _line(record: dict) -> bytes:
     return _ENCODER.encode(record).encode() + b"\n"
 
 
-def change_tail(connection: Connection) -> bytes:
-    """A change record's JSON after its uuid, without the closing brace, as ``_line`` would write it
-    (same keys, same order), from precompiled formats: no dict per record, one ``%`` per struct."""
+def change_record(head: bytes, uuid: bytes, connection: Connection) -> bytes:
+    """A change record's line: ``head`` and ``uuid`` (its JSON up to the uuid's comma), then the state,
+    congestion control, tcp_info and meminfo as ``_line`` would write them (same keys, same order), from
+    precompiled formats joined once: no dict, no intermediate bytes, one ``%`` per struct."""
     meminfo = connection.meminfo
     key = (connection.state, connection.congestion, len(meminfo))
     around = _AROUND_TCP_INFO.get(key)
@@ -348,6 +354,7 @@ def change_tail(connection: Connection) -> bytes:
         state = STATE_NAMES.get(connection.state, connection.state)
         around = _AROUND_TCP_INFO[key] = (
             f'"state":"{state}","congestion":{_ENCODER.encode(connection.congestion)},"tcp_info":'.encode(),
-            (',"meminfo":{' + ",".join(f'"{name}":%d' for name in MEMINFO_NAMES[:len(meminfo)]) + "}").encode())
+            (',"meminfo":{' + ",".join(f'"{name}":%d' for name in MEMINFO_NAMES[:len(meminfo)]) + "}}\n").encode())
     lead, meminfo_format = around
-    return lead + tcp_info.prefix(len(connection.tcp_info)).json(connection.tcp_info) + meminfo_format % meminfo
+    return b"".join((head, uuid, lead, *tcp_info.prefix(len(connection.tcp_info)).json_parts(connection.tcp_info),
+                     meminfo_format % meminfo))

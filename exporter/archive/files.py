@@ -48,6 +48,12 @@ class _Open:
     since: float  # time.monotonic() of the sequence's first write
 
 
+def _write_all(fd: int, frame: bytes) -> None:
+    written = os.write(fd, frame)
+    while written < len(frame):
+        written += os.write(fd, frame[written:])
+
+
 def compressor():
     """``compress(bytes) -> bytes``, one complete zstd frame: level 1, the cheapest that keeps ~2.3x on a
     record line (level -1 costs 30% more bytes)."""
@@ -69,6 +75,7 @@ class ArchiveFiles:
         self._sizes: OrderedDict[str, int] = OrderedDict()  # every archive file, oldest first
         self._total = 0
         self._logged: set[str] = set()
+        self._written = self._started = 0  # bytes and files not yet in stats (settle())
         os.makedirs(self.directory, exist_ok=True)
         # Files are opened relative to the directory: the path walk of its own components once, not a frame.
         self._root = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -100,27 +107,58 @@ class ArchiveFiles:
     def append(self, uuid: str, header: bytes, lines: bytes, records: int, now: float) -> None:
         """Append ``lines`` (JSON lines of ``records`` records) to the connection's current file as one
         frame; a new file (first, rotated, or deleted by retention) starts with ``header``. ``now`` is
-        time.monotonic() (one reading serves a flush)."""
+        time.monotonic() (one reading serves a flush). What it wrote reaches ``stats`` at ``settle()``."""
         current = self._current.get(uuid)
         if current is None or now - current.since >= self.rotate_seconds:
             sequence = 0 if current is None else current.sequence + 1
             current = self._current[uuid] = _Open(self._path(uuid, sequence), sequence, now)
+        path = current.path
         if self._total + len(header) + len(lines) > self.max_bytes:  # an upper bound of the frame
             self._make_room(len(header) + len(lines))
-        size = self._sizes.get(current.path)  # None: a new file (also when retention just took it)
-        fd = None
+        size = self._sizes.get(path)  # None: a new file (also when retention just took it)
         if size is not None:  # without O_CREAT, which takes the directory's lock: ~1-2 µs less an append
             try:
-                fd = os.open(current.path, _EXISTING, dir_fd=self._root)
+                fd = os.open(path, _EXISTING, dir_fd=self._root)
             except FileNotFoundError:  # removed behind the archive's back: it starts again, header first
-                self._total -= self._sizes.pop(current.path)
+                self._total -= self._sizes.pop(path)
                 size = None
             except OSError as error:
-                self._error(error, current.path)
-        if (fd is None and size is not None) or not self._write(
-                current.path, self._compress(lines if size is not None else header + lines), size, fd):
-            with self._lock:
-                self.stats.dropped_records += records + (1 if size is None else 0)
+                self._error(error, path)
+                self._drop(records)
+                return
+        if size is None:
+            self._start(path, self._compress(header + lines), records)
+            return
+        frame = self._compress(lines)
+        try:
+            _write_all(fd, frame)
+        except OSError as error:
+            try:
+                os.ftruncate(fd, size)  # never leave a torn frame for a reader
+            except OSError:
+                pass
+            self._error(error, path)
+            self._drop(records)
+            return
+        finally:
+            os.close(fd)
+        self._sizes[path] = size + len(frame)
+        self._total += len(frame)
+        self._written += len(frame)
+
+    def settle(self) -> None:
+        """The bytes and files appended since the last call reach ``stats``: one lock a flush, not a frame."""
+        with self._lock:
+            self.stats.bytes_written += self._written
+            self.stats.files += self._started
+        self._written = self._started = 0
+
+    def snapshot(self) -> FileStats:
+        """A copy of ``stats``, safe from any thread."""
+        with self._lock:
+            stats = self.stats
+            return FileStats(stats.bytes_written, stats.files, stats.deleted_files, dict(stats.errors),
+                             stats.dropped_records)
 
     def forget(self, uuid: str) -> None:
         """The connection ended: its files stay, its place in memory goes."""
@@ -129,39 +167,35 @@ class ArchiveFiles:
     def _path(self, uuid: str, sequence: int) -> str:
         return time.strftime("%Y/%m/%d/", time.gmtime()) + f"{uuid}.{sequence}{SUFFIX}"
 
-    def _write(self, path: str, frame: bytes, size: int | None, fd: int | None) -> bool:
-        """Append ``frame`` to the file at ``path`` of ``size`` bytes, open as ``fd`` (None: a new file)."""
-        fresh = size is None
-        if fresh:
-            try:
-                os.makedirs(os.path.join(self.directory, os.path.dirname(path)), exist_ok=True)
-                fd = self._open_new(path)
-            except OSError as error:
-                self._error(error, path)
-                return False
+    def _start(self, path: str, frame: bytes, records: int) -> None:
+        """A new file at ``path`` holding ``frame`` (its header and first records)."""
         try:
-            written = os.write(fd, frame)
-            while written < len(frame):
-                written += os.write(fd, frame[written:])
+            os.makedirs(os.path.join(self.directory, os.path.dirname(path)), exist_ok=True)
+            fd = self._open_new(path)
+        except OSError as error:
+            self._error(error, path)
+            self._drop(records + 1)
+            return
+        try:
+            _write_all(fd, frame)
         except OSError as error:
             try:
-                if fresh:
-                    os.unlink(path, dir_fd=self._root)  # no empty file: the next append starts it again, header first
-                else:
-                    os.ftruncate(fd, size)  # never leave a torn frame for a reader
+                os.unlink(path, dir_fd=self._root)  # no empty file: the next append starts it again, header first
             except OSError:
                 pass
             self._error(error, path)
-            return False
+            self._drop(records + 1)
+            return
         finally:
             os.close(fd)
-        with self._lock:
-            self.stats.bytes_written += len(frame)
-            if fresh:
-                self.stats.files += 1
-        self._sizes[path] = (size or 0) + len(frame)  # a new file goes last: the order is creation order
+        self._sizes[path] = len(frame)  # a new file goes last: the order is creation order
         self._total += len(frame)
-        return True
+        self._written += len(frame)
+        self._started += 1
+
+    def _drop(self, records: int) -> None:
+        with self._lock:
+            self.stats.dropped_records += records
 
     def _open_new(self, path: str) -> int:
         try:

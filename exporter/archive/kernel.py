@@ -1,5 +1,5 @@
 """The archive's kernel side: exporter/bpf/tcp_archive.bpf.c loaded and attached, its ring buffer of final
-records read; exporter/bpf/tcp_archive_changes.bpf.c, the iterator that names the connections that
+records read; exporter/bpf/tcp_archive_changes.h, the iterator that names the connections that
 changed. Needs what every tracing program needs (CAP_BPF and CAP_PERFMON, or root) and BTF."""
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ import struct
 from typing import NamedTuple
 
 from ..bpf.build import object_path
-from ..bpf.libbpf import Attachment, BpfObject, RingBuffer
+from ..bpf.libbpf import Attachment, BpfError, BpfObject, RingBuffer
 from ..bpf.tcp_accounting import netns_cookie
 from ..netlink.connections import EXTENSIONS, REQUEST_SIZE
 
 _U64 = struct.Struct("=Q")
 _READ_BYTES = 1 << 16
-_CONFIG = struct.Struct("=QI4x")  # struct config in tcp_archive_changes.bpf.c
+_CONFIG = struct.Struct("=QI4x")  # struct config in tcp_archive_changes.h
+# The change iterator's builds, in the order tried: Linux 6.2+ (a read-only cast), then older kernels.
+CHANGE_OBJECTS = ("tcp_archive_changes", "tcp_archive_changes_compat")
 
 # struct start_record and struct final_record in tcp_archive.bpf.c, told apart by their size
 START_RECORD = struct.Struct("=QQ")
@@ -100,12 +102,19 @@ class CloseHook:
 
 
 class ChangeIterator:
-    """exporter/bpf/tcp_archive_changes.bpf.c loaded and attached, the connections of this thread's network
-    namespace enrolled: ``requests()`` runs one pass and returns the exact sock_diag requests, one for each
-    connection that changed since the last pass (every connection in the first)."""
+    """exporter/bpf/tcp_archive_changes.h's programs (the first build of CHANGE_OBJECTS that loads)
+    attached, the connections of this thread's network namespace enrolled: ``requests()`` runs one pass
+    and returns the exact sock_diag requests, one for each connection that changed since the last pass
+    (every connection in the first)."""
 
     def __init__(self):
-        self._object = BpfObject(str(object_path("tcp_archive_changes")))
+        for name in CHANGE_OBJECTS:
+            try:
+                self._object = BpfObject(str(object_path(name)))
+                break
+            except BpfError:
+                if name == CHANGE_OBJECTS[-1]:
+                    raise
         self._attachment = Attachment()
         try:
             self._object.map("config", key_size=4, value_size=_CONFIG.size).update(

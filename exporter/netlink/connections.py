@@ -127,10 +127,12 @@ class _Shape:
         if self.meminfo is not None:
             start, layout = self.meminfo
             meminfo = layout.unpack_from(view, offset + start)
-        return Connection(cookie, view[offset], state, info, congestion, meminfo, bytes(view[offset + 4:offset + 40]))
+        return _new_connection(Connection, (cookie, view[offset], state, info, congestion, meminfo,
+                                            bytes(view[offset + 4:offset + 40])))
 
 
 _CONGESTION_NAMES: dict[bytes, str] = {}  # INET_DIAG_CONG's bytes -> the name
+_new_connection = tuple.__new__  # a Connection of its fields in order, without NamedTuple's Python __new__
 
 
 def _chain(buf, offset: int, end: int) -> tuple[list[tuple[int, int]], int | None]:
@@ -173,12 +175,13 @@ class ConnectionReader:
         present: set[int] = set()
         parse = self._comparer(fingerprints, changed, present)
         for request in self._requests:
-            self._netlink.dump(SOCK_DIAG_BY_FAMILY, request, lambda kind, buf, offset, end: parse(buf, offset, end))
+            self._netlink.dump(SOCK_DIAG_BY_FAMILY, request,
+                               lambda kind, buf, offset, end: parse(buf, memoryview(buf), offset, end))
         return changed, present
 
     def answers(self, requests: bytes, fingerprints: dict[int, bytes]) -> list[Connection]:
         """What ``changed`` returns, for the connections ``requests`` ask for: ready-made exact sock_diag
-        requests (``REQUEST_SIZE`` bytes each, from tcp_archive_changes.bpf.c), sent ``_BATCH`` to one
+        requests (``REQUEST_SIZE`` bytes each, from tcp_archive_changes.h), sent ``_BATCH`` to one
         sendmsg. The kernel answers every message of a buffer within the sendmsg, so the answers are
         queued when it returns. A connection that closed meanwhile has no answer (an NLMSG_ERROR)."""
         changed: list[Connection] = []
@@ -203,19 +206,19 @@ class ConnectionReader:
                     if length < 16 or offset + length > received:
                         break
                     if kind == SOCK_DIAG_BY_FAMILY:
-                        parse(buf, offset + 16, offset + length)
+                        parse(buf, view, offset + 16, offset + length)
                     offset += (length + 3) & ~3
         return changed
 
     def _comparer(self, fingerprints: dict[int, bytes], changed: list[Connection], present: set[int] | None):
-        """``parse(buf, offset, end)`` of one inet_diag_msg: appends it to ``changed`` (decoded) if its
-        fingerprint differs from ``fingerprints[cookie]`` (then updated), its cookie to ``present``."""
+        """``parse(buf, view, offset, end)`` of one inet_diag_msg (``view``: a memoryview of ``buf``): appends
+        it to ``changed`` (decoded) if its fingerprint differs from ``fingerprints[cookie]`` (then updated),
+        its cookie to ``present``."""
         shapes = self._shapes
         recall = fingerprints.get
         seen = present.add if present is not None else None
 
-        def parse(buf, offset, end):
-            view = memoryview(buf)
+        def parse(buf, view, offset, end):
             shape = shapes.get(end - offset)
             if shape is not None:
                 values = shape.unpack_from(buf, offset)
@@ -232,7 +235,7 @@ class ConnectionReader:
             cookie = values[1]
             if seen is not None:
                 seen(cookie)
-            fingerprint = bytes(view[offset + 60:offset + shape.cut]) + view[offset + shape.resume:end]
+            fingerprint = b"".join((view[offset + 60:offset + shape.cut], view[offset + shape.resume:end]))
             if recall(cookie) != fingerprint:
                 fingerprints[cookie] = fingerprint
                 changed.append(shape.connection(view, offset, cookie, values[0]))

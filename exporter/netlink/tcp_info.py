@@ -73,10 +73,11 @@ assert TIMER_BYTES[1] - TIMER_BYTES[0] == 4 * len(TIMERS)
 
 class Prefix:
     """How to read the fields a kernel's tcp_info of one length holds: ``names`` (``NAMES`` order),
-    ``values(raw)`` (a tuple in that order) and ``json(raw)``, the JSON object of them as bytes (as
-    json.dumps with compact separators would write it), from precompiled formats: no dict."""
+    ``values(raw)`` (a tuple in that order), ``json(raw)``, the JSON object of them as bytes (as
+    json.dumps with compact separators would write it), from precompiled formats: no dict, and
+    ``json_parts(raw)``, that object in pieces to join (a record joins all of its pieces once)."""
 
-    __slots__ = ("names", "values", "json")
+    __slots__ = ("names", "values", "json_parts")
 
     def __init__(self, length: int):
         fields = [(name, offset, fmt) for name, offset, fmt in FIELDS if offset + struct.calcsize(fmt) <= length]
@@ -84,7 +85,7 @@ class Prefix:
         if len(fields) < 8:  # shorter than 8 bytes, without the bit-field bytes: no kernel sends that
             self.names, self.values = tuple(name for name, _, _ in fields), unpack_from
             template = ("{" + ",".join(f'"{name}":%d' for name in self.names) + "}").encode()
-            self.json = lambda raw: template % unpack_from(raw)
+            self.json_parts = lambda raw: (template % unpack_from(raw),)
             return
         self.names = _HEAD + tuple(name for name, _, _ in fields[8:])
 
@@ -107,7 +108,7 @@ class Prefix:
         tail_read = _struct(tail, _KEPT_TAIL).unpack_from if tail else lambda raw, offset: ()
         tail_end = tail[-1][1] + struct.calcsize(tail[-1][2]) if tail else _KEPT_TAIL
 
-        def json(raw) -> bytes:
+        def json_parts(raw) -> tuple[bytes, bytes, bytes]:
             key = raw[:8]
             head = heads.get(key)
             if head is None:
@@ -121,9 +122,12 @@ class Prefix:
                 if len(tails) >= _KEPT:
                     tails.clear()
                 end = tails[key] = tail_template % tail_read(raw, _KEPT_TAIL)
-            return head + middle_template % middle_read(raw, 8) + end
+            return head, middle_template % middle_read(raw, 8), end
 
-        self.values, self.json = values, json
+        self.values, self.json_parts = values, json_parts
+
+    def json(self, raw) -> bytes:
+        return b"".join(self.json_parts(raw))
 
 
 _KEPT = 4096  # JSON pieces kept by their bytes, each of the head and the tail
