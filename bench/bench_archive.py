@@ -2,7 +2,8 @@
 
 Holds 2k and 20k established loopback connections (child processes in a network namespace of its own, at
 most 8,000 sockets each: the open-file limit) and, for each poll interval (10 ms and 100 ms), runs the
-archive in this process for a few seconds while the children move one byte on ``--moving`` connections
+archive in this process for ``--seconds`` (rounded up to whole flush periods, FLUSH_SECONDS, so that every
+window holds as many flushes of change records) while the children move one byte on ``--moving`` connections
 every interval (so at most that many change per poll; the rest stay idle). It prints, per row: the archive
 thread's CPU (user + system, from /proc/self/task/TID/stat) as a share of one core, records per second, µs
 of archive CPU per record, compressed bytes per record, poll duration, and the median scrape time of the
@@ -15,6 +16,7 @@ The namespace and the children are removed at exit, the children by their pid.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import signal
@@ -130,7 +132,7 @@ def breakdown(interval: float, polls: int) -> dict[str, float]:
 
 
 def run(size: int, interval: float, moving: int, seconds: float, namespace: str, pieces: bool) -> dict:
-    from exporter.archive import Archive
+    from exporter.archive import FLUSH_SECONDS, Archive
     from exporter.collectors import Scrape
     from exporter.collectors.link import LinkCollector
     from exporter.collectors.tcp import TcpCollector
@@ -157,6 +159,8 @@ def run(size: int, interval: float, moving: int, seconds: float, namespace: str,
                 while archive.stats().poll_count < 3 and time.monotonic() < deadline:  # sockets, seconds
                     time.sleep(0.05)
                 time.sleep(min(1.0, seconds / 4))  # and its first flush of every connection
+                seconds = math.ceil(seconds / FLUSH_SECONDS) * FLUSH_SECONDS  # whole flush periods: each
+                # window holds as many flushes of change records, whatever its phase
                 cpu_before, wall_before = _thread_cpu_seconds(native), time.monotonic()
                 records_before = sum(archive.stats().records.values())
                 bytes_before = archive.file_stats().bytes_written
