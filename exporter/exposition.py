@@ -184,6 +184,26 @@ def _family_format(family: Family, suffix: str, rows: Rows) -> str:
     return cached[3]
 
 
+# A run of consecutive families that are each one integer column -> (their rows, held so that no other
+# object takes their ids while the entry lives; the run's whole text with %d for each value), keyed by
+# each family's name, type, help, suffix and id(rows), flat. Cleared when full.
+_run_cache: dict[tuple, tuple[tuple[Rows, ...], str]] = {}
+_RUN_CACHE_ENTRIES = 256
+
+
+def _run_text(run: list[Family], key: list, values: list) -> str:
+    """The text of ``run`` by one ``%``: a collector's families over the same interfaces come in runs."""
+    key = tuple(key)
+    cached = _run_cache.get(key)
+    if cached is None:
+        if len(_run_cache) >= _RUN_CACHE_ENTRIES:
+            _run_cache.clear()
+        columns = [family.columns[0] for family in run]
+        cached = _run_cache[key] = (tuple(rows for _, rows, _ in columns), "".join(
+            _family_format(family, suffix, rows) for family, (suffix, rows, _) in zip(run, columns)))
+    return cached[1] % tuple(values)
+
+
 def _column_text(sample: str, rows: Rows, values: Sequence) -> str:
     """``sample{labels} value`` lines, one per row: integer columns (nearly all) by one ``%``."""
     entry = _rows_entry(rows)
@@ -218,13 +238,21 @@ def render_text(families: Iterable[Family]) -> bytes:
     """Encode families in the Prometheus text format, version 0.0.4."""
     out: list[str] = []
     label_text: dict[Labels, str] = {}
+    run: list[Family] = []  # consecutive families that are each one integer column (most): one % for all
+    key: list = []
+    run_values: list[int] = []
     for family in families:
         columns = family.columns
-        if not family.samples and len(columns) == 1:  # most families: header and lines by one %
+        if not family.samples and len(columns) == 1:
             suffix, rows, values = columns[0]
             if rows and len(rows) == len(values) and suffix not in _SPLIT_SUFFIXES and type(sum(values)) is int:
-                out.append(_family_format(family, suffix, rows) % tuple(values))
+                run.append(family)
+                key += (family.name, family.type, family.help, suffix, id(rows))
+                run_values += values
                 continue
+        if run:
+            out.append(_run_text(run, key, run_values))
+            run, key, run_values = [], [], []
         name = family.name
         out.append(_header(name, family.type, family.help))
         split: dict[str, list[str]] = {}
@@ -251,4 +279,6 @@ def render_text(families: Iterable[Family]) -> bytes:
             for suffix in sorted(split):
                 out.append(_header(name + suffix, "gauge", family.help))
                 out.extend(split[suffix])
+    if run:
+        out.append(_run_text(run, key, run_values))
     return "".join(out).encode()
