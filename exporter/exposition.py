@@ -154,34 +154,29 @@ def format_value(value) -> str:
     return repr(value)
 
 
-# id(rows) -> (rows, each row's label text and the space before the value, by sample name the column's
-# text with %d for each value, and by family name (type, help, suffix, text) of a family that is just
-# that column: its header and lines with %d for each value). The entry holds rows, so no other object
-# can take its id while the entry lives. Cleared when full: label sets that change every scrape cost
-# what they would without the cache.
-_row_text_cache: dict[int, tuple[Rows, tuple[str, ...], dict[str, str], dict[str, tuple[str, str, str, str]]]] = {}
+# id(rows) -> (rows, each row's label text and the space before the value, and by sample name the
+# column's text with %d for each value). The entry holds rows, so no other object can take its id
+# while the entry lives. Cleared when full: label sets that change every scrape cost what they would
+# without the cache.
+_row_text_cache: dict[int, tuple[Rows, tuple[str, ...], dict[str, str]]] = {}
 _ROW_TEXT_CACHE_ENTRIES = 1024  # room for per-namespace label rows (--collector.netns)
 
 
-def _rows_entry(rows: Rows) -> tuple[Rows, tuple[str, ...], dict[str, str], dict[str, tuple[str, str, str, str]]]:
+def _row_texts(rows: Rows) -> tuple[Rows, tuple[str, ...], dict[str, str]]:
     entry = _row_text_cache.get(id(rows))
     if entry is None:
         if len(_row_text_cache) >= _ROW_TEXT_CACHE_ENTRIES:
             _row_text_cache.clear()
-        entry = _row_text_cache[id(rows)] = (rows, tuple(_render_labels(labels) + " " for labels in rows), {}, {})
+        entry = _row_text_cache[id(rows)] = (rows, tuple(_render_labels(labels) + " " for labels in rows), {})
     return entry
 
 
 def _family_format(family: Family, suffix: str, rows: Rows) -> str:
-    """The whole text of a family that is one integer column, with %d for each value."""
-    entry = _rows_entry(rows)
-    cached = entry[3].get(family.name)
-    if cached is None or cached[0] != family.type or cached[1] != family.help or cached[2] != suffix:
-        sample = family.name + suffix
-        text = _header(family.name, family.type, family.help).replace("%", "%%") + "".join(
-            f"{sample}{labels.replace('%', '%%')}%d\n" for labels in entry[1])
-        cached = entry[3][family.name] = (family.type, family.help, suffix, text)
-    return cached[3]
+    """The whole text of a family that is one integer column, with %d for each value (for _run_text,
+    which keeps what it makes of it)."""
+    sample = family.name + suffix
+    return _header(family.name, family.type, family.help).replace("%", "%%") + "".join(
+        f"{sample}{labels.replace('%', '%%')}%d\n" for labels in _row_texts(rows)[1])
 
 
 # A run of consecutive families that are each one integer column -> (their rows, held so that no other
@@ -206,7 +201,7 @@ def _run_text(run: list[Family], key: list, values: list) -> str:
 
 def _column_text(sample: str, rows: Rows, values: Sequence) -> str:
     """``sample{labels} value`` lines, one per row: integer columns (nearly all) by one ``%``."""
-    entry = _rows_entry(rows)
+    entry = _row_texts(rows)
     total = sum(values)
     if type(total) is int:
         format = entry[2].get(sample)
