@@ -371,9 +371,7 @@ def test_a_stream_outlives_the_deadlines_and_the_cap(monkeypatch):
             return http_server.Response(200, events(), "text/event-stream")
 
     server = Streaming(http_server.MetricsApp(Scrape([])), "127.0.0.1", 0)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(server.run(),))
-    thread.start()
+    server.start()
     try:
         port = server.server_address[1]
         stream = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -398,11 +396,8 @@ def test_a_stream_outlives_the_deadlines_and_the_cap(monkeypatch):
         head, _, body = received.partition(b"\r\n\r\n")
         assert b"\r\nConnection: close" in head and b"Transfer-Encoding" not in head and body == events
     finally:
-        loop.call_soon_threadsafe(server.stop)
-        thread.join(timeout=20)
-        loop.close()
-        server.socket.close()
-    assert not thread.is_alive()
+        server.close()
+    assert not _serving_threads()
 
 
 def test_sigterm_during_scrapes_finishes_them_before_closing_collectors(running):
@@ -564,6 +559,11 @@ def test_out_of_file_descriptors_pauses_accepting_and_recovers(netns, exporter):
     assert stderr.count("cannot accept connections (Too many open files)") == 1, stderr
 
 
+def _serving_threads() -> list[threading.Thread]:
+    """Threads of Server.start() still alive (close() waits for its thread)."""
+    return [thread for thread in threading.enumerate() if thread.name == "netio-http" and thread.is_alive()]
+
+
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
@@ -575,8 +575,6 @@ def test_a_client_that_reads_slowly_gets_every_byte_and_one_that_never_reads_is_
     server buffers at most about a socket's worth, not the stream), then arrives whole and in order; a
     client that never reads is dropped after WRITE_SECONDS, and the server goes on answering.
     (In-process, on loopback of this namespace, with WRITE_SECONDS shortened.)"""
-    import asyncio
-
     from exporter import server as http_server
     from exporter.collectors import Scrape
 
@@ -596,9 +594,7 @@ def test_a_client_that_reads_slowly_gets_every_byte_and_one_that_never_reads_is_
             return http_server.Response(200, body(), "application/octet-stream")
 
     server = Streaming(http_server.MetricsApp(Scrape([])), "127.0.0.1", 0)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(server.run(),))
-    thread.start()
+    server.start()
     try:
         port = server.server_address[1]
         slow = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -628,8 +624,5 @@ def test_a_client_that_reads_slowly_gets_every_byte_and_one_that_never_reads_is_
         stuck.close()
         assert cut < len(chunk) * 8
     finally:
-        loop.call_soon_threadsafe(server.stop)
-        thread.join(timeout=20)
-        loop.close()
-        server.socket.close()
-    assert not thread.is_alive()
+        server.close()
+    assert not _serving_threads()
