@@ -626,3 +626,31 @@ def test_a_client_that_reads_slowly_gets_every_byte_and_one_that_never_reads_is_
     finally:
         server.close()
     assert not _serving_threads()
+
+
+def test_connections_reset_at_once_leave_nothing_behind(netns, exporter):
+    """500 clients that reset their connection (SO_LINGER 0) right after connecting, a third of them after a
+    whole request and a third after half of one: the transport's first read, made at accept, meets the reset;
+    the exporter's descriptors are back where they were and it answers."""
+    import struct
+    running = exporter(netns(), "--no-collector.tcp", "--no-collector.netstack")
+    pid = running.process.pid
+    running.get()
+    time.sleep(0.5)
+    start_fds = len(os.listdir(f"/proc/{pid}/fd"))
+    with in_netns(running.ns):
+        for index in range(500):
+            client = socket.create_connection((running.address, running.port), timeout=5)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if index % 3 == 1:
+                client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            elif index % 3 == 2:
+                client.sendall(b"GET /metr")
+            client.close()
+    deadline = time.monotonic() + 5
+    while len(os.listdir(f"/proc/{pid}/fd")) != start_fds and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(os.listdir(f"/proc/{pid}/fd")) == start_fds
+    assert running.get()[0] == 200
+    _, stderr = running.stop()
+    assert "Traceback" not in stderr and "failed" not in stderr, stderr
