@@ -27,6 +27,7 @@ def test_named_and_process_namespaces_are_found_once_and_vanish(netns):
     anonymous = netns()
     holder = NetnsProcess(anonymous, ["sleep", "60"])  # a process in it; then the name goes
     try:
+        holder.wait_entered()  # else the name may go before ip opens it (seen once in CI)
         inode = os.stat(f"/run/netns/{anonymous}").st_ino
         run("ip", "netns", "del", anonymous)  # the name goes; the process keeps the namespace alive
         found, _ = discover()

@@ -49,6 +49,22 @@ class NetnsProcess:
                                         stdout=stdout, stderr=self.log, start_new_session=True)
         self.pid = self.process.pid
 
+    def wait_entered(self, timeout: float = 10) -> None:
+        """Until our pid is in the namespace (``ip`` setns()es after the fork Popen returns from);
+        RuntimeError if it exits first."""
+        inode = os.stat(f"/run/netns/{self.ns}").st_ino
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"pid {self.pid} exited {self.process.returncode}: {self.stderr()}")
+            try:
+                if os.stat(f"/proc/{self.pid}/ns/net").st_ino == inode:
+                    return
+            except FileNotFoundError:
+                pass
+            time.sleep(0.01)
+        raise RuntimeError(f"pid {self.pid} did not enter {self.ns} within {timeout:g} s")
+
     def stderr(self) -> str:
         self.log.seek(0)
         return self.log.read().decode(errors="replace").strip()
