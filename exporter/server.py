@@ -34,11 +34,14 @@ if "ssl" not in sys.modules:  # asyncio imports ssl (4.4 MB resident here) for T
 else:
     import asyncio
 
+import ctypes
 import dataclasses
+import errno
 import functools
 import gzip
 import logging
 import math
+import os
 import queue
 import re
 import resource
@@ -56,6 +59,7 @@ from .collectors import Scrape
 from .exposition import render_text
 
 log = logging.getLogger("netio_exporter")
+_sched_getcpu = ctypes.CDLL(None).sched_getcpu  # glibc's, through the vDSO: 0.2 µs a call here
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HEAD_SECONDS = 10.0
@@ -205,13 +209,21 @@ def _keep_alive(request: h11.Request) -> bool:
 class _Workers:
     """Up to ``count`` threads, started as needed, that run blocking calls for the event loop: a queue in,
     one ``call_soon_threadsafe`` out to a callback, where ``run_in_executor`` takes two futures and a task
-    to resume (two more turns of the loop)."""
+    to resume (two more turns of the loop).
+
+    The threads are bound to the CPU the loop last handed them a job from. Under the GIL the loop and a
+    worker run Python in turn, not at once, so a worker on another CPU gains no parallelism, while waking
+    it there (and the loop back from it) costs an inter-processor interrupt each way: on a virtual
+    machine, where that is a trip through the hypervisor, a scrape answered on one CPU was measured 20-30%
+    sooner. The binding follows the loop, which the scheduler moves as it likes (and a cpuset change
+    resets it), so this pins nothing."""
 
     def __init__(self, count: int, name: str):
         self._count, self._name = count, name
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._busy = 0  # jobs given and not yet done (on the loop's thread only)
+        self._cpu = -1  # the CPU the threads are bound to (-1: none yet; None: binding failed for good)
 
     def call(self, then: Callable, function: Callable, *args) -> None:
         """``function(*args)`` on a worker; then ``then(result, exception or None)`` on the running loop."""
@@ -220,7 +232,23 @@ class _Workers:
             thread = threading.Thread(target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True)
             thread.start()
             self._threads.append(thread)
+            if self._cpu is not None:
+                self._cpu = -1
+        if self._cpu is not None:
+            self._follow(_sched_getcpu())
         self._jobs.put((asyncio.get_running_loop(), then, function, args))
+
+    def _follow(self, cpu: int) -> None:
+        if cpu == self._cpu or cpu < 0:
+            return
+        try:
+            for thread in self._threads:
+                os.sched_setaffinity(thread.native_id, (cpu,))
+            self._cpu = cpu
+        except OSError as error:  # EINVAL: the CPU left our cpuset since; try again next time
+            if error.errno != errno.EINVAL:
+                log.debug("scrape threads not bound to the loop's CPU: %s", error)
+                self._cpu = None
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:

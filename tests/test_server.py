@@ -654,3 +654,51 @@ def test_connections_reset_at_once_leave_nothing_behind(netns, exporter):
     assert running.get()[0] == 200
     _, stderr = running.stop()
     assert "Traceback" not in stderr and "failed" not in stderr, stderr
+
+
+def test_scrape_threads_follow_the_loops_cpu_and_scrape_unbound_when_refused(monkeypatch):
+    """The scrape threads are bound to the CPU the loop handed the job from, and follow it when the loop
+    moves (its moves are made up here, over the CPUs we may use); a refused binding leaves them unbound
+    and scraping. In-process, on loopback of this namespace."""
+    from exporter import server as http_server
+    from exporter.collectors import Scrape
+
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs two CPUs to see a thread follow the loop")
+    handed_from = []
+
+    def sched_getcpu():
+        handed_from.append(allowed[len(handed_from) % 2])
+        return handed_from[-1]
+    monkeypatch.setattr(http_server, "_sched_getcpu", sched_getcpu)
+
+    def scrape(port):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        assert response.status == 200 and b"netio_scrape_collector_success" in response.read()
+        connection.close()
+
+    def bound():
+        return [os.sched_getaffinity(thread.native_id) for thread in threading.enumerate()
+                if thread.name.startswith("netio-scrape")]
+
+    server = http_server.Server(http_server.MetricsApp(Scrape([])), "127.0.0.1", 0)
+    server.start()
+    try:
+        port = server.server_address[1]
+        for _ in range(3):
+            scrape(port)
+            assert bound() == [{handed_from[-1]}]
+        assert handed_from == [allowed[0], allowed[1], allowed[0]]
+
+        def refused(tid, cpus):
+            raise PermissionError(1, "Operation not permitted")
+        monkeypatch.setattr(http_server.os, "sched_setaffinity", refused)
+        scrape(port)  # bound to allowed[0] before; asked for allowed[1]: refused, so given up for good
+        scrape(port)
+        assert len(handed_from) == 4 and bound() == [{allowed[0]}]
+    finally:
+        server.close()
+    assert not _serving_threads()
