@@ -60,6 +60,7 @@ from .exposition import render_text
 
 log = logging.getLogger("netio_exporter")
 _sched_getcpu = ctypes.CDLL(None).sched_getcpu  # glibc's, through the vDSO: 0.2 µs a call here
+_ANY_CPU, _UNKNOWN_CPU = -1, -2  # _Workers' bindings that are no one CPU
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HEAD_SECONDS = 10.0
@@ -211,19 +212,19 @@ class _Workers:
     one ``call_soon_threadsafe`` out to a callback, where ``run_in_executor`` takes two futures and a task
     to resume (two more turns of the loop).
 
-    The threads are bound to the CPU the loop last handed them a job from. Under the GIL the loop and a
-    worker run Python in turn, not at once, so a worker on another CPU gains no parallelism, while waking
-    it there (and the loop back from it) costs an inter-processor interrupt each way: on a virtual
-    machine, where that is a trip through the hypervisor, a scrape answered on one CPU was measured 20-30%
-    sooner. The binding follows the loop, which the scheduler moves as it likes (and a cpuset change
-    resets it), so this pins nothing."""
+    While one job at a time is given, the threads are bound to the CPU the loop gives it from. Under the
+    GIL the loop and that worker run Python in turn, not at once, so another CPU gains nothing, while
+    waking a thread there (and the loop back) costs an inter-processor interrupt each way: on a virtual
+    machine, a trip through the hypervisor; kept-alive requests were answered 14% sooner side by side.
+    With more at once they may run anywhere the loop may (what releases the GIL, gzip, runs in
+    parallel). The binding follows the loop, which the scheduler moves as it likes, so this pins nothing."""
 
     def __init__(self, count: int, name: str):
         self._count, self._name = count, name
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._busy = 0  # jobs given and not yet done (on the loop's thread only)
-        self._cpu = -1  # the CPU the threads are bound to (-1: none yet; None: binding failed for good)
+        self._bound: int | None = _ANY_CPU  # the threads' CPU, or _ANY_CPU, _UNKNOWN_CPU; None: refused
 
     def call(self, then: Callable, function: Callable, *args) -> None:
         """``function(*args)`` on a worker; then ``then(result, exception or None)`` on the running loop."""
@@ -232,23 +233,25 @@ class _Workers:
             thread = threading.Thread(target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True)
             thread.start()
             self._threads.append(thread)
-            if self._cpu is not None:
-                self._cpu = -1
-        if self._cpu is not None:
-            self._follow(_sched_getcpu())
+            if self._bound is not None:
+                self._bound = _UNKNOWN_CPU  # the new one has the loop's affinity, the others maybe not
+        if self._bound is not None:
+            self._bind(_sched_getcpu() if self._busy == 1 else _ANY_CPU)
         self._jobs.put((asyncio.get_running_loop(), then, function, args))
 
-    def _follow(self, cpu: int) -> None:
-        if cpu == self._cpu or cpu < 0:
+    def _bind(self, cpu: int) -> None:
+        """Every thread to ``cpu`` or, for _ANY_CPU (also sched_getcpu's error), to the loop's CPUs."""
+        if cpu == self._bound:
             return
+        cpus = (cpu,) if cpu >= 0 else os.sched_getaffinity(0)
         try:
             for thread in self._threads:
-                os.sched_setaffinity(thread.native_id, (cpu,))
-            self._cpu = cpu
+                os.sched_setaffinity(thread.native_id, cpus)
+            self._bound = cpu
         except OSError as error:  # EINVAL: the CPU left our cpuset since; try again next time
             if error.errno != errno.EINVAL:
                 log.debug("scrape threads not bound to the loop's CPU: %s", error)
-                self._cpu = None
+                self._bound = None
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:

@@ -656,12 +656,13 @@ def test_connections_reset_at_once_leave_nothing_behind(netns, exporter):
     assert "Traceback" not in stderr and "failed" not in stderr, stderr
 
 
-def test_scrape_threads_follow_the_loops_cpu_and_scrape_unbound_when_refused(monkeypatch):
-    """The scrape threads are bound to the CPU the loop handed the job from, and follow it when the loop
-    moves (its moves are made up here, over the CPUs we may use); a refused binding leaves them unbound
-    and scraping. In-process, on loopback of this namespace."""
+def test_scrape_threads_follow_the_loops_cpu_one_scrape_at_a_time(monkeypatch):
+    """One scrape at a time: the scrape threads are bound to the CPU the loop handed it from and follow the
+    loop when it moves (its moves are made up here, over the CPUs we may use). Two at once: they may run
+    anywhere again. A refused binding leaves them as they are, scraping. In-process, on loopback of this
+    namespace."""
     from exporter import server as http_server
-    from exporter.collectors import Scrape
+    from exporter.collectors import Collector, Scrape
 
     allowed = sorted(os.sched_getaffinity(0))
     if len(allowed) < 2:
@@ -672,33 +673,63 @@ def test_scrape_threads_follow_the_loops_cpu_and_scrape_unbound_when_refused(mon
         handed_from.append(allowed[len(handed_from) % 2])
         return handed_from[-1]
     monkeypatch.setattr(http_server, "_sched_getcpu", sched_getcpu)
+    entered, release = threading.Semaphore(0), threading.Event()
+
+    class Held(Collector):  # holds a scrape while the test looks, when asked to
+        name = "held"
+        hold = False
+
+        def describe_families(self):
+            return []
+
+        def read(self):
+            if self.hold:
+                entered.release()
+                release.wait(10)
+            return []
 
     def scrape(port):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
         connection.request("GET", "/metrics")
         response = connection.getresponse()
         assert response.status == 200 and b"netio_scrape_collector_success" in response.read()
         connection.close()
 
-    def bound():
+    def bindings():
         return [os.sched_getaffinity(thread.native_id) for thread in threading.enumerate()
                 if thread.name.startswith("netio-scrape")]
 
-    server = http_server.Server(http_server.MetricsApp(Scrape([])), "127.0.0.1", 0)
+    held = Held()
+    server = http_server.Server(http_server.MetricsApp(Scrape([held])), "127.0.0.1", 0)
     server.start()
     try:
         port = server.server_address[1]
         for _ in range(3):
             scrape(port)
-            assert bound() == [{handed_from[-1]}]
+            assert bindings() == [{handed_from[-1]}]
         assert handed_from == [allowed[0], allowed[1], allowed[0]]
+
+        held.hold = True
+        both = [threading.Thread(target=scrape, args=(port,)) for _ in range(2)]
+        for thread in both:
+            thread.start()
+        assert entered.acquire(timeout=10) and entered.acquire(timeout=10)
+        assert len(handed_from) == 4  # the first of the two was bound; the second, given meanwhile, unbound all
+        assert bindings() == [set(allowed)] * 2
+        release.set()
+        for thread in both:
+            thread.join()
+        held.hold = False
+        scrape(port)
+        assert len(handed_from) == 5 and bindings() == [{handed_from[-1]}] * 2
 
         def refused(tid, cpus):
             raise PermissionError(1, "Operation not permitted")
         monkeypatch.setattr(http_server.os, "sched_setaffinity", refused)
-        scrape(port)  # bound to allowed[0] before; asked for allowed[1]: refused, so given up for good
+        scrape(port)  # asked for the other CPU: refused, so given up for good
         scrape(port)
-        assert len(handed_from) == 4 and bound() == [{allowed[0]}]
+        assert len(handed_from) == 6 and bindings() == [{handed_from[-2]}] * 2
     finally:
+        release.set()
         server.close()
     assert not _serving_threads()
