@@ -248,8 +248,10 @@ class _Workers:
             for thread in self._threads:
                 os.sched_setaffinity(thread.native_id, cpus)
             self._bound = cpu
-        except OSError as error:  # EINVAL: the CPU left our cpuset since; try again next time
-            if error.errno != errno.EINVAL:
+        except OSError as error:
+            if error.errno == errno.EINVAL:  # the CPU left our cpuset since: all of them again next time
+                self._bound = _UNKNOWN_CPU
+            else:
                 log.debug("scrape threads not bound to the loop's CPU: %s", error)
                 self._bound = None
 

@@ -3,6 +3,7 @@ self metrics, and `promtool check metrics` on a real scrape."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import http.client
@@ -723,12 +724,21 @@ def test_scrape_threads_follow_the_loops_cpu_one_scrape_at_a_time(monkeypatch):
         scrape(port)
         assert len(handed_from) == 5 and bindings() == [{handed_from[-1]}] * 2
 
-        def refused(tid, cpus):
-            raise PermissionError(1, "Operation not permitted")
-        monkeypatch.setattr(http_server.os, "sched_setaffinity", refused)
+        def refused(error):
+            def sched_setaffinity(tid, cpus):
+                raise OSError(error, os.strerror(error))
+            return sched_setaffinity
+        with monkeypatch.context() as patch:
+            patch.setattr(http_server.os, "sched_setaffinity", refused(errno.EINVAL))  # the CPU left our cpuset
+            scrape(port)
+            scrape(port)
+            assert len(handed_from) == 7 and bindings() == [{allowed[0]}] * 2
+        scrape(port)  # tried again: bound to the other CPU
+        assert handed_from[-1] == allowed[1] and bindings() == [{allowed[1]}] * 2
+        monkeypatch.setattr(http_server.os, "sched_setaffinity", refused(errno.EPERM))  # a seccomp filter
         scrape(port)  # asked for the other CPU: refused, so given up for good
         scrape(port)
-        assert len(handed_from) == 6 and bindings() == [{handed_from[-2]}] * 2
+        assert len(handed_from) == 9 and bindings() == [{allowed[1]}] * 2
     finally:
         release.set()
         server.close()
