@@ -174,9 +174,13 @@ def _row_texts(rows: Rows) -> tuple[Rows, tuple[str, ...], dict[str, str]]:
 def _family_format(family: Family, suffix: str, rows: Rows) -> str:
     """The whole text of a family that is one integer column, with %d for each value (for _run_text,
     which keeps what it makes of it)."""
-    sample = family.name + suffix
-    return _header(family.name, family.type, family.help).replace("%", "%%") + "".join(
-        f"{sample}{labels.replace('%', '%%')}%d\n" for labels in _row_texts(rows)[1])
+    return _header(family.name, family.type, family.help).replace("%", "%%") + _lines_format(
+        family.name + suffix, _row_texts(rows)[1])
+
+
+def _lines_format(sample: str, row_texts: tuple[str, ...]) -> str:
+    """``sample{labels} %d`` lines, one per row (``_row_texts``), for one ``%`` of a column's values."""
+    return "".join(f"{sample}{text.replace('%', '%%')}%d\n" for text in row_texts)
 
 
 # A run of consecutive families that are each one integer column -> (their rows, held so that no other
@@ -206,7 +210,7 @@ def _column_text(sample: str, rows: Rows, values: Sequence) -> str:
     if type(total) is int:
         format = entry[2].get(sample)
         if format is None:
-            format = entry[2][sample] = "".join(f"{sample}{text.replace('%', '%%')}%d\n" for text in entry[1])
+            format = entry[2][sample] = _lines_format(sample, entry[1])
         return format % tuple(values)
     texts = map(format_value, values) if not math.isfinite(total) else map(str, values)  # str(): finite floats
     # sample{labels} value\nsample{labels} value\n...: the name is the separator
