@@ -143,8 +143,6 @@ def method(request) -> str:
     return request.param
 
 
-
-
 def _collector_in(ns: str, method: str, ports: frozenset = frozenset({PORT})) -> TcpCollector:
     """A TcpCollector whose sock_diag socket (or BPF accounting) belongs to namespace ``ns``."""
     with in_netns(ns):

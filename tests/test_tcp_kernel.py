@@ -46,8 +46,6 @@ COUNTERS = BYTES + ("netio_tcp_received_segments_total", "netio_tcp_sent_segment
                     "netio_tcp_busy_seconds_total", "netio_tcp_connections_closed_total")
 
 
-
-
 def _kernel_collector(ns: str, ports=frozenset({PORT})) -> TcpCollector:
     with in_netns(ns):
         collector = TcpCollector(ports)
